@@ -1,0 +1,138 @@
+"""Redis backend of the feature store: redis.asyncio, one pipeline per call.
+
+Works with Redis, Valkey and Redis Cluster-compatible key layouts (keys of one
+user share a hash tag, see ``models.features.keys``). Connection errors and
+timeouts surface as ``StoreError``; retries are the caller's policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from models.features.store import ReadOp, StoreError, WriteOp
+
+
+def _str(v: Any) -> Any:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._r = client
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout_s: float = 2.0, **kwargs: Any) -> "RedisStore":
+        """Connect lazily to ``redis://`` or ``rediss://`` (TLS); extra kwargs go to redis-py."""
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            health_check_interval=30, **kwargs)
+        return cls(client)
+
+    async def read(self, ops: Sequence[ReadOp]) -> list[Any]:
+        if not ops:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for op in ops:
+            name, key = op[0], op[1]
+            if name == "lrange":
+                pipe.lrange(key, 0, op[2] - 1)
+            elif name == "hgetall":
+                pipe.hgetall(key)
+            elif name == "ztop":
+                pipe.zrevrange(key, 0, op[2] - 1, withscores=True)
+            elif name == "get":
+                pipe.get(key)
+            elif name == "hmget":
+                pipe.hmget(key, op[2])
+            elif name == "zscores":
+                pipe.zmscore(key, op[2])
+            elif name == "smembers":
+                pipe.smembers(key)
+            else:
+                raise StoreError(f"unknown read operation {name!r}")
+        raw = await self._execute(pipe)
+        out: list[Any] = []
+        for op, v in zip(ops, raw):
+            name = op[0]
+            if name == "lrange":
+                out.append([_str(x) for x in v])
+            elif name == "hgetall":
+                out.append({_str(k): _str(x) for k, x in v.items()})
+            elif name == "ztop":
+                out.append([(_str(m), float(s)) for m, s in v])
+            elif name == "get":
+                out.append(v)
+            elif name == "hmget":
+                out.append([_str(x) for x in v])
+            elif name == "zscores":
+                out.append([None if x is None else float(x) for x in v])
+            else:
+                out.append({_str(x) for x in v})
+        return out
+
+    async def write(self, ops: Sequence[WriteOp]) -> None:
+        if not ops:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for op in ops:
+            name, key = op[0], op[1]
+            if name == "zincr":
+                pipe.zincrby(key, op[3], op[2])
+            elif name == "lpush":
+                pipe.lpush(key, op[2])
+                pipe.ltrim(key, 0, op[3] - 1)
+            elif name == "hincr":
+                pipe.hincrbyfloat(key, op[2], op[3])
+            elif name == "hset":
+                if op[2]:
+                    pipe.hset(key, mapping=op[2])
+            elif name == "set":
+                pipe.set(key, op[2], ex=int(op[3]) if op[3] else None)
+            elif name == "ztrim":
+                pipe.zremrangebyrank(key, 0, -(op[2] + 1))
+            elif name == "zrem":
+                pipe.zrem(key, op[2])
+            elif name == "hdel":
+                pipe.hdel(key, op[2])
+            elif name == "lrem":
+                pipe.lrem(key, 0, op[2])
+            elif name == "sadd":
+                pipe.sadd(key, op[2])
+            elif name == "srem":
+                pipe.srem(key, op[2])
+            elif name == "delete":
+                pipe.delete(key)
+            elif name == "expire":
+                pipe.expire(key, int(op[2]))
+            else:
+                raise StoreError(f"unknown write operation {name!r}")
+        await self._execute(pipe)
+
+    async def claim(self, keys: Sequence[str], ttl_s: float) -> list[bool]:
+        if not keys:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for k in keys:
+            pipe.set(k, b"1", nx=True, ex=max(1, int(ttl_s)))
+        return [bool(x) for x in await self._execute(pipe)]
+
+    async def _execute(self, pipe: Any) -> list[Any]:
+        try:
+            return await pipe.execute()
+        except (RedisError, OSError) as e:
+            # The message never carries the URL (it may hold a password).
+            raise StoreError(f"redis: {type(e).__name__}: {str(e)[:200]}") from None
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._r.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._r.aclose()

