@@ -138,7 +138,11 @@ class Recommendation:
     context: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The wire JSON of the event (without the internal ``context``)."""
+        return {"rec_id": self.rec_id, "user_id": self.user_id, "trigger_event_id": self.trigger_event_id,
+                "ts": self.ts, "model_version": self.model_version, "latency_ms": self.latency_ms,
+                "items": [{"item_id": i.item_id, "score": i.score, "sources": i.sources, "reason": i.reason}
+                          for i in self.items]}
 
 
 def to_dict(event: Event) -> dict[str, Any]:

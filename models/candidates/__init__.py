@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
+from models.features.store import WriteOp
+
 
 @dataclass(slots=True)
 class Context:
@@ -43,6 +45,14 @@ class Candidate:
 class CandidateSource(Protocol):
     #: Short name that appears in ``sources`` of each recommended item.
     name: str
+
+    def observe(self, ctx: Context, item_id: str, weight: float, ts: float) -> list[WriteOp]:
+        """Store writes that learn from one interaction with ``item_id``.
+
+        ``ctx`` is the shopper's state *before* the interaction; ``weight`` says how
+        strong it is (a click 1, a cart add more, a purchase most). The recommender
+        applies the writes of a whole batch in one pipelined round trip.
+        """
 
     async def propose(self, ctx: Context, n: int) -> list[tuple[str, float, str]]:
         """Up to ``n`` (item_id, score, because) triples, best first. ``because`` names

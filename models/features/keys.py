@@ -25,11 +25,11 @@ class Keys:
         return f"{self.prefix}{{u:{user_id}}}:{what}"
 
     def recent(self, user_id: str) -> str:
-        """List of the user's recent item ids, newest first."""
+        """The user's recent item ids, newest first, joined by the unit separator."""
         return self._u(user_id, "recent")
 
     def session(self, user_id: str) -> str:
-        """Hash: the current session's id, start and last event time, length."""
+        """Hash: the current session's id, last event time and items (newest first)."""
         return self._u(user_id, "session")
 
     def session_ids(self, user_id: str) -> str:
@@ -56,6 +56,10 @@ class Keys:
         """The latest enriched recommendation event for the user (JSON bytes)."""
         return self._u(user_id, "rec-enriched")
 
+    def last_rec(self, user_id: str) -> str:
+        """The latest list's items, sources and ranker features (JSON bytes), for labels."""
+        return self._u(user_id, "last-rec")
+
     def user_vector(self, user_id: str) -> str:
         """Per-user model state (e.g. a text-preference vector), bytes."""
         return self._u(user_id, "vector")
@@ -64,7 +68,8 @@ class Keys:
         """Every per-user key, for erasure."""
         return [self.recent(user_id), self.session(user_id), self.session_ids(user_id),
                 self.cart(user_id), self.bought(user_id), self.profile(user_id),
-                self.latest_rec(user_id), self.latest_enriched(user_id), self.user_vector(user_id)]
+                self.latest_rec(user_id), self.latest_enriched(user_id), self.last_rec(user_id),
+                self.user_vector(user_id)]
 
     # -- per session (opaque random ids, not derived from the user) ----------------
     def session_items(self, session_id: str) -> str:
@@ -96,9 +101,10 @@ class Keys:
         return self._i(item_id, "vector")
 
     # -- global ----------------------------------------------------------------------
-    def popularity(self) -> str:
-        """Zset: forward-decayed item popularity (see ``models.popularity``)."""
-        return f"{self.prefix}popularity"
+    def popularity(self, landmark: int) -> str:
+        """Zset: forward-decayed item popularity relative to one landmark period
+        (see ``models.candidates.popular``)."""
+        return f"{self.prefix}popularity:{landmark}"
 
     def counts(self) -> str:
         """Hash: item_id -> total interactions (not decayed), for inverse popularity."""
@@ -107,6 +113,10 @@ class Keys:
     def seen(self, event_id: str) -> str:
         """Dedupe marker of one event id."""
         return f"{self.prefix}seen:{event_id}"
+
+    def item_reviews(self, item_id: str) -> str:
+        """List of recent review texts of the item (no user ids; scrubbed before any prompt)."""
+        return self._i(item_id, "reviews")
 
     def rec(self, rec_id: str) -> str:
         """A recommendation's items and sources, for attributing feedback (JSON bytes)."""

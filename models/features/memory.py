@@ -63,12 +63,7 @@ class MemoryStore:
         if name == "ztop":
             if not v:
                 return []
-            n = op[2]
-            if n >= len(v):
-                items = sorted(v.items(), key=_zkey)
-            else:
-                items = heapq.nsmallest(n, v.items(), key=_zkey)
-            return [(m, float(s)) for m, s in items]
+            return _ztop(v, op[2])
         if name == "get":
             return v
         if name == "hmget":
@@ -106,8 +101,7 @@ class MemoryStore:
         elif name == "ztrim":
             z = self._live(key)
             if z and len(z) > op[2]:
-                keep = heapq.nsmallest(op[2], z.items(), key=_zkey)
-                self._data[key] = dict(keep)
+                self._data[key] = dict(_ztop(z, op[2]))
         elif name == "zrem":
             z = self._live(key)
             if z:
@@ -169,13 +163,12 @@ class MemoryStore:
         return [k for k in list(self._data) if self._live(k) is not None]
 
 
-def _zkey(item: tuple[str, float]) -> tuple[float, str]:
-    # Highest score first; ties broken by member descending, as Redis ZREVRANGE does.
-    return (-item[1], _Desc(item[0]))
+def _ztop(z: dict[str, float], n: int) -> list[tuple[str, float]]:
+    """Highest score first; ties by member descending, as Redis ZREVRANGE orders them."""
+    if n >= len(z):
+        return sorted(z.items(), key=_by_score_then_member, reverse=True)
+    return heapq.nlargest(n, z.items(), key=_by_score_then_member)
 
 
-class _Desc(str):
-    __slots__ = ()
-
-    def __lt__(self, other: str) -> bool:  # reverse lexical order
-        return str.__gt__(self, other)
+def _by_score_then_member(item: tuple[str, float]) -> tuple[float, str]:
+    return (item[1], item[0])

@@ -76,9 +76,11 @@ class RedisStore:
         return out
 
     async def write(self, ops: Sequence[WriteOp]) -> None:
+        """Apply ``ops`` atomically (MULTI/EXEC): a batch's effects and its dedupe
+        markers land together or not at all, which makes redelivery harmless."""
         if not ops:
             return
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=True)
         for op in ops:
             name, key = op[0], op[1]
             if name == "zincr":

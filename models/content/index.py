@@ -1,0 +1,327 @@
+"""Nearest-neighbour search over item vectors by cosine similarity, behind one small protocol.
+
+- ``ExactIndex``: a numpy matrix; one matrix product per query batch. Exact, cheap to
+  update, fine for small catalogs.
+- ``AnnIndex``: an HNSW graph from ``usearch`` (approximate; recall ~0.99 at the default
+  settings on 384-dimensional text vectors).
+- ``AutoIndex``: exact until the catalog passes ``threshold`` items, then moves itself to
+  ANN once (no way back: catalogs seldom shrink by much).
+
+Crossover, measured with ``python -m benchmarks.bench_content`` on 2 shared CPU cores
+(384 dimensions, float32, one query): exact search costs about 0.02 ms per 1,000
+items (about 0.25 ms at 10k, 2.5-3.5 ms at 100k, growing linearly); the HNSW graph
+answers in about 0.1-0.2 ms at both sizes. The exact p50 meets the ANN p50 near 5k
+items, but below 20k items exact stays under half a millisecond, needs no build
+time and is exact, so ``AutoIndex`` switches at 20,000.
+
+Vectors are L2-normalised on the way in, so scores are cosine similarities. All methods
+are meant to be called from one thread (the event loop); none blocks for long.
+
+>>> import numpy as np
+>>> ix = ExactIndex(dim=3)
+>>> ix.upsert(["a", "b", "c"], np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0, 1]], dtype=np.float32))
+>>> [(i, round(s, 3)) for i, s in ix.query(np.array([1, 0, 0], dtype=np.float32), 2)]
+[('a', 1.0), ('b', 0.994)]
+>>> ix.remove(["a"]); [i for i, _ in ix.query(np.array([1, 0, 0], dtype=np.float32), 2)]
+['b', 'c']
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Collection, Iterable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Catalog size above which ``AutoIndex`` moves from exact search to HNSW (see module doc).
+ANN_THRESHOLD = 20_000
+
+Hits = list[tuple[str, float]]
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32 ``[n, dim]``."""
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim == 1:
+        v = v[None, :]
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.maximum(norms, 1e-12)
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """What the content features need from a nearest-neighbour index."""
+
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    def __contains__(self, item_id: object) -> bool: ...
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Add or replace the vectors of ``ids`` (rows of ``vectors``)."""
+
+    def remove(self, ids: Iterable[str]) -> None:
+        """Forget ``ids``; unknown ids are ignored."""
+
+    def get(self, item_id: str) -> np.ndarray | None:
+        """The stored (unit-length) vector of ``item_id``, or None."""
+
+    def search(self, queries: np.ndarray, n: int, exclude: Collection[str] = ()) -> list[Hits]:
+        """For each query row, up to ``n`` (item_id, cosine) best first, skipping ``exclude``."""
+
+    def query(self, vector: np.ndarray, n: int, exclude: Collection[str] = ()) -> Hits:
+        """``search`` for one vector."""
+
+
+class ExactIndex:
+    """Brute-force cosine search over a growing numpy matrix.
+
+    >>> import numpy as np
+    >>> ix = ExactIndex(dim=2)
+    >>> ix.upsert(["x", "y"], np.array([[1, 0], [0, 1]], dtype=np.float32))
+    >>> ix.query(np.array([0.6, 0.8], dtype=np.float32), 1, exclude={"y"})[0][0]
+    'x'
+    """
+
+    kind = "exact"
+
+    def __init__(self, dim: int, capacity: int = 1024) -> None:
+        self.dim = int(dim)
+        self._m = np.zeros((max(1, capacity), self.dim), dtype=np.float32)
+        self._ids: list[str] = []
+        self._row: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._row
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        vecs = normalise(vectors)
+        if len(ids) != len(vecs):
+            raise ValueError(f"{len(ids)} ids but {len(vecs)} vectors")
+        if vecs.shape[1] != self.dim:
+            raise ValueError(f"vectors have {vecs.shape[1]} dimensions, index has {self.dim}")
+        for item_id, v in zip(ids, vecs):
+            row = self._row.get(item_id)
+            if row is None:
+                row = len(self._ids)
+                if row == len(self._m):
+                    grown = np.zeros((2 * len(self._m), self.dim), dtype=np.float32)
+                    grown[:row] = self._m[:row]
+                    self._m = grown
+                self._ids.append(item_id)
+                self._row[item_id] = row
+            self._m[row] = v
+
+    def remove(self, ids: Iterable[str]) -> None:
+        for item_id in ids:
+            row = self._row.pop(item_id, None)
+            if row is None:
+                continue
+            last = len(self._ids) - 1
+            if row != last:  # move the last row into the hole
+                moved = self._ids[last]
+                self._m[row] = self._m[last]
+                self._ids[row] = moved
+                self._row[moved] = row
+            self._ids.pop()
+            self._m[last] = 0.0
+
+    def get(self, item_id: str) -> np.ndarray | None:
+        row = self._row.get(item_id)
+        return None if row is None else self._m[row].copy()
+
+    def matrix(self) -> tuple[list[str], np.ndarray]:
+        """(ids, vectors) of every item, rows aligned."""
+        return list(self._ids), self._m[: len(self._ids)].copy()
+
+    def search(self, queries: np.ndarray, n: int, exclude: Collection[str] = ()) -> list[Hits]:
+        q = normalise(queries)
+        size = len(self._ids)
+        if size == 0 or n <= 0:
+            return [[] for _ in range(len(q))]
+        scores = q @ self._m[:size].T  # [q, size]
+        want = min(size, n + sum(1 for e in exclude if e in self._row))
+        out: list[Hits] = []
+        for row in scores:
+            if want < size:
+                top = np.argpartition(-row, want - 1)[:want]
+                top = top[np.argsort(-row[top], kind="stable")]
+            else:
+                top = np.argsort(-row, kind="stable")
+            hits: Hits = []
+            for r in top:
+                item_id = self._ids[r]
+                if item_id in exclude:
+                    continue
+                hits.append((item_id, float(row[r])))
+                if len(hits) == n:
+                    break
+            out.append(hits)
+        return out
+
+    def query(self, vector: np.ndarray, n: int, exclude: Collection[str] = ()) -> Hits:
+        return self.search(vector, n, exclude)[0]
+
+
+class AnnIndex:
+    """Approximate cosine search with an HNSW graph (``usearch``).
+
+    ``connectivity`` and ``expansion_search`` trade memory and latency for recall.
+
+    >>> import numpy as np
+    >>> ix = AnnIndex(dim=2)
+    >>> ix.upsert(["x", "y"], np.array([[1, 0], [0, 1]], dtype=np.float32))
+    >>> ix.query(np.array([0.1, 0.9], dtype=np.float32), 1)[0][0]
+    'y'
+    """
+
+    kind = "ann"
+
+    def __init__(self, dim: int, *, connectivity: int = 16, expansion_add: int = 128,
+                 expansion_search: int = 64, dtype: str = "f32") -> None:
+        from usearch.index import Index
+
+        self.dim = int(dim)
+        self._index = Index(ndim=self.dim, metric="cos", dtype=dtype, connectivity=connectivity,
+                            expansion_add=expansion_add, expansion_search=expansion_search)
+        self._key: dict[str, int] = {}
+        self._id: dict[int, str] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._key)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._key
+
+    def ids(self) -> list[str]:
+        return list(self._key)
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        vecs = normalise(vectors)
+        if len(ids) != len(vecs):
+            raise ValueError(f"{len(ids)} ids but {len(vecs)} vectors")
+        if vecs.shape[1] != self.dim:
+            raise ValueError(f"vectors have {vecs.shape[1]} dimensions, index has {self.dim}")
+        last: dict[str, int] = {}
+        for i, item_id in enumerate(ids):  # the last row of a repeated id wins
+            last[item_id] = i
+        stale = [self._key[i] for i in last if i in self._key]
+        if stale:
+            self._index.remove(np.asarray(stale, dtype=np.uint64))
+            for k in stale:
+                del self._id[k]
+        keys = np.empty(len(last), dtype=np.uint64)
+        for j, item_id in enumerate(last):
+            # A fresh key per version: usearch keys removed from the graph are not reused.
+            k = self._next
+            self._next += 1
+            keys[j] = k
+            self._key[item_id] = k
+            self._id[k] = item_id
+        rows = vecs[list(last.values())]
+        self._index.add(keys, rows, threads=1 if len(rows) < 256 else 0)
+
+    def remove(self, ids: Iterable[str]) -> None:
+        keys = [self._key.pop(i) for i in ids if i in self._key]
+        if keys:
+            self._index.remove(np.asarray(keys, dtype=np.uint64))
+            for k in keys:
+                del self._id[k]
+
+    def get(self, item_id: str) -> np.ndarray | None:
+        k = self._key.get(item_id)
+        if k is None:
+            return None
+        v = self._index.get(k)
+        return None if v is None else normalise(np.asarray(v, dtype=np.float32))[0]
+
+    def search(self, queries: np.ndarray, n: int, exclude: Collection[str] = ()) -> list[Hits]:
+        q = normalise(queries)
+        size = len(self._key)
+        if size == 0 or n <= 0:
+            return [[] for _ in range(len(q))]
+        want = min(size, n + sum(1 for e in exclude if e in self._key))
+        res = self._index.search(q, want, threads=1)
+        keys = np.atleast_2d(res.keys)
+        dists = np.atleast_2d(res.distances)
+        if hasattr(res, "counts"):  # BatchMatches
+            counts = np.atleast_1d(res.counts)
+        else:  # Matches: usearch squeezes a batch of one
+            counts = np.array([len(res.keys)])
+        out: list[Hits] = []
+        for r in range(len(q)):
+            hits: Hits = []
+            for k, d in zip(keys[r, : counts[r]], dists[r, : counts[r]]):
+                item_id = self._id.get(int(k))
+                if item_id is None or item_id in exclude:
+                    continue
+                hits.append((item_id, float(1.0 - d)))
+                if len(hits) == n:
+                    break
+            out.append(hits)
+        return out
+
+    def query(self, vector: np.ndarray, n: int, exclude: Collection[str] = ()) -> Hits:
+        return self.search(vector, n, exclude)[0]
+
+
+class AutoIndex:
+    """Exact search for small catalogs, HNSW once the catalog passes ``threshold`` items.
+
+    >>> import numpy as np
+    >>> ix = AutoIndex(dim=4, threshold=2)
+    >>> ix.upsert(["a", "b"], np.eye(4, dtype=np.float32)[:2]); ix.kind
+    'exact'
+    >>> ix.upsert(["c"], np.eye(4, dtype=np.float32)[2:3]); ix.kind
+    'ann'
+    """
+
+    def __init__(self, dim: int, threshold: int = ANN_THRESHOLD, **ann_options) -> None:
+        self.dim = int(dim)
+        self.threshold = int(threshold)
+        self._ann_options = ann_options
+        self._inner: ExactIndex | AnnIndex = ExactIndex(dim)
+
+    @property
+    def kind(self) -> str:
+        return self._inner.kind
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._inner
+
+    def ids(self) -> list[str]:
+        return self._inner.ids()
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        self._inner.upsert(ids, vectors)
+        if isinstance(self._inner, ExactIndex) and len(self._inner) > self.threshold:
+            all_ids, matrix = self._inner.matrix()
+            ann = AnnIndex(self.dim, **self._ann_options)
+            ann.upsert(all_ids, matrix)
+            self._inner = ann
+            log.info("vector index: %d items, moved from exact search to HNSW", len(all_ids))
+
+    def remove(self, ids: Iterable[str]) -> None:
+        self._inner.remove(ids)
+
+    def get(self, item_id: str) -> np.ndarray | None:
+        return self._inner.get(item_id)
+
+    def search(self, queries: np.ndarray, n: int, exclude: Collection[str] = ()) -> list[Hits]:
+        return self._inner.search(queries, n, exclude)
+
+    def query(self, vector: np.ndarray, n: int, exclude: Collection[str] = ()) -> Hits:
+        return self._inner.query(vector, n, exclude)

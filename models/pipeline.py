@@ -1,0 +1,479 @@
+"""The one processing path: events in, feature updates and recommendations out.
+
+Every driver — the Faust agents, ``streamrec replay``, the HTTP API — calls
+``Recommender.handle(events)``. Per batch it talks to the feature store in a few
+pipelined round trips:
+
+1. read the dedupe markers and the state of every shopper in the batch;
+2. apply the events in order to that state in memory, collecting store writes
+   (user state, item-side statistics of every candidate source, dedupe markers);
+3. write all of them in one atomic batch;
+4. for each triggering event (click, cart), gather candidates, rank, filter and
+   build a ``Recommendation`` (candidate reads run concurrently), then store the
+   lists for the web API and for attributing feedback.
+
+Redelivered events (same ``event_id``) change nothing: their marker is read in
+step 1 and written with the effects in step 3. A redelivered trigger still gets a
+list, so at-least-once delivery never loses a recommendation.
+
+>>> import asyncio
+>>> from models.events import Click
+>>> rec = Recommender.in_memory()
+>>> out = asyncio.run(rec.handle([Click("e1", "ann", "shoe", 1.7e9), Click("e2", "bob", "shoe", 1.7e9 + 1),
+...                               Click("e3", "bob", "sock", 1.7e9 + 2), Click("e4", "ann", "shoe", 1.7e9 + 3)]))
+>>> [i.item_id for i in out.recommendations[-1].items]
+['sock']
+>>> asyncio.run(rec.handle([Click("e1", "ann", "shoe", 1.7e9)])).duplicates
+1
+"""
+
+# pipeline v1 complete
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import orjson
+
+from models.candidates import Candidate, CandidateSource, Context, gather_candidates
+from models.candidates.covis import CoVisitation
+from models.candidates.popular import Popularity
+from models.events import (Cart, Click, Event, Feedback, Forget, Item, Recommendation,
+                           RecommendedItem, Review)
+from models.features.keys import Keys
+from models.features.store import FeatureStore, WriteOp
+from models.ranking import Ranker
+
+SEP = "\x1f"  # ids never hold control characters (models.events rejects them)
+
+REASONS = {
+    "sequential": "Often viewed right after {anchor}",
+    "covis": "Viewed together with {anchor} by other shoppers",
+    "session_knn": "Viewed in sessions like yours",
+    "content": "Similar to {anchor}",
+    "popular": "Popular right now",
+}
+
+
+@dataclass
+class RecommenderConfig:
+    k: int = 10
+    exclude_purchased: bool = True
+    exclude_in_cart: bool = True
+    #: Leave out the item the shopper is looking at right now.
+    exclude_current: bool = True
+    #: Inactivity (seconds of event time) that starts a new session.
+    session_gap_s: float = 1800.0
+    recent_cap: int = 50
+    session_cap: int = 30
+    dedupe_ttl_s: int = 7 * 86_400
+    rec_ttl_s: int = 86_400
+    reviews_cap: int = 20
+    #: Interaction strengths fed to the candidate sources.
+    weight_click: float = 1.0
+    weight_cart: float = 3.0
+    weight_purchase: float = 5.0
+    #: At most this many items of one category in a list (0 = no limit).
+    max_per_category: int = 0
+    model_version: str = "streamrec-1"
+    #: Candidates gathered per slot before ranking.
+    depth: int = 4
+
+
+@dataclass
+class Outcome:
+    """What one ``handle`` call did."""
+
+    recommendations: list[Recommendation] = field(default_factory=list)
+    duplicates: int = 0
+    applied: int = 0
+    forgotten: list[str] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
+    reviews: list[Review] = field(default_factory=list)
+
+
+@dataclass
+class _User:
+    """A shopper's state, loaded once per batch and updated in memory."""
+
+    user_id: str
+    recent: list[str]
+    session_id: str
+    session_last: float
+    session_items: list[str]
+    cart: dict[str, int]
+    bought: set[str]
+    last_rec: dict[str, Any] | None
+    dirty: set[str] = field(default_factory=set)
+
+    def context(self, now: float, cfg: RecommenderConfig) -> Context:
+        exclude: set[str] = set()
+        if cfg.exclude_purchased:
+            exclude |= self.bought
+        if cfg.exclude_in_cart:
+            exclude |= set(self.cart)
+        if cfg.exclude_current and self.session_items:
+            exclude.add(self.session_items[0])
+        return Context(self.user_id, now, list(self.session_items), list(self.recent),
+                       dict(self.cart), set(self.bought), exclude, self.session_id)
+
+
+def _new_session_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Recommender:
+    """Learns from events and recommends, with the store and clock injected."""
+
+    def __init__(self, store: FeatureStore, keys: Keys | None = None,
+                 config: RecommenderConfig | None = None,
+                 sources: Sequence[CandidateSource] | None = None,
+                 ranker: Ranker | None = None,
+                 clock: Callable[[], float] = time.time,
+                 new_session_id: Callable[[], str] = _new_session_id,
+                 new_rec_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+        self.store = store
+        self.keys = keys or Keys()
+        self.config = config or RecommenderConfig()
+        self.sources = list(sources) if sources is not None else default_sources(store, self.keys)
+        self.ranker = ranker or Ranker([s.name for s in self.sources])
+        self.clock = clock
+        self.new_session_id = new_session_id
+        self.new_rec_id = new_rec_id
+        #: Called with (catalog items) after a batch is stored, e.g. to embed titles.
+        self.on_items: list[Callable[[list[Item]], Any]] = []
+
+    @classmethod
+    def in_memory(cls, **kw: Any) -> "Recommender":
+        from models.features.memory import MemoryStore
+
+        n = iter(range(1, 1 << 62))
+        kw.setdefault("new_session_id", lambda: f"s{next(n)}")
+        m = iter(range(1, 1 << 62))
+        kw.setdefault("new_rec_id", lambda: f"r{next(m)}")
+        return cls(MemoryStore(), **kw)
+
+    # -- snapshots -------------------------------------------------------------------
+    async def restore(self) -> bool:
+        """Load the ranker snapshot from the store; True when one was found."""
+        [blob] = await self.store.read([("get", self.keys.snapshot("ranker"))])
+        if blob:
+            self.ranker.restore(blob)
+            return True
+        return False
+
+    async def snapshot(self) -> None:
+        await self.store.write([("set", self.keys.snapshot("ranker"), self.ranker.snapshot(), None)])
+
+    # -- the processing path --------------------------------------------------------
+    async def handle(self, events: Sequence[Event], recommend: bool = True) -> Outcome:
+        """Apply ``events`` in order; return the recommendations they triggered."""
+        t0 = time.perf_counter()
+        out = Outcome()
+        if not events:
+            return out
+        k, cfg = self.keys, self.config
+
+        # 1. one read: dedupe markers and every shopper's state
+        dedupable = [e for e in events if not isinstance(e, Item)]
+        user_ids = list(dict.fromkeys(e.user_id for e in dedupable))
+        reads: list[tuple] = [("get", k.seen(e.event_id)) for e in dedupable]
+        for u in user_ids:
+            reads += [("get", k.recent(u)), ("hgetall", k.session(u)),
+                      ("hgetall", k.cart(u)), ("smembers", k.bought(u)), ("get", k.last_rec(u))]
+        got = await self.store.read(reads)
+        seen = {e.event_id for e, v in zip(dedupable, got) if v is not None}
+        users: dict[str, _User] = {}
+        pos = len(dedupable)
+        for u in user_ids:
+            recent, sess, cart, bought, last_rec = got[pos:pos + 5]
+            pos += 5
+            users[u] = _User(u, recent.decode().split(SEP) if recent else [],
+                             sess.get("id", ""), float(sess.get("last", 0) or 0),
+                             [x for x in sess.get("items", "").split(SEP) if x],
+                             {i: int(float(q)) for i, q in cart.items()}, bought,
+                             orjson.loads(last_rec) if last_rec else None)
+
+        forgetters = list(dict.fromkeys(e.user_id for e in dedupable if isinstance(e, Forget)))
+        forget_sessions = dict(zip(forgetters, await self.store.read(
+            [("lrange", k.session_ids(u), 1000) for u in forgetters]))) if forgetters else {}
+
+        # 2. apply in order, collecting writes
+        writes: list[WriteOp] = []
+        triggers: list[tuple[Event, Context]] = []
+        attributions: list[Feedback | Click] = []
+        for e in events:
+            if isinstance(e, Item):
+                self._apply_item(e, writes)
+                out.items.append(e)
+                out.applied += 1
+                continue
+            if e.event_id in seen:
+                # Already applied: change nothing, but a redelivered trigger still gets a
+                # list (the first delivery's may never have been sent).
+                out.duplicates += 1
+                if isinstance(e, (Click, Cart)) and e.user_id in users:
+                    triggers.append((e, users[e.user_id].context(e.ts, cfg)))
+                continue
+            seen.add(e.event_id)
+            writes.append(("set", k.seen(e.event_id), b"1", cfg.dedupe_ttl_s))
+            out.applied += 1
+            user = users[e.user_id]
+            if isinstance(e, Click):
+                self._interact(user, e.item_id, cfg.weight_click, e.ts, writes)
+                if e.rec_id:
+                    attributions.append(e)
+                else:
+                    self._learn_from_next_click(user, e.item_id)
+                triggers.append((e, user.context(e.ts, cfg)))
+            elif isinstance(e, Cart):
+                self._apply_cart(user, e, writes)
+                triggers.append((e, user.context(e.ts, cfg)))
+            elif isinstance(e, Feedback):
+                attributions.append(e)
+            elif isinstance(e, Review):
+                writes.append(("lpush", k.item_reviews(e.item_id), e.text, cfg.reviews_cap))
+                out.reviews.append(e)
+            elif isinstance(e, Forget):
+                self._forget(user, forget_sessions.get(e.user_id, []), writes)
+                out.forgotten.append(e.user_id)
+        for user in users.values():
+            self._write_user(user, writes)
+        if attributions:
+            await self._attribute(attributions, users, writes)
+
+        # 3. one atomic write of every effect and dedupe marker
+        await self.store.write(writes)
+        for hook in self.on_items if out.items else ():
+            hook(out.items)
+
+        # 4. recommend for every triggering event (candidate reads run concurrently)
+        if recommend and triggers:
+            recs = await asyncio.gather(*(self._recommend(e, ctx, t0) for e, ctx in triggers))
+            rec_writes: list[WriteOp] = []
+            for r in recs:
+                rec_writes += self._rec_writes(r)
+            await self.store.write(rec_writes)
+            out.recommendations = list(recs)
+        return out
+
+    # -- state updates -----------------------------------------------------------------
+    def _interact(self, user: _User, item_id: str, weight: float, ts: float, writes: list[WriteOp]) -> None:
+        cfg, k = self.config, self.keys
+        if not user.session_id or ts - user.session_last > cfg.session_gap_s:
+            user.session_id = self.new_session_id()
+            user.session_items = []
+            writes.append(("lpush", k.session_ids(user.user_id), user.session_id, 1000))
+        ctx = Context(user.user_id, ts, user.session_items, user.recent, user.cart, user.bought,
+                      set(), user.session_id)
+        for source in self.sources:
+            writes += source.observe(ctx, item_id, weight, ts)
+        user.session_items = [item_id] + user.session_items[: cfg.session_cap - 1]
+        user.session_last = max(ts, user.session_last)
+        user.recent = [item_id] + [i for i in user.recent if i != item_id][: cfg.recent_cap - 1]
+        writes.append(("lpush", k.session_items(user.session_id), item_id, cfg.session_cap))
+        writes.append(("expire", k.session_items(user.session_id), 30 * 86_400))
+        user.dirty.add("state")
+
+    def _apply_cart(self, user: _User, e: Cart, writes: list[WriteOp]) -> None:
+        cfg, k = self.config, self.keys
+        if e.action == "add":
+            user.cart[e.item_id] = user.cart.get(e.item_id, 0) + e.quantity
+            self._interact(user, e.item_id, cfg.weight_cart, e.ts, writes)
+        elif e.action == "remove":
+            left = user.cart.get(e.item_id, 0) - e.quantity
+            if left > 0:
+                user.cart[e.item_id] = left
+            else:
+                user.cart.pop(e.item_id, None)
+        else:  # purchase
+            user.cart.pop(e.item_id, None)
+            user.bought.add(e.item_id)
+            writes.append(("sadd", k.bought(user.user_id), e.item_id))
+            self._interact(user, e.item_id, cfg.weight_purchase, e.ts, writes)
+        writes.append(("hincr", k.profile(user.user_id), e.action, 1.0))
+        user.dirty.add("cart")
+
+    def _apply_item(self, e: Item, writes: list[WriteOp]) -> None:
+        meta = {"title": e.title, "available": "1" if e.available else "0", "ts": repr(e.ts)}
+        if e.category is not None:
+            meta["category"] = e.category
+        if e.price is not None:
+            meta["price"] = repr(e.price)
+        if e.description is not None:
+            meta["description"] = e.description
+        writes.append(("hset", self.keys.item_meta(e.item_id), meta))
+        writes.append(("sadd" if e.available else "srem", self.keys.catalog_ids(), e.item_id))
+
+    def _write_user(self, user: _User, writes: list[WriteOp]) -> None:
+        k, u = self.keys, user.user_id
+        if "state" in user.dirty:
+            writes.append(("hset", k.session(u), {"id": user.session_id, "last": repr(user.session_last),
+                                                   "items": SEP.join(user.session_items)}))
+            writes.append(("set", k.recent(u), SEP.join(user.recent), None))
+        if "cart" in user.dirty:
+            writes.append(("delete", k.cart(u)))
+            if user.cart:
+                writes.append(("hset", k.cart(u), {i: str(q) for i, q in user.cart.items()}))
+
+    def _forget(self, user: _User, session_ids: list[str], writes: list[WriteOp]) -> None:
+        """Erase every per-user key and the items of every session of the user.
+
+        Aggregates (co-visitation, popularity) stay: they hold no user id. The
+        sessions' ids may linger in item-side indexes, but point at nothing.
+        """
+        k, u = self.keys, user.user_id
+        for sid in {*session_ids, user.session_id} - {""}:
+            writes.append(("delete", k.session_items(sid)))
+        for key in k.user_keys(u):
+            writes.append(("delete", key))
+        user.recent, user.session_items, user.cart, user.bought = [], [], {}, set()
+        user.session_id, user.session_last, user.last_rec = "", 0.0, None
+        user.dirty.clear()
+
+    # -- feedback --------------------------------------------------------------------------
+    def _learn_from_next_click(self, user: _User, item_id: str) -> None:
+        """The click after a shown list labels it: the clicked item (if shown) is a
+        positive, shown items ranked above it are negatives (skip-above)."""
+        rec = user.last_rec
+        if not rec or rec.get("done"):
+            return
+        feats = rec.get("features", {})
+        order = rec.get("items", [])
+        if item_id in feats:
+            for other in order[: order.index(item_id)]:
+                self.ranker.learn(feats[other], False)
+            self.ranker.learn(feats[item_id], True)
+        else:
+            for other in order[:2]:
+                self.ranker.learn(feats[other], False)
+        rec["done"] = True
+
+    async def _attribute(self, events: list[Feedback | Click], users: dict[str, _User],
+                         writes: list[WriteOp]) -> None:
+        """Feedback and clicks carrying a ``rec_id``: CTR per source and model version,
+        and labels for the ranker."""
+        k = self.keys
+        records: dict[str, dict | None] = {}
+        for e in events:
+            last = users[e.user_id].last_rec
+            if last and last.get("rec_id") == e.rec_id:
+                records[e.rec_id] = last
+        missing = [r for r in {e.rec_id for e in events} if r not in records]
+        for r, blob in zip(missing, await self.store.read([("get", k.rec(r)) for r in missing])):
+            records[r] = orjson.loads(blob) if blob else None
+        for e in events:
+            rec = records.get(e.rec_id)
+            if rec is None or rec.get("user_id") != e.user_id:
+                continue  # unknown or expired list, or someone else's: nothing to attribute
+            action = e.action if isinstance(e, Feedback) else "click"
+            items = [e.item_id] if e.item_id else (rec["items"] if action == "impression" else [])
+            for item in items:
+                if item not in rec["features"]:
+                    continue
+                for src in rec["sources"].get(item, []):
+                    writes.append(("hincr", k.ctr(), f"{action}:source:{src}", 1.0))
+                writes.append(("hincr", k.ctr(), f"{action}:version:{rec['model_version']}", 1.0))
+                if action == "click":
+                    self.ranker.learn(rec["features"][item], True)
+                elif action == "dismiss":
+                    self.ranker.learn(rec["features"][item], False)
+            if isinstance(e, Click):
+                rec["done"] = True
+
+    # -- recommending ------------------------------------------------------------------------
+    async def _recommend(self, trigger: Event, ctx: Context, t0: float) -> Recommendation:
+        cfg = self.config
+        cands = await gather_candidates(self.sources, ctx, cfg.k, depth=cfg.depth)
+        ranked = self._rank(cands)
+        ranked = await self._filter_and_diversify(ranked, cfg.k)
+        titles = await self._titles([c.item_id for _, c, _ in ranked] +
+                                    [a for _, c, _ in ranked for a in c.because.values()])
+        items = [RecommendedItem(c.item_id, round(score, 6), sorted(c.signals, key=lambda s: -c.signals[s]),
+                                 self._reason(c, titles)) for score, c, _ in ranked]
+        rec_id = self.new_rec_id()
+        record = {"rec_id": rec_id, "user_id": ctx.user_id, "items": [c.item_id for _, c, _ in ranked],
+                  "sources": {i.item_id: i.sources for i in items},
+                  "features": {c.item_id: f for _, c, f in ranked}, "model_version": cfg.model_version}
+        return Recommendation(
+            rec_id=rec_id, user_id=ctx.user_id, trigger_event_id=trigger.event_id, ts=self.clock(),
+            items=items, model_version=cfg.model_version,
+            latency_ms=round((time.perf_counter() - t0) * 1000, 3),
+            context={"_record": record, "session_items": ctx.session_items[:5],
+                     "titles": {i: t for i, t in titles.items() if t}})
+
+    def _rank(self, cands: dict[str, Candidate]) -> list[tuple[float, Candidate, dict]]:
+        by_source: dict[str, list[str]] = {}
+        for c in cands.values():
+            for s in c.signals:
+                by_source.setdefault(s, []).append(c.item_id)
+        rank = {}
+        for s, ids in by_source.items():
+            ids.sort(key=lambda i: -cands[i].signals[s])
+            for r, i in enumerate(ids):
+                rank[(s, i)] = r
+        scored = []
+        for c in cands.values():
+            f = self.ranker.features(c.signals, {s: rank[(s, c.item_id)] for s in c.signals})
+            scored.append((self.ranker.score(f, c.signals), c, f))
+        scored.sort(key=lambda t: (-t[0], t[1].item_id))
+        return scored
+
+    async def _filter_and_diversify(self, ranked: list, k: int) -> list:
+        """Drop unavailable items; cap items per category when configured."""
+        head = ranked[: k * 2]
+        metas = await self.store.read([("hmget", self.keys.item_meta(c.item_id), ["available", "category"])
+                                       for _, c, _ in head])
+        out, per_cat = [], {}
+        for (entry, (available, category)) in zip(head, metas):
+            if available == "0":
+                continue
+            if self.config.max_per_category and category:
+                if per_cat.get(category, 0) >= self.config.max_per_category:
+                    continue
+                per_cat[category] = per_cat.get(category, 0) + 1
+            out.append(entry)
+            if len(out) == k:
+                break
+        return out
+
+    async def _titles(self, item_ids: list[str]) -> dict[str, str | None]:
+        ids = list(dict.fromkeys(item_ids))
+        got = await self.store.read([("hmget", self.keys.item_meta(i), ["title"]) for i in ids])
+        return {i: v[0] for i, v in zip(ids, got)}
+
+    @staticmethod
+    def _reason(c: Candidate, titles: dict[str, str | None]) -> str:
+        """One line naming the strongest real signal behind the item."""
+        best = max(c.signals, key=lambda s: (REASONS.get(s) is not None, c.signals[s] * (0.2 if s == "popular" else 1)))
+        anchor = c.because.get(best, "")
+        template = REASONS.get(best, "Recommended by " + best)
+        if "{anchor}" in template:
+            if not anchor:
+                return "Related to what you viewed"
+            return template.format(anchor=titles.get(anchor) or f"item {anchor}")
+        return template
+
+    def _rec_writes(self, r: Recommendation) -> list[WriteOp]:
+        k, cfg = self.keys, self.config
+        record = r.context["_record"]
+        blob = orjson.dumps(record)
+        public = r.to_dict()
+        return [("set", k.rec(r.rec_id), blob, cfg.rec_ttl_s),
+                ("set", k.last_rec(r.user_id), blob, cfg.rec_ttl_s),
+                ("set", k.latest_rec(r.user_id), orjson.dumps(public), None)]
+
+
+def default_sources(store: FeatureStore, keys: Keys) -> list[CandidateSource]:
+    """Sequential co-visitation, co-visitation, then popularity for cold start."""
+    return [CoVisitation.sequential(store, keys), CoVisitation(store, keys), Popularity(store, keys)]
+
+
+def recommendation_json(r: Recommendation) -> bytes:
+    """The wire JSON of a recommendation event (internal context left out, copy context kept)."""
+    d = r.to_dict()
+    d["context"] = {key: v for key, v in r.context.items() if not key.startswith("_")}
+    return orjson.dumps(d)

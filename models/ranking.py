@@ -1,0 +1,74 @@
+"""The online ranker: a River logistic model over the candidate sources' signals.
+
+Candidates arrive with one score per source that proposed them. Until the model has
+learned from ``warmup`` labels, items are ordered by a fixed prior blend of those
+signals; afterwards by the model's click probability (the prior breaks ties). Labels
+come from what shoppers do with shown lists: a click on a recommended item is a
+positive, shown items ranked above it (or dismissed) are negatives.
+
+>>> r = Ranker(["covis", "popular"])
+>>> f = r.features({"covis": 1.0}, rank={"covis": 0})
+>>> sorted(f)
+['covis', 'covis_rank', 'n_sources']
+>>> r.learn(f, True); r.updates
+1
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Mapping
+
+from river import compose, linear_model, optim, preprocessing
+
+DEFAULT_PRIOR = {"sequential": 1.0, "session_knn": 1.0, "covis": 0.7, "content": 0.4, "popular": 0.05}
+
+
+class Ranker:
+    def __init__(self, sources: list[str], prior: Mapping[str, float] | None = None,
+                 warmup: int = 500, learning_rate: float = 0.05) -> None:
+        self.sources = list(sources)
+        self.prior = {**DEFAULT_PRIOR, **(prior or {})}
+        self.warmup = warmup
+        self.updates = 0
+        self.positives = 0
+        self.model = compose.Pipeline(
+            preprocessing.StandardScaler(),
+            linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=1e-4))
+
+    @staticmethod
+    def features(signals: Mapping[str, float], rank: Mapping[str, int]) -> dict[str, float]:
+        """Model features of one candidate: each source's score and reciprocal rank."""
+        f: dict[str, float] = {"n_sources": float(len(signals))}
+        for s, v in signals.items():
+            f[s] = float(v)
+            f[f"{s}_rank"] = 1.0 / (1 + rank.get(s, 0))
+        return f
+
+    def prior_score(self, signals: Mapping[str, float]) -> float:
+        return sum(self.prior.get(s, 0.1) * v for s, v in signals.items())
+
+    @property
+    def active(self) -> bool:
+        """True once the model has seen enough labels (of both kinds) to rank."""
+        return self.updates >= self.warmup and 0 < self.positives < self.updates
+
+    def score(self, features: Mapping[str, float], signals: Mapping[str, float]) -> float:
+        prior = self.prior_score(signals)
+        if not self.active:
+            return prior
+        p = self.model.predict_proba_one(dict(features)).get(True, 0.0)
+        return p + 1e-3 * math.tanh(prior)
+
+    def learn(self, features: Mapping[str, float], clicked: bool) -> None:
+        self.model.learn_one(dict(features), bool(clicked))
+        self.updates += 1
+        self.positives += bool(clicked)
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps({"model": self.model, "updates": self.updates, "positives": self.positives})
+
+    def restore(self, blob: bytes) -> None:
+        state = pickle.loads(blob)  # our own snapshot, from our own store
+        self.model, self.updates, self.positives = state["model"], state["updates"], state["positives"]

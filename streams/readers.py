@@ -1,0 +1,375 @@
+"""Readers of recorded streams: each yields parsed events in event-time order.
+
+``open_recording(path, fmt)`` returns a :class:`Recording`: an iterator of events
+(``models.events`` types) plus what the replay protocol needs to know about them.
+Malformed rows are counted in ``recording.malformed`` (with a few examples), never
+fatal. Formats:
+
+``jsonl``
+    The wire format: one ``{"topic": ..., "value": {...}}`` per line; values are
+    validated with ``models.events.parse_value`` (rejections count as malformed).
+``sessions``
+    A folder with ``train.txt`` (one session per line, item ids separated by spaces)
+    and ``test.txt`` (augmented test cases ``prefix<TAB>target``, written per session
+    from the longest prefix to the shortest). Test sessions are reconstructed (the
+    full session is the longest prefix plus its target) and replayed click by click,
+    so no target is ever learned before it is predicted. Sessions carry no time:
+    timestamps are synthesised so that every training click precedes every test
+    click; each session gets its own user and session id.
+``session-tsv``
+    A folder with ``train.tsv`` and ``test.tsv`` (tab-separated, header
+    ``SessionId ItemId Time``, as in the session-rec framework). Training clicks come
+    first (by time), then the test clicks (by time); each session is its own user.
+``taobao``
+    ``UserBehavior.csv`` (no header: user, item, category, behavior, ts), unsorted:
+    sorted by ``ts`` (file order breaks ties). ``pv`` becomes a click, ``cart`` a
+    cart ``add``, ``buy`` a cart ``purchase``; ``fav`` rows are skipped (a favourite
+    is set from the item page whose view is already recorded as ``pv``; counting it
+    again would duplicate that click) and counted in ``skipped``.
+``online-retail``
+    The UCI Online Retail parquet: each product's first appearance yields an
+    ``items`` catalog event (title = Description), each invoice line a cart
+    ``purchase`` (quantity = Quantity). Cancellations (InvoiceNo ``C...``) and
+    non-positive quantities are skipped; a null CustomerID makes the basket its
+    own anonymous shopper (``guest-<InvoiceNo>``).
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (d / "train.txt").write_text("1 2\\n2 3 4\\n")
+>>> _ = (d / "test.txt").write_text("5 6\\t7\\n5\\t6\\n")
+>>> rec = open_recording(d, "sessions")
+>>> [(e.user_id, e.item_id) for e in rec]
+[('tr0', '1'), ('tr0', '2'), ('tr1', '2'), ('tr1', '3'), ('tr1', '4'), ('te0', '5'), ('te0', '6'), ('te0', '7')]
+>>> rec.test_from == rec.base_ts + 2 * rec.session_span, rec.test_cases, rec.malformed.count
+(True, 2, 0)
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import orjson
+
+from models.events import Cart, Click, Event, Item, Rejected, parse_value
+
+FORMATS = ("jsonl", "sessions", "session-tsv", "taobao", "online-retail")
+
+#: Synthetic time of the first recorded session (2017-07-14) for formats without time.
+BASE_TS = 1_500_000_000.0
+
+
+@dataclass(slots=True)
+class Malformed:
+    """Rows that could not be used: how many, and the first few reasons."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+    keep: int = 5
+
+    def add(self, where: str, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < self.keep:
+            self.examples.append(f"{where}: {reason}"[:200])
+
+
+@dataclass(slots=True)
+class Recording:
+    """A recorded stream, ready to replay.
+
+    Iterating yields the events in event-time order. ``test_from`` is set for the
+    train/test formats: events with ``ts >= test_from`` are the test part (scored),
+    earlier ones are only learned. ``one_session_per_user`` says that each user id
+    is one session (so nothing is scored after a user's last click).
+    """
+
+    fmt: str
+    events_factory: Callable[[], Iterator[Event]]
+    malformed: Malformed
+    test_from: float | None = None
+    one_session_per_user: bool = False
+    #: Known number of scored cases (train/test formats), else None.
+    test_cases: int | None = None
+    skipped: int = 0
+    base_ts: float = BASE_TS
+    session_span: float = 0.0
+
+    def __iter__(self) -> Iterator[Event]:
+        return self.events_factory()
+
+
+def open_recording(path: str | os.PathLike, fmt: str) -> Recording:
+    """Open ``path`` as a recording of format ``fmt`` (one of ``FORMATS``)."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    return _OPENERS[fmt](path)
+
+
+# -- sessions (train.txt / test.txt) ------------------------------------------------------
+
+#: Synthetic seconds between clicks of one session, and the room each session gets.
+CLICK_GAP_S = 1.0
+
+
+def reconstruct_sessions(lines: Iterable[str], malformed: Malformed | None = None
+                         ) -> Iterator[list[str]]:
+    """Rebuild full test sessions from augmented ``prefix<TAB>target`` lines.
+
+    Lines of one session come from the longest prefix to the shortest, each one click
+    shorter than the one before; the full session is the first prefix plus its
+    target. A line that does not continue the current session starts a new one.
+
+    >>> list(reconstruct_sessions(["1 2 3\\t4", "1 2\\t3", "1\\t2", "9\\t8", "7 9\\t7", "7\\t9"]))
+    [['1', '2', '3', '4'], ['9', '8'], ['7', '9', '7']]
+    """
+    malformed = malformed if malformed is not None else Malformed()
+    current: list[str] | None = None
+    expect = 0  # prefix length the next line of the current session must have
+    for n, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0].split() or len(parts[1].split()) != 1:
+            malformed.add(f"test.txt:{n}", "expected 'prefix<TAB>target'")
+            continue
+        prefix, target = parts[0].split(), parts[1].strip()
+        continues = (current is not None and len(prefix) == expect
+                     and prefix == current[:expect] and target == current[expect])
+        if not continues:
+            if current is not None:
+                if expect > 0:
+                    malformed.add(f"test.txt:{n}", "session ended before its shortest prefix")
+                yield current
+            current = prefix + [target]
+        expect = len(prefix) - 1
+        if expect == 0:
+            yield current
+            current = None
+    if current is not None:
+        yield current
+
+
+def _read_sessions(path: Path) -> Recording:
+    malformed = Malformed()
+    train_file, test_file = path / "train.txt", path / "test.txt"
+    for f in (train_file, test_file):
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: the sessions format needs train.txt and test.txt")
+    # Sessions are read once (small: about 5 MB for Diginetica) to size the time axis.
+    train: list[list[str]] = []
+    with open(train_file, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            items = line.split()
+            if not items:
+                if line.strip():
+                    malformed.add(f"train.txt:{n}", "no items")
+                continue
+            train.append(items)
+    with open(test_file, encoding="utf-8") as fh:
+        test = list(reconstruct_sessions(fh, malformed))
+    longest = max((len(s) for s in train + test), default=1)
+    span = CLICK_GAP_S * (longest + 1)
+    test_from = BASE_TS + len(train) * span
+
+    def events() -> Iterator[Event]:
+        for phase, sessions, t0 in (("tr", train, BASE_TS), ("te", test, test_from)):
+            for i, items in enumerate(sessions):
+                user = f"{phase}{i}"
+                start = t0 + i * span
+                for pos, item in enumerate(items):
+                    yield Click(f"{user}-{pos}", user, item, start + pos * CLICK_GAP_S, user)
+
+    return Recording("sessions", events, malformed, test_from=test_from, one_session_per_user=True,
+                     test_cases=sum(len(s) - 1 for s in test), session_span=span)
+
+
+# -- session-tsv (session-rec framework) ----------------------------------------------------
+
+def _read_tsv(file: Path, malformed: Malformed) -> list[tuple[float, int, str, str]]:
+    rows: list[tuple[float, int, str, str]] = []
+    with open(file, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        header = next(reader, None)
+        if header is None:
+            return rows
+        cols = {name.strip(): i for i, name in enumerate(header)}
+        missing = [c for c in ("SessionId", "ItemId", "Time") if c not in cols]
+        if missing:
+            raise ValueError(f"{file}: missing column(s) {', '.join(missing)}")
+        si, ii, ti = cols["SessionId"], cols["ItemId"], cols["Time"]
+        for n, row in enumerate(reader, start=2):
+            try:
+                sess, item, ts = row[si].strip(), row[ii].strip(), float(row[ti])
+                if not sess or not item or not math.isfinite(ts):
+                    raise ValueError("empty field")
+            except (IndexError, ValueError) as e:
+                malformed.add(f"{file.name}:{n}", f"bad row ({e})")
+                continue
+            rows.append((ts, n, sess, item))
+    rows.sort()
+    return rows
+
+
+def _read_session_tsv(path: Path) -> Recording:
+    malformed = Malformed()
+    for name in ("train.tsv", "test.tsv"):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path / name}: the session-tsv format needs train.tsv and test.tsv")
+    train = _read_tsv(path / "train.tsv", malformed)
+    test = _read_tsv(path / "test.tsv", malformed)
+    # Session-rec times may be seconds or epoch-less counters: shift so both parts are valid
+    # unix times and the test part starts strictly after the last training click.
+    first = min([r[0] for r in train[:1] + test[:1]], default=0.0)
+    shift = BASE_TS - first if first < BASE_TS else 0.0
+    last_train = train[-1][0] + shift if train else BASE_TS
+    test_shift = shift + max(0.0, last_train + 1.0 - (test[0][0] + shift)) if test else shift
+    test_from = (test[0][0] + test_shift) if test else last_train + 1.0
+    lengths: dict[str, int] = {}
+    for _, _, sess, _ in test:
+        lengths[sess] = lengths.get(sess, 0) + 1
+
+    def events() -> Iterator[Event]:
+        for phase, rows, sh in (("tr", train, shift), ("te", test, test_shift)):
+            pos: dict[str, int] = {}
+            for ts, _, sess, item in rows:
+                p = pos[sess] = pos.get(sess, -1) + 1
+                user = f"{phase}:{sess}"
+                yield Click(f"{user}:{p}", user, item, ts + sh, user)
+
+    return Recording("session-tsv", events, malformed, test_from=test_from, one_session_per_user=True,
+                     test_cases=sum(n - 1 for n in lengths.values()))
+
+
+# -- taobao UserBehavior.csv --------------------------------------------------------------
+
+def _read_taobao(path: Path) -> Recording:
+    malformed = Malformed()
+    file = path / "UserBehavior.csv" if path.is_dir() else path
+    rows: list[tuple[float, int, str, str, str]] = []
+    skipped = 0
+    with open(file, encoding="utf-8", newline="") as fh:
+        for n, row in enumerate(csv.reader(fh), start=1):
+            try:
+                user, item, _category, behavior, ts = (x.strip() for x in row)
+                t = float(ts)
+                if not user or not item or not math.isfinite(t) or t < 946_684_800:
+                    raise ValueError("empty id or bad timestamp")
+            except ValueError as e:
+                malformed.add(f"{file.name}:{n}", f"bad row ({e})")
+                continue
+            if behavior == "fav":
+                skipped += 1
+                continue
+            if behavior not in ("pv", "cart", "buy"):
+                malformed.add(f"{file.name}:{n}", f"unknown behavior {behavior[:16]!r}")
+                continue
+            rows.append((t, n, user, item, behavior))
+    rows.sort()
+
+    def events() -> Iterator[Event]:
+        for t, n, user, item, behavior in rows:
+            if behavior == "pv":
+                yield Click(f"tb{n}", user, item, t)
+            else:
+                yield Cart(f"tb{n}", user, item, "add" if behavior == "cart" else "purchase", t)
+
+    return Recording("taobao", events, malformed, skipped=skipped)
+
+
+# -- UCI online retail parquet ----------------------------------------------------------------
+
+def _read_online_retail(path: Path) -> Recording:
+    import pyarrow.parquet as pq
+
+    malformed = Malformed()
+    file = path
+    if path.is_dir():
+        found = sorted(path.glob("*.parquet"))
+        if not found:
+            raise FileNotFoundError(f"{path}: no .parquet file")
+        file = found[0]
+    cols = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID"]
+    table = pq.read_table(file, columns=cols)
+    data = {c: table.column(c).to_pylist() for c in cols}
+    rows: list[tuple[float, int, str, str, str, int, float | None, str | None]] = []
+    skipped = 0
+    for n in range(table.num_rows):
+        invoice, code, date = data["InvoiceNo"][n], data["StockCode"][n], data["InvoiceDate"][n]
+        qty, price, cust, title = (data["Quantity"][n], data["UnitPrice"][n],
+                                   data["CustomerID"][n], data["Description"][n])
+        if not invoice or not code or date is None or qty is None:
+            malformed.add(f"row {n}", "missing InvoiceNo, StockCode, InvoiceDate or Quantity")
+            continue
+        invoice, code = str(invoice).strip(), str(code).strip()
+        if invoice.startswith("C") or qty <= 0:
+            skipped += 1  # cancellations and returns are not purchases
+            continue
+        ts = date.timestamp() if hasattr(date, "timestamp") else float(date)
+        user = f"c{int(cust)}" if cust is not None and not (isinstance(cust, float) and math.isnan(cust)) \
+            else f"guest-{invoice}"
+        title = title.strip() if isinstance(title, str) and title.strip() else None
+        rows.append((ts, n, user, code, invoice, min(int(qty), 10_000),
+                     float(price) if price is not None and price >= 0 else None, title))
+    rows.sort(key=lambda r: (r[0], r[1]))
+
+    def events() -> Iterator[Event]:
+        known: set[str] = set()
+        for ts, n, user, code, invoice, qty, price, title in rows:
+            if code not in known and title:
+                known.add(code)
+                yield Item(code, title[:512], ts, price=price)
+            yield Cart(f"or{n}", user, code, "purchase", ts, qty)
+
+    return Recording("online-retail", events, malformed, skipped=skipped)
+
+
+# -- jsonl (wire format) ------------------------------------------------------------------------
+
+def _read_jsonl(path: Path) -> Recording:
+    malformed = Malformed()
+    parsed: list[tuple[float, int, Event]] = []
+    with open(path, "rb") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                malformed.add(f"line {n}", f"not JSON: {str(e)[:80]}")
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("topic"), str) or "value" not in obj:
+                malformed.add(f"line {n}", "expected {\"topic\": ..., \"value\": ...}")
+                continue
+            value = obj["value"]
+            if isinstance(value, str):
+                try:
+                    value = orjson.loads(value)
+                except orjson.JSONDecodeError as e:
+                    malformed.add(f"line {n}", f"value is not JSON: {str(e)[:80]}")
+                    continue
+            # Recorded streams are in the past: judge no timestamp as "in the future".
+            ev = parse_value(obj["topic"], value, line, now=math.inf)
+            if isinstance(ev, Rejected):
+                malformed.add(f"line {n}", f"{obj['topic'][:32]}: {ev.reason}")
+                continue
+            parsed.append((ev.ts, n, ev))
+    parsed.sort(key=lambda r: (r[0], r[1]))
+
+    def events() -> Iterator[Event]:
+        return (ev for _, _, ev in parsed)
+
+    return Recording("jsonl", events, malformed)
+
+
+_OPENERS: dict[str, Callable[[Path], Recording]] = {
+    "jsonl": _read_jsonl, "sessions": _read_sessions, "session-tsv": _read_session_tsv,
+    "taobao": _read_taobao, "online-retail": _read_online_retail,
+}
