@@ -48,6 +48,8 @@ from models.features.store import FeatureStore, WriteOp
 from models.ranking import Ranker
 
 SEP = "\x1f"  # ids never hold control characters (models.events rejects them)
+#: How long a session's item list outlives its last click (session-kNN neighbours).
+SESSION_ITEMS_TTL_S = 30 * 86_400
 
 REASONS = {
     "sequential": "Often viewed right after {anchor}",
@@ -275,7 +277,6 @@ class Recommender:
         user.session_last = max(ts, user.session_last)
         user.recent = [item_id] + [i for i in user.recent if i != item_id][: cfg.recent_cap - 1]
         writes.append(("lpush", k.session_items(user.session_id), item_id, cfg.session_cap))
-        writes.append(("expire", k.session_items(user.session_id), 30 * 86_400))
         user.dirty.add("state")
 
     def _apply_cart(self, user: _User, e: Cart, writes: list[WriteOp]) -> None:
@@ -314,6 +315,8 @@ class Recommender:
             writes.append(("hset", k.session(u), {"id": user.session_id, "last": repr(user.session_last),
                                                    "items": SEP.join(user.session_items)}))
             writes.append(("set", k.recent(u), SEP.join(user.recent), None))
+            if user.session_id:
+                writes.append(("expire", k.session_items(user.session_id), SESSION_ITEMS_TTL_S))
         if "cart" in user.dirty:
             writes.append(("delete", k.cart(u)))
             if user.cart:
@@ -388,10 +391,8 @@ class Recommender:
     async def _recommend(self, trigger: Event, ctx: Context, t0: float) -> Recommendation:
         cfg = self.config
         cands = await gather_candidates(self.sources, ctx, cfg.k, depth=cfg.depth)
-        ranked = self._rank(cands)
-        ranked = await self._filter_and_diversify(ranked, cfg.k)
-        titles = await self._titles([c.item_id for _, c, _ in ranked] +
-                                    [a for _, c, _ in ranked for a in c.because.values()])
+        head = self._rank(cands, 2 * cfg.k)
+        ranked, titles = await self._filter_and_diversify(head, cfg.k)
         items = [RecommendedItem(c.item_id, round(score, 6), sorted(c.signals, key=lambda s: -c.signals[s]),
                                  self._reason(c, titles)) for score, c, _ in ranked]
         rec_id = self.new_rec_id()
@@ -405,30 +406,48 @@ class Recommender:
             context={"_record": record, "session_items": ctx.session_items[:5],
                      "titles": {i: t for i, t in titles.items() if t}})
 
-    def _rank(self, cands: dict[str, Candidate]) -> list[tuple[float, Candidate, dict]]:
+    def _rank(self, cands: dict[str, Candidate], head: int) -> list[tuple[float, Candidate, dict]]:
+        """The best ``head`` candidates as (score, candidate, ranker features).
+
+        While the ranker is still warming up, the prior blend orders everything and
+        features are built only for the head (they are stored to label the list)."""
         by_source: dict[str, list[str]] = {}
         for c in cands.values():
             for s in c.signals:
                 by_source.setdefault(s, []).append(c.item_id)
-        rank = {}
+        rank: dict[tuple[str, str], int] = {}
         for s, ids in by_source.items():
-            ids.sort(key=lambda i: -cands[i].signals[s])
+            ids.sort(key=lambda i: (-cands[i].signals[s], i))
             for r, i in enumerate(ids):
                 rank[(s, i)] = r
+        ranker = self.ranker
+        features = ranker.features
+
+        def feats(c: Candidate) -> dict:
+            return features(c.signals, {s: rank[(s, c.item_id)] for s in c.signals})
+
+        if not ranker.active:
+            prior = ranker.prior_score
+            order = sorted(((prior(c.signals), c) for c in cands.values()),
+                           key=lambda t: (-t[0], t[1].item_id))[:head]
+            return [(score, c, feats(c)) for score, c in order]
         scored = []
         for c in cands.values():
-            f = self.ranker.features(c.signals, {s: rank[(s, c.item_id)] for s in c.signals})
-            scored.append((self.ranker.score(f, c.signals), c, f))
+            f = feats(c)
+            scored.append((ranker.score(f, c.signals), c, f))
         scored.sort(key=lambda t: (-t[0], t[1].item_id))
-        return scored
+        return scored[:head]
 
-    async def _filter_and_diversify(self, ranked: list, k: int) -> list:
-        """Drop unavailable items; cap items per category when configured."""
-        head = ranked[: k * 2]
-        metas = await self.store.read([("hmget", self.keys.item_meta(c.item_id), ["available", "category"])
-                                       for _, c, _ in head])
+    async def _filter_and_diversify(self, head: list, k: int) -> tuple[list, dict[str, str | None]]:
+        """Drop unavailable items; cap items per category when configured. One read
+        fetches availability, category and title of the head and of the anchors."""
+        ids = [c.item_id for _, c, _ in head]
+        anchors = list(dict.fromkeys(a for _, c, _ in head for a in c.because.values() if a))
+        metas = await self.store.read([("hmget", self.keys.item_meta(i), ["available", "category", "title"])
+                                       for i in ids + anchors])
+        titles = {i: m[2] for i, m in zip(ids + anchors, metas)}
         out, per_cat = [], {}
-        for (entry, (available, category)) in zip(head, metas):
+        for entry, (available, category, _title) in zip(head, metas):
             if available == "0":
                 continue
             if self.config.max_per_category and category:
@@ -438,12 +457,7 @@ class Recommender:
             out.append(entry)
             if len(out) == k:
                 break
-        return out
-
-    async def _titles(self, item_ids: list[str]) -> dict[str, str | None]:
-        ids = list(dict.fromkeys(item_ids))
-        got = await self.store.read([("hmget", self.keys.item_meta(i), ["title"]) for i in ids])
-        return {i: v[0] for i, v in zip(ids, got)}
+        return out, titles
 
     @staticmethod
     def _reason(c: Candidate, titles: dict[str, str | None]) -> str:

@@ -143,3 +143,25 @@ def start_redis(port: int | None = None, password: str | None = None, username: 
         svc.stop()
         raise
     return svc
+
+
+def start_worker(env: dict[str, str], log: Path, ready_timeout_s: float = 120.0,
+                 args: tuple[str, ...] = ()) -> Service:
+    """Start ``streamrec worker`` as a child process with ``STREAMREC_*`` settings in ``env``.
+
+    Returns once the worker logs that it is ready (its agents joined the group).
+    """
+    import sys
+
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    proc = _spawn([sys.executable, "-m", "streams.cli", "worker", *args], "worker", log, full_env)
+    svc = Service("worker", int(env.get("STREAMREC_WEB_PORT", "0") or 0), proc, None, log)
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if log.exists() and b" ready: store=" in log.read_bytes():
+            return svc
+        time.sleep(0.2)
+    svc.stop()
+    raise TimeoutError(f"worker not ready within {ready_timeout_s}s:\n{log.read_text()[-3000:]}")

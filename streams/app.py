@@ -1,0 +1,294 @@
+"""The Faust worker: consume the input topics, run the one processing path, emit.
+
+``create_app(settings)`` builds a ``faust.App`` with one agent over every input topic
+(``clicks``, ``carts``, ``items``, ``reviews``, ``feedback``, ``forget``; message key =
+``user_id``). The agent takes events in batches (``stream.take_events``), decodes and
+validates each one (bad ones go to ``dead-letter`` with topic, partition, offset and
+reason), hands the good ones to ``Recommender.handle`` and sends each
+recommendation to ``recommendations``; the copy pool turns it into an event on
+``recommendations-enriched``.
+
+Delivery is at-least-once with idempotent effects: Faust acknowledges an event once
+the agent moves past it, and ``handle`` ignores an ``event_id`` it has applied
+before. While the feature store is unreachable the agent retries with backoff
+instead of moving on, so the stream pauses rather than loses events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Sequence
+
+import faust
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from models.events import INPUT_TOPICS, Event, Rejected, parse
+from models.features import StoreError, open_store
+from models.features.keys import Keys
+from models.features.store import FeatureStore
+from models.pipeline import Recommender, RecommenderConfig, recommendation_json
+from streams.codecs import dead_letter_record, user_key
+from streams.settings import Settings
+
+log = logging.getLogger("streamrec.worker")
+
+
+class Metrics:
+    """Prometheus metrics of one worker (its own registry, exported on /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("streamrec_events_total", "Input events by topic and outcome",
+                              ["topic", "outcome"], registry=r)
+        self.dead_letters = Counter("streamrec_dead_letters_total", "Inputs sent to dead-letter",
+                                    ["topic"], registry=r)
+        self.recommendations = Counter("streamrec_recommendations_total", "Recommendations emitted", registry=r)
+        self.duplicates = Counter("streamrec_duplicates_total", "Redelivered events ignored", registry=r)
+        self.store_errors = Counter("streamrec_store_errors_total", "Feature-store failures (retried)", registry=r)
+        self.internal_errors = Counter("streamrec_internal_errors_total", "Events that raised in processing",
+                                       registry=r)
+        self.batch_seconds = Histogram("streamrec_batch_seconds", "Time to process one batch", registry=r,
+                                       buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.rec_latency = Histogram("streamrec_recommendation_latency_seconds",
+                                     "From batch start to recommendation built", registry=r,
+                                     buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
+        self.batch_size = Histogram("streamrec_batch_events", "Events per batch", registry=r,
+                                    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000))
+        self.store_up = Gauge("streamrec_store_up", "1 when the feature store answers", registry=r)
+
+
+class Runtime:
+    """Everything one worker process holds: store, recommender, copy pool, metrics.
+
+    ``send`` functions are injected so the same runtime serves Faust and tests.
+    """
+
+    def __init__(self, settings: Settings, store: FeatureStore | None = None,
+                 recommender: Recommender | None = None, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.redis_url, **(
+            settings.redis_kwargs() if not settings.redis_url.startswith("memory") else {}))
+        self.keys = Keys(settings.key_prefix)
+        self.recommender = recommender or Recommender(
+            self.store, self.keys,
+            RecommenderConfig(k=settings.k, exclude_purchased=settings.exclude_purchased,
+                              exclude_in_cart=settings.exclude_in_cart,
+                              session_gap_s=settings.session_gap_s, dedupe_ttl_s=settings.dedupe_ttl_s))
+        self.metrics = metrics or Metrics()
+        self.copy_pool: Any = None
+        self.listeners: list[Any] = []  # callables(kind, payload_dict) for live push
+        self.started_at = time.time()
+
+    # -- the per-batch path -----------------------------------------------------------------
+    def decode(self, topic: str, partition: int | None, offset: int | None, key: bytes | None,
+               value: bytes | None) -> Event | dict:
+        """An event, or the dead-letter record saying why the input cannot be used."""
+        base = topic[len(self.settings.topic_prefix):] if topic.startswith(self.settings.topic_prefix) else topic
+        result = parse(base, value)
+        if isinstance(result, Rejected):
+            self.metrics.events.labels(base, "rejected").inc()
+            self.metrics.dead_letters.labels(base).inc()
+            return dead_letter_record(topic, partition, offset, key, value, result.reason)
+        self.metrics.events.labels(base, "accepted").inc()
+        return result
+
+    async def handle(self, events: Sequence[Event]) -> list[tuple[Event, Any]]:
+        """Run the recommender over ``events``; returns (event, error) pairs for the ones
+        that failed for a reason other than the store (each is isolated and retried alone).
+
+        Store failures are retried with capped backoff until the store answers again.
+        """
+        failures: list[tuple[Event, Any]] = []
+        if not events:
+            return failures
+        with self.metrics.batch_seconds.time():
+            try:
+                outcome = await self._with_store_retry(events)
+            except StoreError:
+                raise
+            except Exception:  # a bug or a poison event: isolate it, keep the others
+                log.exception("batch of %d events failed; retrying one by one", len(events))
+                outcome = None
+            if outcome is None:
+                for e in events:
+                    try:
+                        one = await self._with_store_retry([e])
+                    except Exception as err:  # noqa: BLE001 - reported on dead-letter
+                        self.metrics.internal_errors.inc()
+                        failures.append((e, err))
+                    else:
+                        await self._emit(one)
+                return failures
+        self.metrics.batch_size.observe(len(events))
+        await self._emit(outcome)
+        return failures
+
+    async def _with_store_retry(self, events: Sequence[Event]):
+        delay = 0.05
+        while True:
+            try:
+                outcome = await self.recommender.handle(events)
+                self.metrics.store_up.set(1)
+                return outcome
+            except StoreError as e:
+                self.metrics.store_errors.inc()
+                self.metrics.store_up.set(0)
+                log.warning("feature store unavailable (%s); retrying in %.2fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _emit(self, outcome: Any) -> None:
+        if outcome.duplicates:
+            self.metrics.duplicates.inc(outcome.duplicates)
+        for rec in outcome.recommendations:
+            self.metrics.recommendations.inc()
+            self.metrics.rec_latency.observe(rec.latency_ms / 1000)
+            payload = recommendation_json(rec)
+            await self.send_recommendation(rec.user_id, payload)
+            if self.copy_pool is not None:
+                self.copy_pool.submit(orjson.loads(payload))
+            for listener in self.listeners:
+                listener("recommendation", payload)
+
+    # -- outputs (bound to Faust topics by create_app; replaced in tests) --------------------
+    async def send_recommendation(self, user_id: str, payload: bytes) -> None:
+        raise NotImplementedError
+
+    async def send_dead_letter(self, record: dict) -> None:
+        raise NotImplementedError
+
+    async def send_enriched(self, enriched: dict) -> None:
+        """Produce an enriched recommendation and keep it as the user's latest."""
+        raise NotImplementedError
+
+
+def _faust_credentials(settings: Settings) -> Any:
+    proto = settings.kafka_security_protocol
+    if proto == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if proto in ("SSL", "SASL_SSL"):
+        ssl_context = settings.kafka_kwargs()["ssl_context"]
+        if proto == "SSL":
+            return faust.SSLCredentials(ssl_context)
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+    return faust.SASLCredentials(username=settings.kafka_sasl_username, password=password,
+                                 mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context)
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
+    """The Faust app of one worker, bound to ``runtime`` (created from settings if omitted)."""
+    rt = runtime or Runtime(settings)
+    app = faust.App(
+        settings.app_id, broker=settings.kafka_url, store="memory://",
+        key_serializer="raw", value_serializer="raw",
+        topic_partitions=settings.partitions, web_enabled=False,
+        consumer_auto_offset_reset="earliest", broker_commit_interval=1.0,
+        broker_credentials=_faust_credentials(settings),
+        producer_acks=-1, stream_wait_empty=False,
+    )
+    app.streamrec = rt  # type: ignore[attr-defined]
+    inputs = app.topic(*[settings.topic(t) for t in INPUT_TOPICS], key_type=bytes, value_type=bytes,
+                       partitions=settings.partitions)
+    recs = app.topic(settings.topic("recommendations"), key_type=bytes, value_type=bytes,
+                     partitions=settings.partitions)
+    enriched = app.topic(settings.topic("recommendations-enriched"), key_type=bytes, value_type=bytes,
+                         partitions=settings.partitions)
+    dlq = app.topic(settings.topic("dead-letter"), key_type=bytes, value_type=bytes,
+                    partitions=settings.partitions)
+
+    async def send_recommendation(user_id: str, payload: bytes) -> None:
+        await recs.send(key=user_key(user_id), value=payload, force=True)
+
+    async def send_dead_letter(record: dict) -> None:
+        key = record["key"].encode() if isinstance(record.get("key"), str) else None
+        await dlq.send(key=key, value=orjson.dumps(record), force=True)
+
+    async def send_enriched(payload: dict) -> None:
+        blob = orjson.dumps(payload)
+        await enriched.send(key=user_key(payload["user_id"]), value=blob, force=True)
+        await rt.store.write([("set", rt.keys.latest_enriched(payload["user_id"]), blob, None)])
+        for listener in rt.listeners:
+            listener("copy", blob)
+
+    rt.send_recommendation = send_recommendation  # type: ignore[method-assign]
+    rt.send_dead_letter = send_dead_letter  # type: ignore[method-assign]
+    rt.send_enriched = send_enriched  # type: ignore[method-assign]
+
+    @app.agent(inputs, concurrency=1)
+    async def process(stream):  # noqa: ANN001 - Faust stream
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            good: list[Event] = []
+            for ev in batch:
+                m = ev.message
+                decoded = rt.decode(m.topic, m.partition, m.offset, m.key, m.value)
+                if isinstance(decoded, dict):
+                    await rt.send_dead_letter(decoded)
+                else:
+                    good.append(decoded)
+            for event, err in await rt.handle(good):
+                await rt.send_dead_letter(dead_letter_record(
+                    "internal", None, None, event.user_id.encode() if event.user_id else None,
+                    orjson.dumps(_event_dict(event)), f"processing failed: {type(err).__name__}: {err}"))
+
+    @app.task
+    async def on_started() -> None:
+        try:
+            if await rt.recommender.restore():
+                log.info("ranker restored from snapshot (%d updates)", rt.recommender.ranker.updates)
+        except StoreError as e:
+            log.warning("could not load the ranker snapshot: %s", e)
+        if settings.copy_in_worker:
+            await _start_copy_pool(rt)
+        if settings.web_port:
+            await _start_web(rt, app)
+        log.info("worker %s ready: store=%s topics=%s", settings.worker_id, rt.store.kind,
+                 ",".join(settings.topic(t) for t in INPUT_TOPICS))
+
+    @app.timer(settings.snapshot_every_s)
+    async def snapshot() -> None:
+        try:
+            await rt.recommender.snapshot()
+        except StoreError as e:
+            log.warning("snapshot skipped: %s", e)
+
+    return app
+
+
+def _event_dict(event: Event) -> dict:
+    from models.events import to_dict
+
+    return to_dict(event)
+
+
+async def _start_copy_pool(rt: Runtime) -> None:
+    try:
+        from streams.copy_pool import CopyPool
+    except ImportError:  # the pool ships with the package; this guards partial installs
+        log.warning("copy pool unavailable; recommendations go out without copy")
+        return
+    rt.copy_pool = CopyPool(rt.settings, rt.store, rt.keys, rt.send_enriched)
+    await rt.copy_pool.start()
+    log.info("copy pool started (%s)", "llm " + rt.settings.llm_model if rt.settings.llm_enabled
+             else "template copy only")
+
+
+async def _start_web(rt: Runtime, app: faust.App) -> None:
+    try:
+        from streams.web import start_web
+    except ImportError:
+        log.warning("web API unavailable")
+        return
+    await start_web(rt, app)
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run one worker until interrupted (``streamrec worker``)."""
+    from faust.worker import Worker
+
+    app = create_app(settings)
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,0 +1,131 @@
+"""``streamrec`` command line. Settings come from ``STREAMREC_*``; flags override them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from streams.settings import load_settings
+
+FORMATS = ("jsonl", "sessions", "session-tsv", "taobao", "online-retail")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kafka-url", help="broker, kafka://host:port[;host:port] (STREAMREC_KAFKA_URL)")
+    p.add_argument("--redis-url", help="feature store, redis://, rediss:// or memory:// (STREAMREC_REDIS_URL)")
+    p.add_argument("--topic-prefix", help="prefix on every topic name (STREAMREC_TOPIC_PREFIX)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamrec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="run the Faust worker: agents, copy pool, web API")
+    _common(w)
+    w.add_argument("--web-port", type=int, help="HTTP/SSE port, 0 = off (STREAMREC_WEB_PORT)")
+    w.add_argument("--loglevel", default="info")
+
+    r = sub.add_parser("replay", help="run the pipeline in-process over a recorded stream and score it")
+    r.add_argument("path")
+    r.add_argument("--format", required=True, choices=FORMATS)
+    r.add_argument("--k", type=int, default=20)
+    r.add_argument("--report", help="write the JSON report here")
+    r.add_argument("--baselines", action="store_true", help="also score popularity and BiasedMF")
+    r.add_argument("--no-content", action="store_true", help="turn the content candidate source off")
+    r.add_argument("--plot", help="write plots to this .png or .html file")
+    r.add_argument("--limit", type=int, help="stop after this many events")
+    r.add_argument("--redis-url")
+
+    pr = sub.add_parser("produce", help="replay a recorded stream into Kafka in event-time order")
+    _common(pr)
+    pr.add_argument("path")
+    pr.add_argument("--format", required=True, choices=FORMATS)
+    pace = pr.add_mutually_exclusive_group()
+    pace.add_argument("--speedup", type=float, help="event time runs this many times faster than recorded")
+    pace.add_argument("--rate", type=float, help="events per second, evenly spaced")
+    pr.add_argument("--limit", type=int, help="stop after this many events")
+
+    c = sub.add_parser("copywriter", help="run the LLM copy pool as its own process")
+    _common(c)
+
+    d = sub.add_parser("demo", help="embedded broker, Redis, worker, copy pool and storefront on one machine")
+    d.add_argument("--events", type=int, help="process this many events, then exit")
+    d.add_argument("--headless", action="store_true", help="no browser hint, print the summary and exit")
+    d.add_argument("--rate", type=float, default=200.0, help="events per second fed into the topics")
+    d.add_argument("--web-port", type=int, default=6066)
+    d.add_argument("--no-llm", action="store_true", help="template copy even if a local LLM is installed")
+
+    b = sub.add_parser("bench", help="throughput and latency of one worker next to a bare Faust pass-through")
+    b.add_argument("--events", type=int, default=20000)
+    b.add_argument("--rate", type=float, default=500.0, help="paced rate for the latency run")
+    b.add_argument("--redis-url", help="use this store instead of an embedded Redis")
+    b.add_argument("--report", help="write the JSON results here")
+
+    f = sub.add_parser("forget", help="erase a shopper: features, cached copy and per-user model state")
+    _common(f)
+    f.add_argument("user_id")
+    f.add_argument("--via-kafka", action="store_true", help="send a forget event instead of erasing directly")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    common = {k: getattr(args, k, None) for k in ("kafka_url", "redis_url", "topic_prefix")}
+    try:
+        if args.command == "worker":
+            from streams.app import run_worker
+
+            run_worker(load_settings(web_port=args.web_port, **common), loglevel=args.loglevel)
+            return 0
+        if args.command == "replay":
+            from streams.replay import run_replay
+
+            settings = load_settings(redis_url=args.redis_url or "memory://") if args.redis_url else None
+            run_replay(args.path, args.format, k=args.k, report=args.report, baselines=args.baselines,
+                       no_content=args.no_content, plot=args.plot, settings=settings, limit=args.limit)
+            return 0
+        if args.command == "produce":
+            from streams.produce import run_produce
+
+            n = run_produce(load_settings(**common), args.path, args.format, speedup=args.speedup,
+                            rate=args.rate, limit=args.limit)
+            print(f"produced {n} events")
+            return 0
+        if args.command == "copywriter":
+            import asyncio
+
+            from streams.copywriter import run_copywriter
+
+            asyncio.run(run_copywriter(load_settings(**common)))
+            return 0
+        if args.command == "demo":
+            from streams.demo import run_demo
+
+            return run_demo(events=args.events, headless=args.headless, rate=args.rate,
+                            web_port=args.web_port, use_llm=not args.no_llm)
+        if args.command == "bench":
+            from streams.bench import run_bench
+
+            run_bench(events=args.events, rate=args.rate, redis_url=args.redis_url, report=args.report)
+            return 0
+        if args.command == "forget":
+            import asyncio
+
+            from streams.privacy import forget
+
+            asyncio.run(forget(load_settings(**common), args.user_id, via_kafka=args.via_kafka))
+            print(f"forgot user {args.user_id!r}" + (" (forget event sent)" if args.via_kafka else ""))
+            return 0
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError) as e:
+        print(f"streamrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
