@@ -29,7 +29,7 @@ from models.events import INPUT_TOPICS, Event, Rejected, parse
 from models.features import StoreError, open_store
 from models.features.keys import Keys
 from models.features.store import FeatureStore
-from models.pipeline import Recommender, RecommenderConfig, recommendation_json
+from models.pipeline import Recommender, RecommenderConfig, default_sources, recommendation_json
 from streams.codecs import dead_letter_record, user_key
 from streams.settings import Settings
 
@@ -73,11 +73,20 @@ class Runtime:
         self.store = store or open_store(settings.redis_url, **(
             settings.redis_kwargs() if not settings.redis_url.startswith("memory") else {}))
         self.keys = Keys(settings.key_prefix)
-        self.recommender = recommender or Recommender(
-            self.store, self.keys,
-            RecommenderConfig(k=settings.k, exclude_purchased=settings.exclude_purchased,
-                              exclude_in_cart=settings.exclude_in_cart,
-                              session_gap_s=settings.session_gap_s, dedupe_ttl_s=settings.dedupe_ttl_s))
+        self.catalog: Any = None
+        if recommender is None:
+            sources = default_sources(self.store, self.keys)
+            if settings.content:
+                sources, self.catalog = with_content(sources, self.store, self.keys, settings.model_path)
+            recommender = Recommender(
+                self.store, self.keys,
+                RecommenderConfig(k=settings.k, exclude_purchased=settings.exclude_purchased,
+                                  exclude_in_cart=settings.exclude_in_cart,
+                                  session_gap_s=settings.session_gap_s, dedupe_ttl_s=settings.dedupe_ttl_s),
+                sources=sources)
+            if self.catalog is not None:
+                recommender.on_items.append(self.catalog.offer)
+        self.recommender = recommender
         self.metrics = metrics or Metrics()
         self.copy_pool: Any = None
         self.listeners: list[Any] = []  # callables(kind, payload_dict) for live push
@@ -242,6 +251,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
                 log.info("ranker restored from snapshot (%d updates)", rt.recommender.ranker.updates)
         except StoreError as e:
             log.warning("could not load the ranker snapshot: %s", e)
+        if rt.catalog is not None:
+            await rt.catalog.start()
+            try:
+                log.info("content index rebuilt from the store: %d items", await rt.catalog.rebuild())
+            except StoreError as e:
+                log.warning("content index starts empty: %s", e)
         if settings.copy_in_worker:
             await _start_copy_pool(rt)
         if settings.web_port:
@@ -257,6 +272,25 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
             log.warning("snapshot skipped: %s", e)
 
     return app
+
+
+def with_content(sources: list, store: FeatureStore, keys: Keys, model_path: str | None = None
+                 ) -> tuple[list, Any]:
+    """Add the text-similarity source before popularity, when an encoder is installed.
+
+    Returns the sources and the catalog ingestor (None without a model: the other
+    sources carry on, and the log says so).
+    """
+    from models.content import AutoIndex, CatalogIngestor, ContentSource, load_default_encoder
+
+    encoder = load_default_encoder(model_path)
+    if encoder is None:
+        return sources, None
+    index = AutoIndex(encoder.dim)
+    catalog = CatalogIngestor(store, keys, encoder, index)
+    content = ContentSource(store, keys, index)
+    fill = [s for s in sources if s.name == "popular"]
+    return [s for s in sources if s.name != "popular"] + [content] + fill, catalog
 
 
 def _event_dict(event: Event) -> dict:

@@ -55,7 +55,9 @@ class TextEncoder:
 
     ``device`` is ``"auto"`` (CUDA when available, else CPU), ``"cuda"`` or ``"cpu"``.
     Texts are sorted by length before batching so a batch carries little padding.
-    ``encode`` is thread-safe: run it in an executor, off the event loop.
+    ``encode`` is thread-safe: run it in an executor, off the event loop. ``threads``
+    caps onnxruntime's intra-op threads; ``spinning=False`` keeps idle ones from
+    busy-waiting on a core the event loop needs.
 
     >>> enc = TextEncoder("model.onnx", "tokenizer.json", batch_size=32)   # doctest: +SKIP
     >>> v = enc.encode(["white metal lantern"])                            # doctest: +SKIP
@@ -65,7 +67,8 @@ class TextEncoder:
 
     def __init__(self, model_file: str | os.PathLike, tokenizer_file: str | os.PathLike, *,
                  max_length: int = 128, batch_size: int = 64, device: str = "auto",
-                 threads: int | None = None, name: str | None = None) -> None:
+                 threads: int | None = None, spinning: bool = False,
+                 name: str | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - onnxruntime is a declared extra
@@ -92,7 +95,14 @@ class TextEncoder:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # Idle ONNX threads spin by default, taking the core the event loop needs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         available = ort.get_available_providers()
+        if _CUDA in available and device != "cpu" and hasattr(ort, "preload_dlls"):
+            try:  # CUDA and cuDNN from the nvidia-* wheels, when installed that way
+                ort.preload_dlls()
+            except Exception as e:  # pragma: no cover - depends on the GPU machine
+                log.debug("onnxruntime.preload_dlls failed: %s", e)
         if device == "cpu":
             wanted = [_CPU]
         elif device == "cuda":
@@ -102,7 +112,13 @@ class TextEncoder:
             wanted = [_CUDA, _CPU]
         else:
             wanted = [_CUDA, _CPU] if _CUDA in available else [_CPU]
-        self._session = ort.InferenceSession(str(self.model_file), sess_options=opts, providers=wanted)
+        try:
+            self._session = ort.InferenceSession(str(self.model_file), sess_options=opts, providers=wanted)
+        except Exception as e:
+            if wanted == [_CPU] or device == "cuda":
+                raise
+            log.warning("text encoder: CUDA session failed (%s); using the CPU provider", e)
+            self._session = ort.InferenceSession(str(self.model_file), sess_options=opts, providers=[_CPU])
         #: The provider that actually runs the model (CUDA falls back to CPU without a GPU).
         self.provider = self._session.get_providers()[0]
         if device == "cuda" and self.provider != _CUDA:
@@ -114,6 +130,9 @@ class TextEncoder:
             raise EncoderUnavailable(f"{self.model_file}: unsupported model inputs {self._inputs}")
         self._output, self._pooled = self._pick_output()
         self.dim = int(self._session.get_outputs()[self._out_index].shape[-1])
+        if _CUDA in wanted and self.provider != _CUDA:
+            log.warning("text encoder: onnxruntime-gpu is installed but CUDA did not start; using %s",
+                        self.provider)
         log.info("text encoder %s: %d dimensions on %s", self.name, self.dim, self.provider)
 
     def _pick_output(self) -> tuple[str, bool]:

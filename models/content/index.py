@@ -7,12 +7,14 @@
 - ``AutoIndex``: exact until the catalog passes ``threshold`` items, then moves itself to
   ANN once (no way back: catalogs seldom shrink by much).
 
-Crossover, measured with ``python -m benchmarks.bench_content`` on 2 shared CPU cores
-(384 dimensions, float32, one query): exact search costs about 0.02 ms per 1,000
-items (about 0.25 ms at 10k, 2.5-3.5 ms at 100k, growing linearly); the HNSW graph
-answers in about 0.1-0.2 ms at both sizes. The exact p50 meets the ANN p50 near 5k
-items, but below 20k items exact stays under half a millisecond, needs no build
-time and is exact, so ``AutoIndex`` switches at 20,000.
+Crossover, measured with ``python -m benchmarks.bench_content`` on 2 CPU cores shared
+with other work (load average 4-7; 384 dimensions, float32, k=50, p50 of one query):
+exact search grows linearly, about 0.2 ms at 1k items, 0.5 ms at 5k, 0.8-0.9 ms at 10k,
+2-6 ms at 20k and 22 ms at 100k; HNSW answered in 0.46 ms at 10k and 1.2 ms at 100k
+with recall@10 of 0.999-1.0 on text-like vectors, but costs 0.5-1.3 ms of build time
+per item (5-7 s for 10k items, 2-2.2 minutes for 100k). They meet between 5k and 10k
+items, so ``AutoIndex`` switches at 10,000, and builds the graph in a background thread
+so the switch never stalls the event loop.
 
 Vectors are L2-normalised on the way in, so scores are cosine similarities. All methods
 are meant to be called from one thread (the event loop); none blocks for long.
@@ -28,7 +30,9 @@ are meant to be called from one thread (the event loop); none blocks for long.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Collection, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -36,7 +40,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: Catalog size above which ``AutoIndex`` moves from exact search to HNSW (see module doc).
-ANN_THRESHOLD = 20_000
+ANN_THRESHOLD = 10_000
 
 Hits = list[tuple[str, float]]
 
@@ -76,8 +80,23 @@ class VectorIndex(Protocol):
         """``search`` for one vector."""
 
 
+def _blas_controller():
+    """A threadpoolctl controller for the BLAS numpy uses, or None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    ctl = ThreadpoolController()
+    return ctl if ctl.select(user_api="blas").lib_controllers else None
+
+
 class ExactIndex:
     """Brute-force cosine search over a growing numpy matrix.
+
+    Searches run BLAS on ``blas_threads`` threads (1 by default, via threadpoolctl): a
+    multi-threaded product of a few queries against the matrix was 3-6 times slower on
+    busy 2-core machines, where BLAS threads wait for a core while the event loop waits
+    for them.
 
     >>> import numpy as np
     >>> ix = ExactIndex(dim=2)
@@ -88,8 +107,10 @@ class ExactIndex:
 
     kind = "exact"
 
-    def __init__(self, dim: int, capacity: int = 1024) -> None:
+    def __init__(self, dim: int, capacity: int = 1024, blas_threads: int | None = 1) -> None:
         self.dim = int(dim)
+        self._blas_threads = blas_threads
+        self._blas = _blas_controller() if blas_threads else None
         self._m = np.zeros((max(1, capacity), self.dim), dtype=np.float32)
         self._ids: list[str] = []
         self._row: dict[str, int] = {}
@@ -148,7 +169,10 @@ class ExactIndex:
         size = len(self._ids)
         if size == 0 or n <= 0:
             return [[] for _ in range(len(q))]
-        scores = q @ self._m[:size].T  # [q, size]
+        # [size, q] then transposed: OpenBLAS streams the big matrix once this way round
+        with (self._blas.limit(limits=self._blas_threads, user_api="blas") if self._blas
+              else contextlib.nullcontext()):
+            scores = np.ascontiguousarray((self._m[:size] @ q.T).T)
         want = min(size, n + sum(1 for e in exclude if e in self._row))
         out: list[Hits] = []
         for row in scores:
@@ -187,7 +211,7 @@ class AnnIndex:
     kind = "ann"
 
     def __init__(self, dim: int, *, connectivity: int = 16, expansion_add: int = 128,
-                 expansion_search: int = 64, dtype: str = "f32") -> None:
+                 expansion_search: int = 128, dtype: str = "f32") -> None:
         from usearch.index import Index
 
         self.dim = int(dim)
@@ -278,19 +302,30 @@ class AnnIndex:
 class AutoIndex:
     """Exact search for small catalogs, HNSW once the catalog passes ``threshold`` items.
 
+    With ``background=True`` (the default) the HNSW graph is built from a snapshot in a
+    worker thread (usearch releases the GIL) while exact search keeps answering; changes
+    made meanwhile are replayed onto the graph before it takes over, on the next call
+    (more than ``max_replay`` upserted rows, as in a bulk load, start a fresh build
+    instead). ``settle()`` waits until the graph has taken over.
+
     >>> import numpy as np
-    >>> ix = AutoIndex(dim=4, threshold=2)
+    >>> ix = AutoIndex(dim=4, threshold=2, background=False)
     >>> ix.upsert(["a", "b"], np.eye(4, dtype=np.float32)[:2]); ix.kind
     'exact'
     >>> ix.upsert(["c"], np.eye(4, dtype=np.float32)[2:3]); ix.kind
     'ann'
     """
 
-    def __init__(self, dim: int, threshold: int = ANN_THRESHOLD, **ann_options) -> None:
+    def __init__(self, dim: int, threshold: int = ANN_THRESHOLD, *, background: bool = True,
+                 max_replay: int = 2000, **ann_options) -> None:
         self.dim = int(dim)
         self.threshold = int(threshold)
+        self.background = background
+        self.max_replay = int(max_replay)
         self._ann_options = ann_options
         self._inner: ExactIndex | AnnIndex = ExactIndex(dim)
+        self._build: Future | None = None
+        self._pending: list[tuple[str, list[str], np.ndarray | None]] = []
 
     @property
     def kind(self) -> str:
@@ -307,21 +342,73 @@ class AutoIndex:
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         self._inner.upsert(ids, vectors)
-        if isinstance(self._inner, ExactIndex) and len(self._inner) > self.threshold:
-            all_ids, matrix = self._inner.matrix()
-            ann = AnnIndex(self.dim, **self._ann_options)
-            ann.upsert(all_ids, matrix)
-            self._inner = ann
-            log.info("vector index: %d items, moved from exact search to HNSW", len(all_ids))
+        if self._build is not None:
+            self._pending.append(("upsert", list(ids), normalise(vectors).copy()))
+        self._maybe_switch()
 
     def remove(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
         self._inner.remove(ids)
+        if self._build is not None:
+            self._pending.append(("remove", ids, None))
+        self._maybe_switch()
 
     def get(self, item_id: str) -> np.ndarray | None:
         return self._inner.get(item_id)
 
     def search(self, queries: np.ndarray, n: int, exclude: Collection[str] = ()) -> list[Hits]:
+        if self._build is not None and self._build.done():
+            self._maybe_switch()
         return self._inner.search(queries, n, exclude)
 
     def query(self, vector: np.ndarray, n: int, exclude: Collection[str] = ()) -> Hits:
-        return self._inner.query(vector, n, exclude)
+        return self.search(vector, n, exclude)[0]
+
+    def settle(self, timeout_s: float | None = None) -> None:
+        """Wait for background HNSW builds, then switch to the graph."""
+        while self._build is not None:
+            self._build.result(timeout_s)
+            self._maybe_switch()
+
+    def _new_ann(self, ids: list[str], matrix: np.ndarray) -> AnnIndex:
+        ann = AnnIndex(self.dim, **self._ann_options)
+        if ids:
+            ann.upsert(ids, matrix)
+        return ann
+
+    def _maybe_switch(self) -> None:
+        if self._build is not None:
+            if not self._build.done():
+                return
+            build, self._build = self._build, None
+            ann = build.result()
+            backlog = sum(len(ids) for op, ids, _ in self._pending if op == "upsert")
+            if backlog > self.max_replay:
+                # Much arrived during the build (a bulk load): build again from a fresh
+                # snapshot rather than inserting the backlog on the caller's thread.
+                self._pending.clear()
+                self._start_build()
+                return
+            for op, ids, vecs in self._pending:
+                if op == "upsert":
+                    ann.upsert(ids, vecs)
+                else:
+                    ann.remove(ids)
+            self._pending.clear()
+            self._inner = ann
+            log.info("vector index: %d items, moved from exact search to HNSW", len(ann))
+            return
+        if isinstance(self._inner, ExactIndex) and len(self._inner) > self.threshold:
+            if not self.background:
+                all_ids, matrix = self._inner.matrix()
+                self._inner = self._new_ann(all_ids, matrix)
+                log.info("vector index: %d items, moved from exact search to HNSW", len(all_ids))
+                return
+            self._start_build()
+
+    def _start_build(self) -> None:
+        all_ids, matrix = self._inner.matrix()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hnsw-build")
+        self._build = pool.submit(self._new_ann, all_ids, matrix)
+        pool.shutdown(wait=False)
+        log.info("vector index: %d items, building HNSW in the background", len(all_ids))

@@ -7,6 +7,7 @@ timeouts surface as ``StoreError``; retries are the caller's policy.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Sequence
 
 import redis.asyncio as aioredis
@@ -20,10 +21,18 @@ def _str(v: Any) -> Any:
 
 
 class RedisStore:
+    """Reads issued concurrently (e.g. by ``asyncio.gather`` over a batch's
+    recommendations) are coalesced into one pipeline per event-loop turn, so a batch
+    costs a few round trips and a single connection, however many lists it builds."""
+
     kind = "redis"
+    #: Most operations sent in one coalesced pipeline.
+    MAX_PIPELINE_OPS = 20_000
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._r = client
+        self._pending: list[tuple[Sequence[ReadOp], asyncio.Future]] = []
+        self._flushing = False
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 2.0, **kwargs: Any) -> "RedisStore":
@@ -36,6 +45,39 @@ class RedisStore:
     async def read(self, ops: Sequence[ReadOp]) -> list[Any]:
         if not ops:
             return []
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((ops, fut))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush_reads()))
+        return await fut
+
+    async def _flush_reads(self) -> None:
+        try:
+            while self._pending:
+                batch, size = [], 0
+                while self._pending and (not batch or size + len(self._pending[0][0]) <= self.MAX_PIPELINE_OPS):
+                    ops, fut = self._pending.pop(0)
+                    batch.append((ops, fut))
+                    size += len(ops)
+                try:
+                    flat = await self._read_now([op for ops, _ in batch for op in ops])
+                except BaseException as e:  # noqa: BLE001 - handed to every waiting reader
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e if isinstance(e, Exception) else StoreError(repr(e)))
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                pos = 0
+                for ops, fut in batch:
+                    if not fut.done():
+                        fut.set_result(flat[pos:pos + len(ops)])
+                    pos += len(ops)
+        finally:
+            self._flushing = False
+
+    async def _read_now(self, ops: Sequence[ReadOp]) -> list[Any]:
         pipe = self._r.pipeline(transaction=False)
         for op in ops:
             name, key = op[0], op[1]

@@ -1,0 +1,250 @@
+"""Content candidates: items whose text is close to what the shopper is looking at.
+
+``ContentSource`` (name ``content``) is a ``CandidateSource``. Per call it reads the
+anchor vectors from the in-process index (falling back to the store for items that
+left the index), reads the user's text-preference vector in the same single round
+trip, and runs one batched index search:
+
+- each distinct session item (newest first, at most ``max_anchors``; the recent items
+  when the session is empty) is an anchor with weight ``recency_decay ** rank``;
+- the user's preference vector is one more anchor, weight ``user_weight``;
+- a candidate scores the best ``weight * cosine`` over the anchors, and ``because``
+  names the anchor item (empty for the preference vector).
+
+A brand-new item that nobody has clicked yet has no co-visitation data, but as soon
+as it is in the catalog it is both a candidate (close to what shoppers view) and an
+anchor (viewing it yields its text neighbours): that is the cold-start path.
+
+The preference vector (``Keys.user_vector``) is a decayed mean of the vectors of items
+the user engaged with; ``observe`` returns the write that updates it (``learn`` does
+the same with its own store round trip). It is erased with the user's other keys.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+
+from models.candidates import Context
+from models.content.catalog import vector_from_bytes
+from models.content.index import VectorIndex, normalise
+from models.features.keys import Keys
+from models.features.store import FeatureStore, WriteOp
+
+_HEADER = struct.Struct("<dd")  # (weight, last ts) before the float32 mean vector
+
+
+def pack_user_vector(mean: np.ndarray, weight: float, ts: float) -> bytes:
+    """Bytes of a preference vector: little-endian (weight, ts) doubles, then float32s."""
+    return _HEADER.pack(float(weight), float(ts)) + np.asarray(mean, dtype="<f4").tobytes()
+
+
+def unpack_user_vector(raw: bytes | None, dim: int) -> tuple[np.ndarray, float, float] | None:
+    """(mean, weight, ts) from ``pack_user_vector`` bytes, or None when absent or malformed."""
+    if not raw or len(raw) != _HEADER.size + 4 * dim:
+        return None
+    weight, ts = _HEADER.unpack_from(raw)
+    mean = np.frombuffer(raw, dtype="<f4", offset=_HEADER.size).astype(np.float32)
+    return mean, weight, ts
+
+
+class ContentSource:
+    """Text-similar candidates for a shopper's session and taste.
+
+    >>> import asyncio, numpy as np
+    >>> from models.features.memory import MemoryStore
+    >>> from models.content.index import ExactIndex
+    >>> ix = ExactIndex(dim=2)
+    >>> ix.upsert(["mug", "cup", "lamp"], np.array([[1, 0], [0.9, 0.2], [0, 1]], dtype=np.float32))
+    >>> src = ContentSource(MemoryStore(), Keys(), ix)
+    >>> asyncio.run(src.propose(Context("u1", 0.0, ["mug"], []), 2))[0][::2]
+    ('cup', 'mug')
+    """
+
+    name = "content"
+
+    def __init__(self, store: FeatureStore, keys: Keys, index: VectorIndex | None, *,
+                 max_anchors: int = 3, recency_decay: float = 0.7, user_weight: float = 0.6,
+                 half_life_s: float = 14 * 86_400.0, user_vector_ttl_s: int | None = 90 * 86_400,
+                 use_user_vector: bool = True, history_items: int = 20,
+                 cache_users: int = 20_000) -> None:
+        self.store = store
+        self.keys = keys
+        self.index = index
+        self.max_anchors = max(1, int(max_anchors))
+        self.recency_decay = float(recency_decay)
+        self.user_weight = float(user_weight)
+        self.half_life_s = float(half_life_s)
+        self.user_vector_ttl_s = user_vector_ttl_s
+        self.use_user_vector = use_user_vector
+        self.history_items = history_items
+        self.cache_users = cache_users
+        self._taste: OrderedDict[str, tuple[np.ndarray, float, float]] = OrderedDict()
+
+    # -- candidates ------------------------------------------------------------------
+    async def propose(self, ctx: Context, n: int) -> list[tuple[str, float, str]]:
+        index = self.index
+        if index is None or len(index) == 0 or n <= 0:
+            return []
+        anchors = _distinct(ctx.session_items or ctx.recent_items, self.max_anchors)
+        vecs: dict[str, np.ndarray] = {}
+        missing = []
+        for a in anchors:
+            v = index.get(a)
+            if v is None:
+                missing.append(a)
+            else:
+                vecs[a] = v
+        ops: list[tuple] = [("get", self.keys.item_vector(a)) for a in missing]
+        if self.use_user_vector:
+            ops.append(("get", self.keys.user_vector(ctx.user_id)))
+        res = await self.store.read(ops) if ops else []
+        for a, raw in zip(missing, res):
+            v = vector_from_bytes(raw, index.dim)
+            if v is not None:
+                vecs[a] = v
+        queries, weights, because = [], [], []
+        for rank, a in enumerate(anchors):
+            if a in vecs:
+                queries.append(vecs[a])
+                weights.append(self.recency_decay ** rank)
+                because.append(a)
+        if self.use_user_vector and res:
+            user = unpack_user_vector(res[-1], index.dim)
+            if user is None:
+                self._taste.pop(ctx.user_id, None)
+            else:
+                self._remember(ctx.user_id, user)
+            if user is not None and np.any(user[0]):
+                queries.append(user[0])
+                weights.append(self.user_weight)
+                because.append("")
+        if not queries:
+            return []
+        exclude = set(anchors)
+        hits = index.search(np.stack(queries), n, exclude=exclude)
+        best: dict[str, tuple[float, str]] = {}
+        for w, why, row in zip(weights, because, hits):
+            for item_id, cos in row:
+                s = w * cos
+                cur = best.get(item_id)
+                if cur is None or s > cur[0]:
+                    best[item_id] = (s, why)
+        ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
+        return [(item_id, round(s, 6), why) for item_id, (s, why) in ranked]
+
+    async def similar_items(self, item_id: str, n: int) -> list[tuple[str, float]]:
+        """The ``n`` items whose text is closest to ``item_id`` (empty if it has no vector)."""
+        if self.index is None or n <= 0:
+            return []
+        v = self.index.get(item_id)
+        if v is None:
+            (raw,) = await self.store.read([("get", self.keys.item_vector(item_id))])
+            v = vector_from_bytes(raw, self.index.dim)
+        if v is None:
+            return []
+        return self.index.query(v, n, exclude={item_id})
+
+    # -- the user's text taste ----------------------------------------------------------
+    def observe(self, ctx: Context, item_id: str, weight: float, ts: float) -> list[WriteOp]:
+        """The store write that folds one interaction into the user's preference vector.
+
+        ``mean <- (mean * w * decay + v * weight) / (w * decay + weight)``, with
+        ``decay = 0.5 ** (elapsed / half_life_s)``. Synchronous (the recommender batches
+        the writes of every source), so the previous vector comes from this source's own
+        cache, which ``propose`` refreshes from the store on every call; on a miss it is
+        rebuilt from ``ctx.recent_items`` (the i-th newest weighted ``recency_decay ** i``).
+        A shopper without history starts afresh, so an erased user never gets an old
+        vector back.
+        """
+        if self.index is None or weight <= 0 or not self.use_user_vector:
+            return []
+        v = self.index.get(item_id)
+        if v is None:
+            return []
+        old = self._taste.get(ctx.user_id) if ctx.recent_items else None
+        if old is None and ctx.recent_items:
+            old = self._from_history(ctx.recent_items, ts)
+        mean, total, last = _fold(old, v, weight, ts, self.half_life_s)
+        self._remember(ctx.user_id, (mean, total, last))
+        return [("set", self.keys.user_vector(ctx.user_id), pack_user_vector(mean, total, last),
+                 self.user_vector_ttl_s)]
+
+    async def learn(self, user_id: str, item_id: str, ts: float, weight: float = 1.0) -> bool:
+        """``observe`` for callers outside the recommender: reads the stored vector (and the
+        item's, if not in the index), folds the interaction in, writes it back. False when
+        the item has no vector."""
+        if self.index is None or weight <= 0:
+            return False
+        dim = self.index.dim
+        v = self.index.get(item_id)
+        ops: list[tuple] = [("get", self.keys.user_vector(user_id))]
+        if v is None:
+            ops.append(("get", self.keys.item_vector(item_id)))
+        res = await self.store.read(ops)
+        if v is None:
+            v = vector_from_bytes(res[1], dim)
+            if v is None:
+                return False
+        mean, total, last = _fold(unpack_user_vector(res[0], dim), v, weight, ts, self.half_life_s)
+        self._remember(user_id, (mean, total, last))
+        await self.store.write([("set", self.keys.user_vector(user_id), pack_user_vector(mean, total, last),
+                                 self.user_vector_ttl_s)])
+        return True
+
+    def forget(self, user_id: str) -> None:
+        """Drop the cached preference vector of an erased user."""
+        self._taste.pop(user_id, None)
+
+    def _from_history(self, recent: Sequence[str], ts: float) -> tuple[np.ndarray, float, float] | None:
+        vecs, weights = [], []
+        for rank, i in enumerate(_distinct(recent, self.history_items)):
+            v = self.index.get(i)
+            if v is not None:
+                vecs.append(v)
+                weights.append(self.recency_decay ** rank)
+        if not vecs:
+            return None
+        w = np.asarray(weights, dtype=np.float32)
+        return (w @ np.stack(vecs)) / w.sum(), float(w.sum()), ts
+
+    def _remember(self, user_id: str, state: tuple[np.ndarray, float, float]) -> None:
+        self._taste[user_id] = state
+        self._taste.move_to_end(user_id)
+        while len(self._taste) > self.cache_users:
+            self._taste.popitem(last=False)
+
+    async def user_vector(self, user_id: str) -> np.ndarray | None:
+        """The user's preference vector (unit length), or None."""
+        if self.index is None:
+            return None
+        (raw,) = await self.store.read([("get", self.keys.user_vector(user_id))])
+        got = unpack_user_vector(raw, self.index.dim)
+        return None if got is None else normalise(got[0])[0]
+
+
+def _fold(old: tuple[np.ndarray, float, float] | None, v: np.ndarray, weight: float, ts: float,
+          half_life_s: float) -> tuple[np.ndarray, float, float]:
+    v = normalise(v)[0]
+    if old is None:
+        return v, float(weight), float(ts)
+    o_mean, o_weight, o_ts = old
+    decay = 0.5 ** (max(0.0, ts - o_ts) / half_life_s) if half_life_s > 0 else 1.0
+    w_old = o_weight * decay
+    total = w_old + weight
+    return (o_mean * w_old + v * weight) / total, total, max(float(ts), o_ts)
+
+
+def _distinct(items: Sequence[str], limit: int) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for i in items:
+        if i not in seen:
+            seen.add(i)
+            out.append(i)
+            if len(out) == limit:
+                break
+    return out

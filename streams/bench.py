@@ -1,0 +1,206 @@
+"""``streamrec bench``: one worker's throughput and latency, next to a bare Faust pass-through.
+
+Both run as separate processes on the same embedded broker, with the same batching
+(``take_events``), over the same simulated shopper stream:
+
+- throughput: N events produced as fast as possible; events/s = N / (time from the
+  first produce to the last output read back);
+- latency: events paced at ``--rate`` per second; latency = time the output is read
+  back minus the time its input was handed to the producer (p50/p95/p99).
+
+The pass-through agent decodes nothing and recommends nothing: it forwards each
+value to an output topic. The ratio between the two is the cost of the recommender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams.embedded import start_broker, start_redis, start_worker
+from streams.simulate import catalog, simulate_shoppers
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dict], rate: float | None,
+                   id_of, timeout_s: float = 300.0) -> dict:
+    """Produce ``events``; read ``out_topic`` until one output per event arrived."""
+    consumer = AIOKafkaConsumer(out_topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
+                                group_id=f"bench-{uuid.uuid4().hex[:6]}", fetch_max_wait_ms=5)
+    await consumer.start()
+    await asyncio.sleep(1.0)
+    while not consumer.assignment():
+        await asyncio.sleep(0.1)
+    await consumer.seek_to_end()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1 if rate else 5)
+    await producer.start()
+    sent_at: dict[str, float] = {}
+    lat: list[float] = []
+    done = asyncio.Event()
+
+    async def read() -> None:
+        while len(lat) < len(events):
+            batch = await consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for msgs in batch.values():
+                for m in msgs:
+                    t = sent_at.pop(id_of(m.value), None)
+                    if t is not None:
+                        lat.append((now - t) * 1000)
+        done.set()
+
+    reader = asyncio.create_task(read())
+    t0 = time.perf_counter()
+    for n, e in enumerate(events):
+        if rate:
+            due = t0 + n / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        v = e["value"]
+        sent_at[v["event_id"]] = time.perf_counter()
+        await producer.send(prefix + e["topic"], orjson.dumps(v), key=v["user_id"].encode())
+    await producer.flush()
+    try:
+        await asyncio.wait_for(done.wait(), timeout_s)
+    except asyncio.TimeoutError:
+        pass
+    elapsed = time.perf_counter() - t0
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    await producer.stop()
+    await consumer.stop()
+    return {"events": len(events), "outputs": len(lat), "elapsed_s": round(elapsed, 3),
+            "events_per_s": round(len(lat) / elapsed, 1),
+            "p50_ms": round(_pct(lat, 50), 2), "p95_ms": round(_pct(lat, 95), 2),
+            "p99_ms": round(_pct(lat, 99), 2), "max_ms": round(max(lat), 2) if lat else None}
+
+
+def _rec_trigger(value: bytes) -> str:
+    return orjson.loads(value)["trigger_event_id"]
+
+
+def _passthrough_id(value: bytes) -> str:
+    return orjson.loads(value)["event_id"]
+
+
+async def _seed(bootstrap: str, prefix: str, events: list[dict]) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await p.start()
+    for e in events:
+        await p.send(prefix + e["topic"], orjson.dumps(e["value"]))
+    await p.flush()
+    await p.stop()
+
+
+def run_bench(events: int = 20000, rate: float = 500.0, redis_url: str | None = None,
+              report: str | None = None, latency_events: int | None = None) -> dict:
+    """Run both workers through both measurements; print a table; return the results."""
+    logdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    broker = start_broker(log_dir=logdir)
+    redis = None if redis_url else start_redis(log_dir=logdir)
+    redis_url = redis_url or f"redis://127.0.0.1:{redis.port}/0"
+    bootstrap = f"127.0.0.1:{broker.port}"
+    n_lat = latency_events or int(min(events, rate * 20))
+    stream = list(simulate_shoppers(events + n_lat + 2000, seed=42))
+    warm, thr, lat = stream[:2000], stream[2000:2000 + events], stream[2000 + events:]
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "events": events, "rate": rate}
+    try:
+        for name, module_args, out_topic, id_of in (
+                ("passthrough", ("-m", "streams.bench", "passthrough"), "passthrough-out", _passthrough_id),
+                ("streamrec", None, "recommendations", _rec_trigger)):
+            prefix = f"b{uuid.uuid4().hex[:6]}-"
+            env = {"STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "STREAMREC_REDIS_URL": redis_url,
+                   "STREAMREC_TOPIC_PREFIX": prefix, "STREAMREC_KEY_PREFIX": prefix,
+                   "STREAMREC_APP_ID": f"bench-{prefix}", "STREAMREC_WEB_PORT": "0",
+                   "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_COPY_IN_WORKER": "false",
+                   "STREAMREC_PARTITIONS": "4"}
+            if module_args:
+                worker = _start_passthrough(env, logdir / f"{name}.log")
+            else:
+                worker = start_worker(env, logdir / f"{name}.log")
+            try:
+                asyncio.run(_seed(bootstrap, prefix, catalog(5000)))
+                asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, warm, None, id_of))
+                results[name] = {
+                    "throughput": asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, thr, None, id_of)),
+                    "latency": asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, lat, rate, id_of)),
+                }
+            finally:
+                worker.stop()
+            print(f"{name:12s} throughput {results[name]['throughput']['events_per_s']:>9,.0f} events/s   "
+                  f"at {rate:.0f}/s: p50 {results[name]['latency']['p50_ms']:.1f} ms  "
+                  f"p99 {results[name]['latency']['p99_ms']:.1f} ms", flush=True)
+    finally:
+        broker.stop()
+        if redis:
+            redis.stop()
+    sr, pt = results["streamrec"], results["passthrough"]
+    results["ratio_to_passthrough"] = round(sr["throughput"]["events_per_s"] / pt["throughput"]["events_per_s"], 3)
+    print(f"streamrec / pass-through throughput: {results['ratio_to_passthrough']:.2f}")
+    if report:
+        Path(report).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _start_passthrough(env: dict, log: Path):
+    from streams.embedded import _spawn, Service
+
+    full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    proc = _spawn([sys.executable, "-m", "streams.bench", "passthrough"], "passthrough", log, full)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if log.exists() and b"passthrough ready" in log.read_bytes():
+            return Service("passthrough", 0, proc, None, log)
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text()[-2000:])
+        time.sleep(0.2)
+    raise TimeoutError("pass-through worker not ready")
+
+
+def passthrough_main() -> None:
+    """A bare Faust agent with the worker's batching: forward each value, nothing else."""
+    import faust
+    from faust.worker import Worker
+
+    from streams.settings import load_settings
+
+    s = load_settings()
+    app = faust.App(f"{s.app_id}-pt", broker=s.kafka_url, store="memory://", key_serializer="raw",
+                    value_serializer="raw", topic_partitions=s.partitions, web_enabled=False,
+                    consumer_auto_offset_reset="earliest", broker_commit_interval=1.0, producer_acks=-1)
+    inputs = app.topic(s.topic("clicks"), s.topic("carts"), key_type=bytes, value_type=bytes)
+    out = app.topic(s.topic("passthrough-out"), key_type=bytes, value_type=bytes, partitions=s.partitions)
+
+    @app.agent(inputs, concurrency=1)
+    async def forward(stream):  # noqa: ANN001
+        async for batch in stream.take_events(s.batch_size, within=s.batch_window_s):
+            for ev in batch:
+                await out.send(key=ev.message.key, value=ev.message.value, force=True)
+
+    @app.task
+    async def ready() -> None:
+        print("passthrough ready", flush=True)
+
+    Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["passthrough"]:
+    sys.argv = sys.argv[:1]
+    passthrough_main()

