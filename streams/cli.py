@@ -66,13 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("forget", help="erase a shopper: features, cached copy and per-user model state")
     _common(f)
     f.add_argument("user_id")
-    f.add_argument("--via-kafka", action="store_true", help="send a forget event instead of erasing directly")
+    f.add_argument("--direct", action="store_true",
+                   help="erase in the feature store from here instead of sending a forget event to the workers")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command != "worker":  # client chatter (group joins, metadata) is noise here
+        for name in ("aiokafka", "kafka", "faust", "mode"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     common = {k: getattr(args, k, None) for k in ("kafka_url", "redis_url", "topic_prefix")}
     try:
         if args.command == "worker":
@@ -116,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from streams.privacy import forget
 
-            asyncio.run(forget(load_settings(**common), args.user_id, via_kafka=args.via_kafka))
-            print(f"forgot user {args.user_id!r}" + (" (forget event sent)" if args.via_kafka else ""))
+            asyncio.run(forget(load_settings(**common), args.user_id, direct=args.direct))
+            print("erased from the feature store" if args.direct else "forget event sent to the workers")
             return 0
     except KeyboardInterrupt:
         return 130
