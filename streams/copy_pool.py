@@ -17,7 +17,8 @@ tasks (``llm_concurrency``) take recommendations off the queue and, for each:
 Recognised keys of the optional ``rec["context"]`` dict (all optional):
 ``recent_item_ids`` (or ``recent``), newest first; ``cart_item_ids`` (or ``cart``);
 ``segment`` (overrides the derived one); ``reviews``: ``[{"item_id", "text", "rating"?}]``
-of recommended items (user-written, scrubbed of personal data before any prompt).
+of recommended items (user-written, scrubbed of personal data before any prompt; left
+out of the enriched event, which is otherwise the recommendation as received plus ``copy``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ MAX_ITEMS_READ = 10
 MAX_RECENT_READ = 10
 #: Titles of items seen so far, for spotting foreign items in answers (bounded LRU).
 TITLE_INDEX_SIZE = 5000
+#: How often the catalog titles are reloaded from the store (``Keys.catalog_ids``).
+TITLES_REFRESH_S = 60.0
 #: Time kept back from the deadline for checking and sending.
 SEND_MARGIN_S = 0.05
 #: Shortest LLM attempt worth starting.
@@ -190,6 +193,8 @@ class CopyPool:
         self._inflight: dict[asyncio.Task, _Job] = {}
         self._side: set[asyncio.Task] = set()
         self._titles: OrderedDict[str, str] = OrderedDict()
+        self._writing: dict[str, asyncio.Future] = {}  # cache key -> copy being written (single flight)
+        self._refresher: asyncio.Task | None = None
         self._accepting = False
         self._stopped = False
 
@@ -200,6 +205,9 @@ class CopyPool:
         self._accepting = True
         n = int(self.settings.llm_concurrency) if self.llm_enabled else 1
         self._workers = [asyncio.create_task(self._work(), name=f"copy-worker-{i}") for i in range(n)]
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            await asyncio.wait_for(self.refresh_titles(), 5.0)
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="copy-titles")
 
     async def stop(self) -> None:
         """Stop taking work, finish what was submitted (bounded), then release the client.
@@ -208,6 +216,10 @@ class CopyPool:
         so every submitted recommendation still yields one enriched event.
         """
         self._accepting = False
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._queue.join(), self.drain_timeout_s)
         for t in self._workers:
@@ -260,7 +272,10 @@ class CopyPool:
         return self._queue.qsize()
 
     def _side_task(self, job: _Job, reason: str) -> None:
-        task = asyncio.create_task(self._template_job(job, reason))
+        self._spawn(self._template_job(job, reason))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.create_task(coro)
         self._side.add(task)
         task.add_done_callback(self._side.discard)
 
@@ -277,8 +292,8 @@ class CopyPool:
                 await self._process(job)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # never lose an event to a bug in one step
-                log.exception("copy worker failed; sending template copy")
+            except Exception as e:  # never lose an event to a bug in one step
+                log.error("copy worker failed (%s); sending template copy", type(e).__name__)
                 if not job.sending:
                     await self._template_job(job, "internal_error")
             finally:
@@ -299,31 +314,60 @@ class CopyPool:
         if cached is not None:
             self.metrics.cache_hits.inc()
             return await self._emit(job, ctx, cached["headline"], cached["body"], "cache", cached["model"])
-        self.metrics.cache_misses.inc()
         if not self.llm_enabled or self.client is None:
+            self.metrics.cache_misses.inc()
             return await self._emit_template(job, ctx, "llm_disabled")
+        leader = self._writing.get(cache_key)
+        if leader is not None:
+            # The same situation is being written right now: share that answer, free this worker.
+            return self._spawn(self._follow(job, ctx, leader))
+        self.metrics.cache_misses.inc()
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._writing[cache_key] = fut
+        copy: dict | None = None
+        try:
+            copy, reason = await self._llm_copy(ctx, job.deadline)
+        finally:
+            self._writing.pop(cache_key, None)
+            fut.set_result(copy)
+        if copy is None:
+            return await self._emit_template(job, ctx, reason)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.store.write([("set", cache_key, orjson.dumps(copy),
+                                                      int(self.settings.copy_cache_ttl_s))]), 1.0)
+        await self._emit(job, ctx, copy["headline"], copy["body"], "llm", copy["model"])
+
+    async def _follow(self, job: _Job, ctx: CopyContext, leader: asyncio.Future) -> None:
+        try:
+            copy = await asyncio.wait_for(asyncio.shield(leader),
+                                          max(0.0, job.deadline - SEND_MARGIN_S - time.monotonic()))
+        except asyncio.TimeoutError:
+            copy = None
+        if copy is None:
+            return await self._emit_template(job, ctx, "shared_failed")
+        self.metrics.cache_hits.inc()
+        await self._emit(job, ctx, copy["headline"], copy["body"], "cache", copy["model"])
+
+    async def _llm_copy(self, ctx: CopyContext, deadline: float) -> tuple[dict | None, str]:
+        """Checked LLM copy for ``ctx``, or None and the reason it could not be had."""
         if not self.breaker.allow():
             self.metrics.breaker_open.set(1)
-            return await self._emit_template(job, ctx, "circuit_open")
+            return None, "circuit_open"
         try:
-            answer = await self._call_llm(build_messages(ctx), job.deadline)
+            answer = await self._call_llm(build_messages(ctx), deadline)
         except LLMError as e:
             self.breaker.failure()
             self.metrics.breaker_open.set(1 if self.breaker.is_open else 0)
-            return await self._emit_template(job, ctx, e.reason)
+            return None, e.reason
         self.breaker.success()
         self.metrics.breaker_open.set(0)
         allowed = {i.item_id: i.title for i in ctx.items}
         foreign = {k: v for k, v in self._titles.items() if k not in allowed}
         result = check_answer(answer.text, allowed, foreign)
         if not result.ok:
-            return await self._emit_template(job, ctx, f"check_{result.reason}")
+            return None, f"check_{result.reason}"
         self.metrics.successes.inc()
-        with contextlib.suppress(Exception):
-            payload = orjson.dumps({"headline": result.headline, "body": result.body, "model": answer.model})
-            await asyncio.wait_for(self.store.write([("set", cache_key, payload,
-                                                      int(self.settings.copy_cache_ttl_s))]), 1.0)
-        await self._emit(job, ctx, result.headline, result.body, "llm", answer.model)
+        return {"headline": result.headline, "body": result.body, "model": answer.model}, ""
 
     async def _call_llm(self, messages: list[dict], deadline: float) -> Answer:
         """One answer within ``deadline``: retries retryable failures while time allows."""
@@ -380,8 +424,8 @@ class CopyPool:
         try:
             metas = await asyncio.wait_for(
                 self.store.read([("hgetall", self.keys.item_meta(i)) for i in ids + recent]), budget)
-        except (Exception, asyncio.TimeoutError):
-            log.warning("copy: feature store read failed", exc_info=False)
+        except (Exception, asyncio.TimeoutError) as e:
+            log.warning("copy: feature store read failed (%s)", type(e).__name__)
             return None
         for item_id, meta in zip(ids + recent, metas):
             if meta and meta.get("title"):
@@ -411,6 +455,24 @@ class CopyPool:
                 cached = None
         return ctx, cached, cache_key
 
+    async def refresh_titles(self) -> int:
+        """Load catalog titles (up to ``TITLE_INDEX_SIZE``) so answers naming other items are caught."""
+        (ids,) = await self.store.read([("smembers", self.keys.catalog_ids())])
+        ids = sorted(ids)[:TITLE_INDEX_SIZE]
+        titles = await self.store.read([("hmget", self.keys.item_meta(i), ["title"]) for i in ids]) if ids else []
+        for item_id, (title,) in zip(ids, titles):
+            if title:
+                self._remember(item_id, title)
+        return len(ids)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TITLES_REFRESH_S)
+            try:
+                await asyncio.wait_for(self.refresh_titles(), 10.0)
+            except (Exception, asyncio.TimeoutError):
+                log.warning("copy: catalog title refresh failed")
+
     def _remember(self, item_id: str, title: str) -> None:
         self._titles[item_id] = title
         self._titles.move_to_end(item_id)
@@ -436,7 +498,7 @@ class CopyPool:
         self.metrics.events.labels(source).inc()
         self.metrics.latency.labels(source).observe(latency_s)
         try:
-            await self._send({**job.rec, "copy": copy})
+            await self._send({**_public(job.rec), "copy": copy})
         except Exception:
             self.metrics.send_errors.inc()
             log.warning("copy: send failed for rec_id=%s", str(job.rec.get("rec_id"))[:64])
@@ -444,6 +506,14 @@ class CopyPool:
             if job.on_done is not None:
                 with contextlib.suppress(Exception):
                     job.on_done()
+
+
+def _public(rec: dict) -> dict:
+    """The recommendation as it goes out: review texts in its context stay internal."""
+    context = rec.get("context")
+    if isinstance(context, dict) and "reviews" in context:
+        return {**rec, "context": {k: v for k, v in context.items() if k != "reviews"}}
+    return rec
 
 
 def _cached(raw: Any) -> dict | None:

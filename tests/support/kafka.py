@@ -11,7 +11,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 
-async def produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes | dict | None]]) -> None:
+async def produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes | dict | None]],
+                  pace_s: float = 0.0) -> None:
     """Send (topic, key, value) triples in order; dict values are JSON-encoded."""
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await p.start()
@@ -20,6 +21,8 @@ async def produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes 
             if isinstance(value, dict):
                 value = orjson.dumps(value)
             await p.send(topic, value=value, key=key)
+            if pace_s:
+                await asyncio.sleep(pace_s)
         await p.flush()
     finally:
         await p.stop()
