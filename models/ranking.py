@@ -55,11 +55,37 @@ class Ranker:
         return self.updates >= self.warmup and 0 < self.positives < self.updates
 
     def score(self, features: Mapping[str, float], signals: Mapping[str, float]) -> float:
-        prior = self.prior_score(signals)
+        return self.score_many([features], [signals])[0]
+
+    def score_many(self, features: list[Mapping[str, float]], signals: list[Mapping[str, float]]) -> list[float]:
+        """Scores of many candidates at once: the prior blend until the model is active,
+        then its click probability (computed from the learned weights directly, the same
+        numbers River's ``predict_proba_one`` gives, without its per-call overhead).
+
+        >>> r = Ranker(["covis"], warmup=2)
+        >>> for y in (True, False, True, False): r.learn({"covis": float(y), "n_sources": 1.0}, y)
+        >>> f = {"covis": 1.0, "n_sources": 1.0}
+        >>> round(r.score_many([f], [{"covis": 1.0}])[0], 9) == round(r.model.predict_proba_one(f)[True] + 1e-3 * math.tanh(0.7), 9)
+        True
+        """
+        priors = [self.prior_score(s) for s in signals]
         if not self.active:
-            return prior
-        p = self.model.predict_proba_one(dict(features)).get(True, 0.0)
-        return p + 1e-3 * math.tanh(prior)
+            return priors
+        scaler, lr = self.model.steps["StandardScaler"], self.model.steps["LogisticRegression"]
+        means, variances = scaler.means, scaler.vars
+        learned = lr._weights.to_dict()
+        w = {f: learned.get(f, 0.0) for fs in features for f in fs}  # one lookup per distinct feature
+        scale = {f: (means[f], variances[f] ** 0.5) for f in w}
+        out = []
+        for fs, prior in zip(features, priors):
+            z = lr.intercept
+            for f, x in fs.items():
+                m, sd = scale[f]
+                if sd:
+                    z += w[f] * (x - m) / sd
+            z = max(-30.0, min(30.0, z))
+            out.append(1.0 / (1.0 + math.exp(-z)) + 1e-3 * math.tanh(prior))
+        return out
 
     def learn(self, features: Mapping[str, float], clicked: bool) -> None:
         self.model.learn_one(dict(features), bool(clicked))

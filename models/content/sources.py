@@ -22,6 +22,8 @@ the same with its own store round trip). It is erased with the user's other keys
 
 from __future__ import annotations
 
+import time
+
 import struct
 from collections import OrderedDict
 from typing import Sequence
@@ -70,7 +72,8 @@ class ContentSource:
                  max_anchors: int = 3, recency_decay: float = 0.7, user_weight: float = 0.6,
                  half_life_s: float = 14 * 86_400.0, user_vector_ttl_s: int | None = 90 * 86_400,
                  use_user_vector: bool = True, history_items: int = 20,
-                 cache_users: int = 20_000) -> None:
+                 cache_users: int = 20_000, neighbour_ttl_s: float = 60.0,
+                 taste_max_session: int = 2) -> None:
         self.store = store
         self.keys = keys
         self.index = index
@@ -83,6 +86,9 @@ class ContentSource:
         self.history_items = history_items
         self.cache_users = cache_users
         self._taste: OrderedDict[str, tuple[np.ndarray, float, float]] = OrderedDict()
+        self.neighbour_ttl_s = neighbour_ttl_s
+        self.taste_max_session = taste_max_session
+        self._neighbours: dict[tuple[str, int], tuple[float, list]] = {}
 
     # -- candidates ------------------------------------------------------------------
     async def propose(self, ctx: Context, n: int) -> list[tuple[str, float, str]]:
@@ -99,7 +105,10 @@ class ContentSource:
             else:
                 vecs[a] = v
         ops: list[tuple] = [("get", self.keys.item_vector(a)) for a in missing]
-        if self.use_user_vector:
+        # The taste vector matters when the session says little (cold start); a longer
+        # session speaks for itself and saves the per-user search.
+        use_taste = self.use_user_vector and len(ctx.session_items) <= self.taste_max_session
+        if use_taste:
             ops.append(("get", self.keys.user_vector(ctx.user_id)))
         res = await self.store.read(ops) if ops else []
         for a, raw in zip(missing, res):
@@ -112,7 +121,7 @@ class ContentSource:
                 queries.append(vecs[a])
                 weights.append(self.recency_decay ** rank)
                 because.append(a)
-        if self.use_user_vector and res:
+        if use_taste and res:
             user = unpack_user_vector(res[-1], index.dim)
             if user is None:
                 self._taste.pop(ctx.user_id, None)
@@ -124,8 +133,7 @@ class ContentSource:
                 because.append("")
         if not queries:
             return []
-        exclude = set(anchors)
-        hits = index.search(np.stack(queries), n, exclude=exclude)
+        hits = self._search(queries, because, n, set(anchors))
         best: dict[str, tuple[float, str]] = {}
         for w, why, row in zip(weights, because, hits):
             for item_id, cos in row:
@@ -135,6 +143,30 @@ class ContentSource:
                     best[item_id] = (s, why)
         ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
         return [(item_id, round(s, 6), why) for item_id, (s, why) in ranked]
+
+    def _search(self, queries: list, because: list[str], n: int, exclude: set[str]) -> list:
+        """Nearest neighbours of each query; an anchor item's neighbours are cached for
+        ``neighbour_ttl_s`` (they change only when the catalog does), the user's taste
+        vector is searched afresh."""
+        now = time.monotonic()
+        hits: list = [None] * len(queries)
+        todo = []
+        for i, anchor in enumerate(because):
+            cached = self._neighbours.get((anchor, n)) if anchor else None
+            if cached is not None and now - cached[0] < self.neighbour_ttl_s:
+                hits[i] = [(item, cos) for item, cos in cached[1] if item not in exclude]
+            else:
+                todo.append(i)
+        if todo:
+            # ask for a few more than n, so excluding the other anchors still leaves n
+            found = self.index.search(np.stack([queries[i] for i in todo]), n + len(exclude))
+            for i, row in zip(todo, found):
+                if because[i]:
+                    self._neighbours[(because[i], n)] = (now, row)
+                    if len(self._neighbours) > self.cache_users:
+                        self._neighbours.pop(next(iter(self._neighbours)))
+                hits[i] = [(item, cos) for item, cos in row if item not in exclude][:n]
+        return hits
 
     async def similar_items(self, item_id: str, n: int) -> list[tuple[str, float]]:
         """The ``n`` items whose text is closest to ``item_id`` (empty if it has no vector)."""
