@@ -39,7 +39,7 @@ class RedisStore:
         """Connect lazily to ``redis://`` or ``rediss://`` (TLS); extra kwargs go to redis-py."""
         client = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            health_check_interval=30, **kwargs)
+            health_check_interval=30, protocol=2, **kwargs)
         return cls(client)
 
     async def read(self, ops: Sequence[ReadOp]) -> list[Any]:
