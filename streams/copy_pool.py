@@ -58,6 +58,8 @@ TITLES_REFRESH_S = 60.0
 SEND_MARGIN_S = 0.05
 #: Shortest LLM attempt worth starting.
 MIN_ATTEMPT_S = 0.05
+#: Recommended items (from the top) whose latest review the prompt may quote.
+REVIEWED_ITEMS = 3
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -203,7 +205,7 @@ class CopyPool:
         if self._workers:
             return
         self._accepting = True
-        n = int(self.settings.llm_concurrency) if self.llm_enabled else 1
+        n = int(self.settings.llm_concurrency)  # without an LLM they are store-bound: same pool size
         self._workers = [asyncio.create_task(self._work(), name=f"copy-worker-{i}") for i in range(n)]
         with contextlib.suppress(Exception, asyncio.TimeoutError):
             await asyncio.wait_for(self.refresh_titles(), 5.0)
@@ -422,8 +424,11 @@ class CopyPool:
         ids = [str(i["item_id"]) for i in raw_items]
         budget = max(0.05, min(2.0, deadline - time.monotonic()))
         try:
-            metas = await asyncio.wait_for(
-                self.store.read([("hgetall", self.keys.item_meta(i)) for i in ids + recent]), budget)
+            review_ids = [] if context.get("reviews") else ids[:REVIEWED_ITEMS]
+            got = await asyncio.wait_for(
+                self.store.read([("hgetall", self.keys.item_meta(i)) for i in ids + recent] +
+                                [("lrange", self.keys.item_reviews(i), 1) for i in review_ids]), budget)
+            metas, stored_reviews = got[:len(ids + recent)], got[len(ids + recent):]
         except (Exception, asyncio.TimeoutError) as e:
             log.warning("copy: feature store read failed (%s)", type(e).__name__)
             return None
@@ -439,10 +444,11 @@ class CopyPool:
         if not isinstance(segment, str) or not segment.strip():
             segment = segment_of(len(recent), [(meta_of.get(r) or {}).get("category") for r in recent],
                                  n_cart=len(cart) or int(context.get("cart_size") or 0))
+        given = context.get("reviews") or [{"item_id": i, "text": texts[0]}
+                                           for i, texts in zip(review_ids, stored_reviews) if texts]
         reviews = [Review(str(r.get("item_id")), str(r.get("text"))[:2000],
                           r.get("rating") if isinstance(r.get("rating"), (int, float)) else None)
-                   for r in (context.get("reviews") or [])[:20]
-                   if isinstance(r, dict) and isinstance(r.get("text"), str)]
+                   for r in given[:20] if isinstance(r, dict) and isinstance(r.get("text"), str)]
         ctx = CopyContext(items, segment[:80], reviews)
         cache_key = self.keys.copy_cache(cache_digest(ctx.item_ids, ctx.segment, PROMPT_VERSION))
         cached = None

@@ -17,11 +17,15 @@ True
 'html'
 >>> check_answer('Sure! Here is the copy', allowed, foreign).reason
 'not_json'
+>>> check_answer('{"headline": "Tea", "body": "The Tea Pot, now 50% off!"}', allowed, foreign).reason
+'price'
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -35,13 +39,19 @@ BODY_MIN = 10
 
 #: Every reason a check can fail with (metric label values).
 REASONS = ("not_json", "bad_shape", "too_long", "too_short", "url", "html", "email", "phone",
-           "card", "personal_data", "foreign_item", "placeholder", "control_chars")
+           "card", "personal_data", "foreign_item", "placeholder", "control_chars", "price", "meta", "repetitive")
 
-_HTML = re.compile(r"<\s*/?\s*[a-zA-Z!][^>]*>|&lt;|&#x?\d+;|\bon\w+\s*=|\bjavascript\s*:|\bscript\b",
+_HTML = re.compile(r"<\s*/?\s*[a-zA-Z!][^>]*>|&lt;|&#x?\d+;|\bon\w+\s*=|\bjavascript\s*:|[<(]\s*/?\s*script\b",
                    re.IGNORECASE)
 _URLISH = re.compile(r"\b(?:https?|ftp)://|\bwww\.|\]\(|\b[\w-]+\.(?:com|net|org|io|shop|biz|info|ru|cn|xyz|"
                      r"top|app|example|ly)\b", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"\[(?:email|phone|card|number|address|postcode|iban|link|handle|name)\]")
+# Prices and discounts are not in the signals, so copy must not invent them.
+_PRICE = re.compile(r"[$€£¥]\s?\d|\d\s?(?:usd|eur|gbp|dollars?|euros?|pounds?)\b|\d+\s?%\s?off\b|\bfree\s+shipping\b",
+                    re.IGNORECASE)
+# Talk about prompts and instructions means the model followed (or leaked) something it should not.
+_META = re.compile(r"\bsystem prompt\b|\b(?:previous|prior|above|new|these) instructions\b|\bignore (?:all|the|any|"
+                   r"previous|prior)\b|\bas an ai\b|\blanguage model\b|\bas the assistant\b", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 _WORD = re.compile(r"[^\w]+")
@@ -55,6 +65,7 @@ class CheckResult:
     body: str = ""
 
 
+@functools.lru_cache(maxsize=65536)
 def _norm(text: str) -> str:
     return " " + _WORD.sub(" ", text.lower()).strip() + " "
 
@@ -93,6 +104,19 @@ def mentions_foreign(text: str, allowed: Mapping[str, str | None], foreign: Mapp
     return False
 
 
+def repetitive(text: str, n: int = 3, times: int = 3) -> bool:
+    """True when some run of ``n`` words recurs ``times`` times (a degenerate answer).
+
+    >>> repetitive("it is very popular for the most, it is very popular for the most, it is very popular")
+    True
+    >>> repetitive("The Blue Mug keeps tea hot; the Tea Pot keeps it coming.")
+    False
+    """
+    words = _norm(text).split()
+    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return bool(grams) and max(grams.values()) >= times
+
+
 def check_answer(raw: str | None, allowed: Mapping[str, str | None], foreign: Mapping[str, str | None],
                  ) -> CheckResult:
     """Validate one raw LLM answer against the recommended (``allowed``) and other
@@ -123,6 +147,10 @@ def check_answer(raw: str | None, allowed: Mapping[str, str | None], foreign: Ma
         return _fail("url")
     if _PLACEHOLDER.search(text):
         return _fail("placeholder")
+    if _META.search(text):
+        return _fail("meta")
+    if _PRICE.search(text):
+        return _fail("price")
     pii = find_pii(text)
     if pii:
         for kind in ("url", "email", "phone", "card"):
@@ -131,4 +159,6 @@ def check_answer(raw: str | None, allowed: Mapping[str, str | None], foreign: Ma
         return _fail("personal_data")
     if mentions_foreign(text, allowed, foreign):
         return _fail("foreign_item")
+    if repetitive(body):
+        return _fail("repetitive")
     return CheckResult(True, None, headline, body)

@@ -49,8 +49,8 @@ _ADDRESS_EU = re.compile(
 _UNIT = re.compile(r"\b(?:apt|apartment|suite|unit|flat)\.?\s*#?\s*\d+\w?\b", re.IGNORECASE)
 _POSTCODE_UK = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}\b")
 _HANDLE = re.compile(r"(?<![\w@])@[A-Za-z0-9_]{3,30}\b")
-_NAME_INTRO = re.compile(r"\b(my name is|i am|i'm|this is|signed|regards,?)\s+[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?",
-                         re.IGNORECASE)
+_NAME_INTRO = re.compile(r"\b(my name is|my name's|call me|i'm called|signed|regards,?|cheers,?)\s+"
+                         r"[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?", re.IGNORECASE)
 _NAME_START = re.compile(r"[A-Z]")
 
 

@@ -43,7 +43,7 @@ MAX_REVIEW_CHARS = 160
 MAX_TITLE_CHARS = 80
 HEADLINE_MAX = 70
 BODY_MAX = 240
-MAX_TOKENS = 120
+MAX_TOKENS = 96
 
 SYSTEM = (
     "You write short, friendly product-recommendation copy for an online shop.\n"

@@ -34,7 +34,7 @@ def prompt_data(body: dict) -> dict:
 class FaultLLM:
     """TEST DOUBLE of an OpenAI-compatible server with injectable faults."""
 
-    def __init__(self, default: str = "ok", *, stall_s: float = 30.0, slow_s: float = 0.2,
+    def __init__(self, default: str = "ok", *, stall_s: float = 10.0, slow_s: float = 0.2,
                  retry_after: str = "0.1", foreign_title: str = "Garden Hose") -> None:
         self.default = default
         self.stall_s = stall_s
@@ -66,7 +66,7 @@ class FaultLLM:
     async def start(self) -> "FaultLLM":
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
