@@ -176,15 +176,16 @@ def _start_passthrough(env: dict, log: Path):
 
 def passthrough_main() -> None:
     """A bare Faust agent with the worker's batching: forward each value, nothing else."""
-    import faust
     from faust.worker import Worker
 
+    from streams.app import StreamrecApp
     from streams.settings import load_settings
 
     s = load_settings()
-    app = faust.App(f"{s.app_id}-pt", broker=s.kafka_url, store="memory://", key_serializer="raw",
+    app = StreamrecApp(f"{s.app_id}-pt", broker=s.kafka_url, store="memory://", key_serializer="raw",
                     value_serializer="raw", topic_partitions=s.partitions, web_enabled=False,
                     consumer_auto_offset_reset="earliest", broker_commit_interval=1.0, producer_acks=-1)
+    app.fetch_max_wait_ms = s.kafka_fetch_max_wait_ms
     inputs = app.topic(s.topic("clicks"), s.topic("carts"), key_type=bytes, value_type=bytes)
     out = app.topic(s.topic("passthrough-out"), key_type=bytes, value_type=bytes, partitions=s.partitions)
 
