@@ -28,7 +28,15 @@ def _encode(v) -> bytes:
         return repr(v).encode()
 
 
+ids = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FFF), min_size=1, max_size=24)
+well_formed = st.fixed_dictionaries(
+    {"event_id": ids, "user_id": ids, "item_id": ids, "ts": st.floats(min_value=1e9, max_value=1.7e9)},
+    optional={"action": st.sampled_from(["add", "remove", "purchase", "click", "impression"]),
+              "rec_id": ids, "title": st.text(max_size=60), "text": st.text(max_size=60),
+              "quantity": st.integers(min_value=-2, max_value=20)})
+
 raw_inputs = st.one_of(
+    well_formed.map(_encode),                            # right shapes: the accepting path too
     plausible.map(_encode),                              # mostly-right objects with wrong bits
     values.map(_encode),                                 # any JSON at all
     st.binary(max_size=200),                             # bytes that are not JSON
