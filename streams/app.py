@@ -25,7 +25,7 @@ import faust
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from models.events import INPUT_TOPICS, Event, Rejected, parse
+from models.events import INPUT_TOPICS, Event, Item, Rejected, parse
 from models.features import StoreError, open_store
 from models.features.keys import Keys
 from models.features.store import FeatureStore
@@ -74,6 +74,7 @@ class Runtime:
             settings.redis_kwargs() if not settings.redis_url.startswith("memory") else {}))
         self.keys = Keys(settings.key_prefix)
         self.catalog: Any = None
+        self.catalog_feed: asyncio.Future | None = None
         if recommender is None:
             sources = default_sources(self.store, self.keys)
             if settings.content:
@@ -84,8 +85,6 @@ class Runtime:
                                   exclude_in_cart=settings.exclude_in_cart,
                                   session_gap_s=settings.session_gap_s, dedupe_ttl_s=settings.dedupe_ttl_s),
                 sources=sources)
-            if self.catalog is not None:
-                recommender.on_items.append(self.catalog.offer)
         self.recommender = recommender
         self.metrics = metrics or Metrics()
         self.copy_pool: Any = None
@@ -294,6 +293,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
                 log.info("content index rebuilt from the store: %d items", await rt.catalog.rebuild())
             except StoreError as e:
                 log.warning("content index starts empty: %s", e)
+            rt.catalog_feed = asyncio.ensure_future(_follow_catalog(rt))
         if settings.copy_in_worker:
             await _start_copy_pool(rt)
         if settings.web_port:
@@ -309,6 +309,32 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
             log.warning("snapshot skipped: %s", e)
 
     return app
+
+
+async def _follow_catalog(rt: Runtime) -> None:
+    """Every worker indexes the whole catalog: the ``items`` topic is read in full by a
+    consumer outside the group (the group's agent owns only some item partitions; it
+    stores the metadata, this feed keeps each worker's in-memory vector index whole)."""
+    from aiokafka import AIOKafkaConsumer
+
+    s = rt.settings
+    consumer = AIOKafkaConsumer(s.topic("items"), bootstrap_servers=s.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                fetch_max_wait_ms=s.kafka_fetch_max_wait_ms, **s.kafka_kwargs())
+    await consumer.start()
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=500)
+            items = [e for msgs in batch.values() for m in msgs
+                     if isinstance(e := parse("items", m.value), Item)]
+            if items:
+                rt.catalog.offer(items)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the index keeps what it has; lists carry on
+        log.warning("catalog feed stopped (%s); the content index stops growing", type(e).__name__)
+    finally:
+        await consumer.stop()
 
 
 def with_content(sources: list, store: FeatureStore, keys: Keys, model_path: str | None = None

@@ -1,0 +1,147 @@
+"""``streamrec produce`` against the embedded broker: topic routing, keys, per-key
+order, values, limit and pace (lower bounds only: a slow machine never fails them)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from models.events import to_dict
+from streams.produce import Pacer, run_produce
+from streams.readers import open_recording
+from streams.settings import Settings
+from tests.support.kafka import Collector
+
+pytestmark = [pytest.mark.services]
+
+INPUTS = ("clicks", "carts", "items", "reviews", "feedback", "forget")
+T0 = 1_700_000_000.0
+
+
+def recording(path, n_users: int = 8, per_user: int = 12, span_s: float = 60.0, seed: int = 3):
+    """A jsonl recording of every input type, written shuffled (the reader sorts it)."""
+    rnd = random.Random(seed)
+    lines = [{"topic": "items", "value": {"item_id": f"i{j}", "title": f"Product {j}", "ts": T0 + j * 0.001}}
+             for j in range(10)]
+    step = span_s / (n_users * per_user)
+    n = 0
+    for k in range(per_user):
+        for u in range(n_users):
+            n += 1
+            ts, user, item = T0 + 1 + n * step, f"u{u}", f"i{(u + k) % 10}"
+            kind = k % 6
+            if kind in (0, 1, 2):
+                lines.append({"topic": "clicks", "value": {"event_id": f"c{n}", "user_id": user, "item_id": item, "ts": ts}})
+            elif kind == 3:
+                lines.append({"topic": "carts", "value": {"event_id": f"a{n}", "user_id": user, "item_id": item,
+                                                          "action": "add", "quantity": 2, "ts": ts}})
+            elif kind == 4:
+                lines.append({"topic": "reviews", "value": {"event_id": f"r{n}", "user_id": user, "item_id": item,
+                                                            "text": "nice", "rating": 4.0, "ts": ts}})
+            else:
+                lines.append({"topic": "feedback", "value": {"event_id": f"f{n}", "user_id": user, "rec_id": f"rec{n}",
+                                                             "action": "impression", "ts": ts}})
+    lines.append({"topic": "forget", "value": {"event_id": "g1", "user_id": "u0", "ts": T0 + span_s + 2}})
+    rnd.shuffle(lines)
+    path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines) + b"not json\n")
+    return path
+
+
+def settings_for(broker: str, prefix: str) -> Settings:
+    return Settings(kafka_url=f"kafka://{broker}", topic_prefix=prefix, _env_file=None)
+
+
+async def collect(broker: str, prefix: str, expected: int, produce) -> Collector:
+    async with Collector(broker, *(prefix + t for t in INPUTS)) as col:
+        sent = await produce()
+        assert sent == expected
+        assert await col.wait_for(lambda c: sum(map(len, c.messages.values())) >= expected, 60)
+        await asyncio.sleep(0.5)  # nothing more than expected arrives
+    assert sum(map(len, col.messages.values())) == expected
+    return col
+
+
+async def test_routes_keys_and_order(broker, prefix, tmp_path):
+    path = recording(tmp_path / "rec.jsonl")
+    events = list(open_recording(path, "jsonl"))
+    col = await collect(broker, prefix, len(events),
+                        lambda: asyncio.to_thread(run_produce, settings_for(broker, prefix), path, "jsonl",
+                                                  progress=False))
+    for topic in INPUTS:
+        want = [e for e in events if type(e).__name__.lower() in (topic, topic.rstrip("s"))]
+        got = col.messages[prefix + topic]
+        assert len(got) == len(want) > 0, topic
+        # every value is the wire JSON of its event, keyed by user (items: by item)
+        assert sorted(orjson.loads(m.value)["ts"] for m in got) == sorted(e.ts for e in want)
+        for m in got:
+            value = orjson.loads(m.value)
+            assert m.key.decode() == (value["item_id"] if topic == "items" else value["user_id"])
+    by_id = {orjson.dumps(to_dict(e)): e for e in events}
+    assert all(m.value in by_id for ms in col.messages.values() for m in ms)
+    # per key (one partition), messages arrive in event-time order
+    for topic in INPUTS:
+        per_key: dict[tuple, list[float]] = {}
+        for m in col.messages[prefix + topic]:
+            per_key.setdefault((m.key, m.partition), []).append(orjson.loads(m.value)["ts"])
+        assert len({k for k, _ in per_key}) == len(per_key), "one key landed on two partitions"
+        for key, stamps in per_key.items():
+            assert stamps == sorted(stamps), (topic, key)
+
+
+@pytest.mark.slow
+async def test_speedup_and_rate_pace(broker, prefix, tmp_path):
+    # 96 events over 20 s of event time, 10x faster: at least ~2 s of wall time
+    path = recording(tmp_path / "rec.jsonl", span_s=20.0)
+    n = len(list(open_recording(path, "jsonl")))
+    settings = settings_for(broker, prefix)
+    t = time.perf_counter()
+    assert await asyncio.to_thread(run_produce, settings, path, "jsonl", speedup=10.0, progress=False) == n
+    span = max(e.ts for e in open_recording(path, "jsonl")) - min(e.ts for e in open_recording(path, "jsonl"))
+    assert time.perf_counter() - t >= 0.9 * span / 10.0
+    # 40 events at 25/s: at least 39/25 s
+    t = time.perf_counter()
+    assert await asyncio.to_thread(run_produce, settings, path, "jsonl", rate=25.0, limit=40, progress=False) == 40
+    assert time.perf_counter() - t >= 0.9 * 39 / 25.0
+    # as fast as possible: far faster than the paced runs (a loose sanity bound)
+    t = time.perf_counter()
+    assert await asyncio.to_thread(run_produce, settings, path, "jsonl", limit=40, progress=False) == 40
+    assert time.perf_counter() - t < 30
+
+
+def test_pacer_rejects_bad_pace():
+    for kwargs in ({"speedup": 0}, {"rate": -1}, {"speedup": 2, "rate": 3}):
+        with pytest.raises(ValueError):
+            Pacer(**kwargs)
+
+
+@pytest.mark.slow
+async def test_cli_taobao_limit(broker, prefix, tmp_path):
+    """``streamrec produce`` from the command line, on another format, with --limit."""
+    csv = tmp_path / "UserBehavior.csv"
+    rows = [f"{u},{100 + (u * 7 + k) % 13},5,{'pv' if k % 4 else ('cart' if k % 8 else 'buy')},{int(T0) + 50 * u + k}"
+            for u in range(6) for k in range(10)]
+    csv.write_text("\n".join(reversed(rows)) + "\n")
+    env = {**os.environ, "STREAMREC_KAFKA_URL": f"kafka://{broker}", "STREAMREC_TOPIC_PREFIX": prefix}
+
+    async def run():
+        proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "streams.cli", "produce", str(csv),
+                                                        "--format", "taobao", "--rate", "500", "--limit", "50"],
+                                       env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "produced 50 events" in proc.stdout
+        return 50
+
+    col = await collect(broker, prefix, 50, run)
+    clicks = [orjson.loads(m.value) for m in col.messages[prefix + "clicks"]]
+    carts = [orjson.loads(m.value) for m in col.messages[prefix + "carts"]]
+    assert clicks and carts and {c["action"] for c in carts} <= {"add", "purchase"}
+    # the first 50 rows by time, not by file order
+    first = sorted(rows, key=lambda r: int(r.rsplit(",", 1)[1]))[:50]
+    assert sorted(v["ts"] for v in clicks + carts) == sorted(float(r.rsplit(",", 1)[1]) for r in first)
