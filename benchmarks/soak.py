@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.embedded import start_broker, start_redis, start_worker
+from streams.embedded import exit_on_sigterm, start_broker, start_redis, start_worker
 from streams.simulate import catalog, simulate_shoppers
 
 
@@ -97,6 +97,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=300)
     p.add_argument("--report")
     a = p.parse_args()
+    exit_on_sigterm()
     logdir = Path(tempfile.mkdtemp(prefix="streamrec-soak-"))
     broker, redis = start_broker(log_dir=logdir), start_redis(log_dir=logdir)
     prefix = "soak-"

@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.embedded import start_broker, start_redis, start_worker
+from streams.embedded import exit_on_sigterm, start_broker, start_redis, start_worker
 from streams.simulate import catalog, simulate_shoppers
 
 
@@ -112,6 +112,7 @@ async def _seed(bootstrap: str, prefix: str, events: list[dict]) -> None:
 def run_bench(events: int = 20000, rate: float = 500.0, redis_url: str | None = None,
               report: str | None = None, latency_events: int | None = None) -> dict:
     """Run both workers through both measurements; print a table; return the results."""
+    exit_on_sigterm()
     logdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     broker = start_broker(log_dir=logdir)
     redis = None if redis_url else start_redis(log_dir=logdir)

@@ -24,7 +24,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.demo_data import ATTRIBUTION, load_sample
-from streams.embedded import Service, free_port, start_broker, start_redis, start_worker
+from streams.embedded import Service, exit_on_sigterm, free_port, start_broker, start_redis, start_worker
 
 
 class Summary:
@@ -136,6 +136,7 @@ def _records(events: int | None) -> tuple[list[dict], int]:
 
 def run_demo(events: int | None = None, headless: bool = False, rate: float = 200.0,
              web_port: int = 6066, use_llm: bool = True) -> int:
+    exit_on_sigterm()
     logdir = Path(tempfile.mkdtemp(prefix="streamrec-demo-"))
     services: list[Service] = []
     prefix = "demo-"
