@@ -40,7 +40,8 @@ def pct(xs: list[float], q: float) -> float:
 
 async def soak(bootstrap: str, prefix: str, pid: int, minutes: float, rate: float) -> list[dict]:
     consumer = AIOKafkaConsumer(prefix + "recommendations", bootstrap_servers=bootstrap,
-                                group_id=f"soak-{uuid.uuid4().hex[:6]}", auto_offset_reset="latest")
+                                group_id=f"soak-{uuid.uuid4().hex[:6]}", auto_offset_reset="latest",
+                                fetch_max_wait_ms=5)
     await consumer.start()
     while not consumer.assignment():
         await asyncio.sleep(0.1)

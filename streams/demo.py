@@ -60,7 +60,7 @@ async def _play(bootstrap: str, prefix: str, records: list[dict], triggers: int,
                 live: bool, s: Summary) -> None:
     consumer = AIOKafkaConsumer(prefix + "recommendations", prefix + "recommendations-enriched",
                                 bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                group_id=f"demo-{uuid.uuid4().hex[:6]}")
+                                group_id=f"demo-{uuid.uuid4().hex[:6]}", fetch_max_wait_ms=5)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     await consumer.start()
     await producer.start()

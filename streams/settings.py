@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str | None = None
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
-    kafka_fetch_max_wait_ms: int = Field(100, ge=1, le=10_000, description="longest a fetch waits for data")
+    kafka_fetch_max_wait_ms: int = Field(20, ge=1, le=10_000, description="longest a fetch waits for data")
     kafka_session_timeout_s: float = Field(30.0, gt=1, description="how soon a dead worker's partitions move")
 
     # Redis security: a password (ACL user) and TLS via rediss://.
