@@ -29,7 +29,8 @@ from models.events import INPUT_TOPICS, Event, Item, Rejected, parse
 from models.features import StoreError, open_store
 from models.features.keys import Keys
 from models.features.store import FeatureStore
-from models.pipeline import Recommender, RecommenderConfig, default_sources, recommendation_json
+from models.pipeline import Recommender, recommendation_json
+from models.ranking import Ranker
 from streams.codecs import dead_letter_record, user_key
 from streams.settings import Settings
 
@@ -76,20 +77,35 @@ class Runtime:
         self.catalog: Any = None
         self.catalog_feed: asyncio.Future | None = None
         if recommender is None:
-            sources = default_sources(self.store, self.keys)
-            if settings.content:
-                sources, self.catalog = with_content(sources, self.store, self.keys, settings.model_path)
-            recommender = Recommender(
-                self.store, self.keys,
-                RecommenderConfig(k=settings.k, exclude_purchased=settings.exclude_purchased,
-                                  exclude_in_cart=settings.exclude_in_cart,
-                                  session_gap_s=settings.session_gap_s, dedupe_ttl_s=settings.dedupe_ttl_s),
-                sources=sources)
+            recommender = self._build_recommender(settings)
         self.recommender = recommender
         self.metrics = metrics or Metrics()
         self.copy_pool: Any = None
         self.listeners: list[Any] = []  # callables(kind, payload_dict) for live push
         self.started_at = time.time()
+
+    def _build_recommender(self, settings: Settings) -> Recommender:
+        """The recommender of the tuned profile (the same settings ``streamrec replay``
+        scores), with the content source when a text encoder is installed."""
+        from models import tuned
+        from models.content import content_stack
+
+        def content(store: FeatureStore, keys: Keys) -> Any:
+            stack = content_stack(store, keys, settings.model_path) if settings.content else None
+            if stack is None:
+                return None
+            source, self.catalog = stack
+            return source
+
+        cfg, sources, prior, warmup = tuned.build(settings.profile, self.store, self.keys, k=settings.k,
+                                                  content=content)
+        if settings.exclude_purchased is not None:
+            cfg.exclude_purchased = settings.exclude_purchased
+        if settings.exclude_in_cart is not None:
+            cfg.exclude_in_cart = settings.exclude_in_cart
+        cfg.session_gap_s, cfg.dedupe_ttl_s = settings.session_gap_s, settings.dedupe_ttl_s
+        ranker = Ranker([src.name for src in sources], prior=prior, warmup=warmup)
+        return Recommender(self.store, self.keys, cfg, sources=sources, ranker=ranker)
 
     # -- the per-batch path -----------------------------------------------------------------
     def decode(self, topic: str, partition: int | None, offset: int | None, key: bytes | None,
@@ -335,25 +351,6 @@ async def _follow_catalog(rt: Runtime) -> None:
         log.warning("catalog feed stopped (%s); the content index stops growing", type(e).__name__)
     finally:
         await consumer.stop()
-
-
-def with_content(sources: list, store: FeatureStore, keys: Keys, model_path: str | None = None
-                 ) -> tuple[list, Any]:
-    """Add the text-similarity source before popularity, when an encoder is installed.
-
-    Returns the sources and the catalog ingestor (None without a model: the other
-    sources carry on, and the log says so).
-    """
-    from models.content import AutoIndex, CatalogIngestor, ContentSource, load_default_encoder
-
-    encoder = load_default_encoder(model_path)
-    if encoder is None:
-        return sources, None
-    index = AutoIndex(encoder.dim)
-    catalog = CatalogIngestor(store, keys, encoder, index)
-    content = ContentSource(store, keys, index)
-    fill = [s for s in sources if s.name == "popular"]
-    return [s for s in sources if s.name != "popular"] + [content] + fill, catalog
 
 
 def _event_dict(event: Event) -> dict:

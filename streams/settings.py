@@ -64,11 +64,14 @@ class Settings(BaseSettings):
 
     # -- recommender ------------------------------------------------------------------
     k: int = Field(10, ge=1, le=200, description="items per recommendation")
-    exclude_purchased: bool = True
-    exclude_in_cart: bool = True
+    #: Business rules; unset = the tuned profile's choice (events: purchased out, cart in).
+    exclude_purchased: bool | None = None
+    exclude_in_cart: bool | None = None
     session_gap_s: float = Field(1800.0, gt=0, description="inactivity that starts a new session")
     debounce_ms: float = Field(0.0, ge=0, description="emit at most one recommendation per user per window (0 = every event)")
     snapshot_every_s: float = Field(30.0, gt=0)
+    profile: Literal["events", "sessions"] = Field(
+        "events", description="tuned recommender settings in models/tuned.toml")
     model_path: str | None = Field(None, description="ONNX text encoder folder (model.onnx + tokenizer.json)")
     content: bool = True
 

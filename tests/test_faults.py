@@ -15,7 +15,6 @@ from models.events import Click
 from models.features import open_store
 from models.features.keys import Keys
 from models.features.memory import MemoryStore
-from models.pipeline import Recommender
 from streams.embedded import start_redis, start_worker
 from tests.support.dump import dump_store
 from tests.support.kafka import Collector, produce
@@ -51,15 +50,21 @@ def comparable(dump: dict, prefix: str) -> dict:
 
 
 async def clean_run(events: list[dict], prefix: str) -> dict:
+    """The same events through the worker's own recommender, in-process, nobody killed."""
+    from streams.app import Runtime
+    from streams.settings import Settings
+
     store = MemoryStore()
-    rec = Recommender(store, Keys(prefix))
+    rec = Runtime(Settings(_env_file=None, redis_url="memory://", key_prefix=prefix, content=False),
+                  store=store).recommender
     for i in range(0, len(events), 37):
         await rec.handle([Click(**e) for e in events[i:i + 37]])
     return comparable(await dump_store(store, prefix), prefix)
 
 
 async def test_sigkilled_worker_loses_and_duplicates_nothing(broker, worker_env, prefix, redis_url, tmp_path):
-    env = {**worker_env, "STREAMREC_KAFKA_SESSION_TIMEOUT_S": "6", "STREAMREC_BATCH_SIZE": "50"}
+    env = {**worker_env, "STREAMREC_KAFKA_SESSION_TIMEOUT_S": "6", "STREAMREC_BATCH_SIZE": "50",
+           "STREAMREC_CONTENT": "false"}
     events = numbered_stream(40, 30)
     rnd = random.Random(11)
     kills = 0
