@@ -27,10 +27,10 @@ list, so at-least-once delivery never loses a recommendation.
 1
 """
 
-# pipeline v1 complete
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +43,7 @@ from models.candidates.covis import CoVisitation
 from models.candidates.popular import Popularity
 from models.events import (Cart, Click, Event, Feedback, Forget, Item, Recommendation,
                            RecommendedItem, Review)
+from models.features.item_meta import ItemMeta, ItemMetaCache
 from models.features.keys import Keys
 from models.features.store import FeatureStore, WriteOp
 from models.ranking import Ranker
@@ -83,6 +84,8 @@ class RecommenderConfig:
     model_version: str = "streamrec-1"
     #: Candidates gathered per slot before ranking.
     depth: int = 4
+    #: Label shown lists with the next click and train the online ranker on them.
+    learn_ranker: bool = True
 
 
 @dataclass
@@ -147,6 +150,12 @@ class Recommender:
         self.new_rec_id = new_rec_id
         #: Called with (catalog items) after a batch is stored, e.g. to embed titles.
         self.on_items: list[Callable[[list[Item]], Any]] = []
+        for source in self.sources:  # sources that learn from the catalog (content)
+            hook = getattr(source, "on_items", None)
+            if hook is not None:
+                self.on_items.append(hook)
+        #: Availability, category and title of candidates, cached in-process.
+        self.item_meta = ItemMetaCache(store, self.keys)
 
     @classmethod
     def in_memory(cls, **kw: Any) -> "Recommender":
@@ -183,16 +192,24 @@ class Recommender:
         dedupable = [e for e in events if not isinstance(e, Item)]
         user_ids = list(dict.fromkeys(e.user_id for e in dedupable))
         reads: list[tuple] = [("get", k.seen(e.event_id)) for e in dedupable]
+        # The latest list's record only serves labelling: skip reading (and decoding) it
+        # when the ranker does not learn and nothing in the batch refers to a list.
+        need_last = cfg.learn_ranker or any(
+            isinstance(e, Feedback) or (isinstance(e, Click) and e.rec_id) for e in dedupable)
+        per_user = 5 if need_last else 4
         for u in user_ids:
             reads += [("get", k.recent(u)), ("hgetall", k.session(u)),
-                      ("hgetall", k.cart(u)), ("smembers", k.bought(u)), ("get", k.last_rec(u))]
+                      ("hgetall", k.cart(u)), ("smembers", k.bought(u))]
+            if need_last:
+                reads.append(("get", k.last_rec(u)))
         got = await self.store.read(reads)
         seen = {e.event_id for e, v in zip(dedupable, got) if v is not None}
         users: dict[str, _User] = {}
         pos = len(dedupable)
         for u in user_ids:
-            recent, sess, cart, bought, last_rec = got[pos:pos + 5]
-            pos += 5
+            recent, sess, cart, bought = got[pos:pos + 4]
+            last_rec = got[pos + 4] if need_last else None
+            pos += per_user
             users[u] = _User(u, recent.decode().split(SEP) if recent else [],
                              sess.get("id", ""), float(sess.get("last", 0) or 0),
                              [x for x in sess.get("items", "").split(SEP) if x],
@@ -217,7 +234,7 @@ class Recommender:
                 # Already applied: change nothing, but a redelivered trigger still gets a
                 # list (the first delivery's may never have been sent).
                 out.duplicates += 1
-                if isinstance(e, (Click, Cart)) and e.user_id in users:
+                if recommend and isinstance(e, (Click, Cart)) and e.user_id in users:
                     triggers.append((e, users[e.user_id].context(e.ts, cfg)))
                 continue
             seen.add(e.event_id)
@@ -226,14 +243,17 @@ class Recommender:
             user = users[e.user_id]
             if isinstance(e, Click):
                 self._interact(user, e.item_id, cfg.weight_click, e.ts, writes)
+                writes.append(("hincr", k.profile(user.user_id), "click", 1.0))
                 if e.rec_id:
                     attributions.append(e)
-                else:
+                elif cfg.learn_ranker:
                     self._learn_from_next_click(user, e.item_id)
-                triggers.append((e, user.context(e.ts, cfg)))
+                if recommend:  # the context is a snapshot taken right after this event
+                    triggers.append((e, user.context(e.ts, cfg)))
             elif isinstance(e, Cart):
                 self._apply_cart(user, e, writes)
-                triggers.append((e, user.context(e.ts, cfg)))
+                if recommend:  # the context is a snapshot taken right after this event
+                    triggers.append((e, user.context(e.ts, cfg)))
             elif isinstance(e, Feedback):
                 attributions.append(e)
             elif isinstance(e, Review):
@@ -250,11 +270,16 @@ class Recommender:
         # 3. one atomic write of every effect and dedupe marker
         await self.store.write(writes)
         for hook in self.on_items if out.items else ():
-            hook(out.items)
+            done = hook(out.items)
+            if inspect.isawaitable(done):  # e.g. replay embeds the catalog before going on
+                await done
 
         # 4. recommend for every triggering event (candidate reads run concurrently)
         if recommend and triggers:
-            recs = await asyncio.gather(*(self._recommend(e, ctx, t0) for e, ctx in triggers))
+            if len(triggers) == 1:  # the common case: no task to schedule
+                recs = [await self._recommend(triggers[0][0], triggers[0][1], t0)]
+            else:
+                recs = await asyncio.gather(*(self._recommend(e, ctx, t0) for e, ctx in triggers))
             rec_writes: list[WriteOp] = []
             for r in recs:
                 rec_writes += self._rec_writes(r)
@@ -299,6 +324,7 @@ class Recommender:
         user.dirty.add("cart")
 
     def _apply_item(self, e: Item, writes: list[WriteOp]) -> None:
+        self.item_meta.put(e.item_id, ItemMeta(e.available, e.category, e.title))
         meta = {"title": e.title, "available": "1" if e.available else "0", "ts": repr(e.ts)}
         if e.category is not None:
             meta["category"] = e.category
@@ -333,6 +359,10 @@ class Recommender:
             writes.append(("delete", k.session_items(sid)))
         for key in k.user_keys(u):
             writes.append(("delete", key))
+        for source in self.sources:  # in-process caches of per-user state (e.g. taste vectors)
+            forget = getattr(source, "forget", None)
+            if forget is not None:
+                forget(u)
         user.recent, user.session_items, user.cart, user.bought = [], [], {}, set()
         user.session_id, user.session_last, user.last_rec = "", 0.0, None
         user.dirty.clear()
@@ -381,7 +411,12 @@ class Recommender:
                     writes.append(("hincr", k.ctr(), f"{action}:source:{src}", 1.0))
                 writes.append(("hincr", k.ctr(), f"{action}:version:{rec['model_version']}", 1.0))
                 if action == "click":
+                    order = rec["items"]
+                    for other in order[: order.index(item)] if item in order else ():
+                        if other not in rec.get("clicked", ()):  # shown above, skipped: a negative
+                            self.ranker.learn(rec["features"][other], False)
                     self.ranker.learn(rec["features"][item], True)
+                    rec.setdefault("clicked", []).append(item)
                 elif action == "dismiss":
                     self.ranker.learn(rec["features"][item], False)
             if isinstance(e, Click):
@@ -391,8 +426,14 @@ class Recommender:
     async def _recommend(self, trigger: Event, ctx: Context, t0: float) -> Recommendation:
         cfg = self.config
         cands = await gather_candidates(self.sources, ctx, cfg.k, depth=cfg.depth)
-        head = self._rank(cands, 2 * cfg.k)
-        ranked, titles = await self._filter_and_diversify(head, cfg.k)
+        recent = ctx.recent_items[:20]
+        anchors = [a for c in cands.values() for a in c.because.values() if a]
+        meta = await self.item_meta.get([*cands, *recent, *anchors])
+        # a few spare candidates replace unavailable ones; a category cap may need more
+        head = self._rank(cands, 2 * cfg.k if cfg.max_per_category else cfg.k + max(5, cfg.k // 4),
+                          category_affinity(recent, cands, meta))
+        ranked = self._filter_and_diversify(head, cfg.k, meta)
+        titles = {i: m.title for i, m in meta.items()}
         items = [RecommendedItem(c.item_id, round(score, 6), sorted(c.signals, key=lambda s: -c.signals[s]),
                                  self._reason(c, titles)) for score, c, _ in ranked]
         rec_id = self.new_rec_id()
@@ -403,14 +444,19 @@ class Recommender:
             rec_id=rec_id, user_id=ctx.user_id, trigger_event_id=trigger.event_id, ts=self.clock(),
             items=items, model_version=cfg.model_version,
             latency_ms=round((time.perf_counter() - t0) * 1000, 3),
-            context={"_record": record, "session_items": ctx.session_items[:5],
+            context={"_record": record, "recent_item_ids": ctx.session_items[:5],
+                     "cart_item_ids": list(ctx.cart)[:10],
                      "titles": {i: t for i, t in titles.items() if t}})
 
-    def _rank(self, cands: dict[str, Candidate], head: int) -> list[tuple[float, Candidate, dict]]:
+    def _rank(self, cands: dict[str, Candidate], head: int, affinity: dict[str, float] | None = None
+              ) -> list[tuple[float, Candidate, dict]]:
         """The best ``head`` candidates as (score, candidate, ranker features).
 
+        ``affinity`` (item -> share of the shopper's recent items in its category) is a
+        ranker feature when the shopper has history with known categories.
+
         While the ranker is still warming up, the prior blend orders everything and
-        features are built only for the head (they are stored to label the list)."""
+        features (stored to label the list) are built only for the head."""
         by_source: dict[str, list[str]] = {}
         for c in cands.values():
             for s in c.signals:
@@ -424,40 +470,37 @@ class Recommender:
         features = ranker.features
 
         def feats(c: Candidate) -> dict:
-            return features(c.signals, {s: rank[(s, c.item_id)] for s in c.signals})
+            f = features(c.signals, {s: rank[(s, c.item_id)] for s in c.signals})
+            if affinity is not None:
+                f["cat_affinity"] = affinity.get(c.item_id, 0.0)
+            return f
 
         if not ranker.active:
             prior = ranker.prior_score
             order = sorted(((prior(c.signals), c) for c in cands.values()),
                            key=lambda t: (-t[0], t[1].item_id))[:head]
             return [(score, c, feats(c)) for score, c in order]
-        scored = []
-        for c in cands.values():
-            f = feats(c)
-            scored.append((ranker.score(f, c.signals), c, f))
+        cs = list(cands.values())
+        fs = [feats(c) for c in cs]
+        scored = list(zip(ranker.score_many(fs, [c.signals for c in cs]), cs, fs))
         scored.sort(key=lambda t: (-t[0], t[1].item_id))
         return scored[:head]
 
-    async def _filter_and_diversify(self, head: list, k: int) -> tuple[list, dict[str, str | None]]:
-        """Drop unavailable items; cap items per category when configured. One read
-        fetches availability, category and title of the head and of the anchors."""
-        ids = [c.item_id for _, c, _ in head]
-        anchors = list(dict.fromkeys(a for _, c, _ in head for a in c.because.values() if a))
-        metas = await self.store.read([("hmget", self.keys.item_meta(i), ["available", "category", "title"])
-                                       for i in ids + anchors])
-        titles = {i: m[2] for i, m in zip(ids + anchors, metas)}
+    def _filter_and_diversify(self, head: list, k: int, meta: dict[str, ItemMeta]) -> list:
+        """Drop unavailable items; cap items per category when configured."""
         out, per_cat = [], {}
-        for entry, (available, category, _title) in zip(head, metas):
-            if available == "0":
+        for entry in head:
+            m = meta.get(entry[1].item_id) or ItemMeta()
+            if not m.available:
                 continue
-            if self.config.max_per_category and category:
-                if per_cat.get(category, 0) >= self.config.max_per_category:
+            if self.config.max_per_category and m.category:
+                if per_cat.get(m.category, 0) >= self.config.max_per_category:
                     continue
-                per_cat[category] = per_cat.get(category, 0) + 1
+                per_cat[m.category] = per_cat.get(m.category, 0) + 1
             out.append(entry)
             if len(out) == k:
                 break
-        return out, titles
+        return out
 
     @staticmethod
     def _reason(c: Candidate, titles: dict[str, str | None]) -> str:
@@ -479,6 +522,23 @@ class Recommender:
         return [("set", k.rec(r.rec_id), blob, cfg.rec_ttl_s),
                 ("set", k.last_rec(r.user_id), blob, cfg.rec_ttl_s),
                 ("set", k.latest_rec(r.user_id), orjson.dumps(public), None)]
+
+
+def category_affinity(recent: list[str], cands: dict, meta: dict[str, ItemMeta]) -> dict[str, float] | None:
+    """Share of the shopper's recent items that share each candidate's category
+    (None when no recent item has a known category).
+
+    >>> m = {"a": ItemMeta(category="tea"), "b": ItemMeta(category="mugs"), "x": ItemMeta(category="tea")}
+    >>> category_affinity(["a", "a", "b"], {"x": None, "y": None}, m)
+    {'x': 0.666667, 'y': 0.0}
+    """
+    cats = [meta[i].category for i in recent if i in meta and meta[i].category]
+    if not cats:
+        return None
+    share: dict[str, float] = {}
+    for c in cats:
+        share[c] = share.get(c, 0.0) + 1.0 / len(cats)
+    return {i: round(share.get((meta.get(i) or ItemMeta()).category, 0.0), 6) for i in cands}
 
 
 def default_sources(store: FeatureStore, keys: Keys) -> list[CandidateSource]:

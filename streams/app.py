@@ -103,6 +103,8 @@ class Runtime:
             cfg.exclude_purchased = settings.exclude_purchased
         if settings.exclude_in_cart is not None:
             cfg.exclude_in_cart = settings.exclude_in_cart
+        if settings.exclude_current is not None:
+            cfg.exclude_current = settings.exclude_current
         cfg.session_gap_s, cfg.dedupe_ttl_s = settings.session_gap_s, settings.dedupe_ttl_s
         ranker = Ranker([src.name for src in sources], prior=prior, warmup=warmup)
         return Recommender(self.store, self.keys, cfg, sources=sources, ranker=ranker)

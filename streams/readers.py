@@ -40,8 +40,8 @@ fatal. Formats:
 >>> rec = open_recording(d, "sessions")
 >>> [(e.user_id, e.item_id) for e in rec]
 [('tr0', '1'), ('tr0', '2'), ('tr1', '2'), ('tr1', '3'), ('tr1', '4'), ('te0', '5'), ('te0', '6'), ('te0', '7')]
->>> rec.test_from == rec.base_ts + 2 * rec.session_span, rec.test_cases, rec.malformed.count
-(True, 2, 0)
+>>> [e.ts - BASE_TS for e in rec][-3:], rec.test_from - BASE_TS, rec.test_cases, rec.total
+([5.0, 6.0, 7.0], 5.0, 2, 8)
 """
 
 from __future__ import annotations
@@ -83,20 +83,21 @@ class Recording:
 
     Iterating yields the events in event-time order. ``test_from`` is set for the
     train/test formats: events with ``ts >= test_from`` are the test part (scored),
-    earlier ones are only learned. ``one_session_per_user`` says that each user id
-    is one session (so nothing is scored after a user's last click).
+    earlier ones are only learned. ``users_contiguous`` says that each user's
+    events come in one uninterrupted run (a user never returns once another user's
+    event came), so no list is needed after a user's last event.
     """
 
     fmt: str
     events_factory: Callable[[], Iterator[Event]]
     malformed: Malformed
     test_from: float | None = None
-    one_session_per_user: bool = False
+    users_contiguous: bool = False
     #: Known number of scored cases (train/test formats), else None.
     test_cases: int | None = None
     skipped: int = 0
-    base_ts: float = BASE_TS
-    session_span: float = 0.0
+    #: Number of events, when known up front (for progress bars).
+    total: int | None = None
 
     def __iter__(self) -> Iterator[Event]:
         return self.events_factory()
@@ -114,7 +115,7 @@ def open_recording(path: str | os.PathLike, fmt: str) -> Recording:
 
 # -- sessions (train.txt / test.txt) ------------------------------------------------------
 
-#: Synthetic seconds between clicks of one session, and the room each session gets.
+#: Synthetic seconds between clicks of one session (sessions follow each other with one gap).
 CLICK_GAP_S = 1.0
 
 
@@ -175,20 +176,22 @@ def _read_sessions(path: Path) -> Recording:
             train.append(items)
     with open(test_file, encoding="utf-8") as fh:
         test = list(reconstruct_sessions(fh, malformed))
-    longest = max((len(s) for s in train + test), default=1)
-    span = CLICK_GAP_S * (longest + 1)
-    test_from = BASE_TS + len(train) * span
+    train_clicks = sum(len(s) for s in train)
+    test_from = BASE_TS + CLICK_GAP_S * train_clicks
 
     def events() -> Iterator[Event]:
-        for phase, sessions, t0 in (("tr", train, BASE_TS), ("te", test, test_from)):
+        # One click per second, session after session: time is compact (Diginetica's
+        # training part spans about 10 days) and training strictly precedes test.
+        t = BASE_TS
+        for phase, sessions in (("tr", train), ("te", test)):
             for i, items in enumerate(sessions):
                 user = f"{phase}{i}"
-                start = t0 + i * span
                 for pos, item in enumerate(items):
-                    yield Click(f"{user}-{pos}", user, item, start + pos * CLICK_GAP_S, user)
+                    yield Click(f"{user}-{pos}", user, item, t, user)
+                    t += CLICK_GAP_S
 
-    return Recording("sessions", events, malformed, test_from=test_from, one_session_per_user=True,
-                     test_cases=sum(len(s) - 1 for s in test), session_span=span)
+    return Recording("sessions", events, malformed, test_from=test_from, users_contiguous=True,
+                     test_cases=sum(len(s) - 1 for s in test), total=train_clicks + sum(map(len, test)))
 
 
 # -- session-tsv (session-rec framework) ----------------------------------------------------
@@ -244,8 +247,8 @@ def _read_session_tsv(path: Path) -> Recording:
                 user = f"{phase}:{sess}"
                 yield Click(f"{user}:{p}", user, item, ts + sh, user)
 
-    return Recording("session-tsv", events, malformed, test_from=test_from, one_session_per_user=True,
-                     test_cases=sum(n - 1 for n in lengths.values()))
+    return Recording("session-tsv", events, malformed, test_from=test_from,
+                     test_cases=sum(n - 1 for n in lengths.values()), total=len(train) + len(test))
 
 
 # -- taobao UserBehavior.csv --------------------------------------------------------------
@@ -281,7 +284,7 @@ def _read_taobao(path: Path) -> Recording:
             else:
                 yield Cart(f"tb{n}", user, item, "add" if behavior == "cart" else "purchase", t)
 
-    return Recording("taobao", events, malformed, skipped=skipped)
+    return Recording("taobao", events, malformed, skipped=skipped, total=len(rows))
 
 
 # -- UCI online retail parquet ----------------------------------------------------------------
@@ -328,7 +331,8 @@ def _read_online_retail(path: Path) -> Recording:
                 yield Item(code, title[:512], ts, price=price)
             yield Cart(f"or{n}", user, code, "purchase", ts, qty)
 
-    return Recording("online-retail", events, malformed, skipped=skipped)
+    return Recording("online-retail", events, malformed, skipped=skipped,
+                     total=len(rows) + len({r[3] for r in rows if r[7]}))
 
 
 # -- jsonl (wire format) ------------------------------------------------------------------------
@@ -366,7 +370,7 @@ def _read_jsonl(path: Path) -> Recording:
     def events() -> Iterator[Event]:
         return (ev for _, _, ev in parsed)
 
-    return Recording("jsonl", events, malformed)
+    return Recording("jsonl", events, malformed, total=len(parsed))
 
 
 _OPENERS: dict[str, Callable[[Path], Recording]] = {

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     #: Business rules; unset = the tuned profile's choice (events: purchased out, cart in).
     exclude_purchased: bool | None = None
     exclude_in_cart: bool | None = None
+    #: Leave out the item being viewed (unset = profile: events keep it, re-views are common).
+    exclude_current: bool | None = None
     session_gap_s: float = Field(1800.0, gt=0, description="inactivity that starts a new session")
     debounce_ms: float = Field(0.0, ge=0, description="emit at most one recommendation per user per window (0 = every event)")
     snapshot_every_s: float = Field(30.0, gt=0)

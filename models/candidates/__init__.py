@@ -77,11 +77,14 @@ async def gather_candidates(sources: Sequence[CandidateSource], ctx: Context, k:
     [('a', ['covis', 'popular']), ('c', ['popular'])]
     """
     want = depth * k
+    # Ask for extra to make up for excluded items, but boundedly: a shopper who bought
+    # thousands of items must not make every source rank thousands.
+    ask = want + min(len(ctx.exclude), want)
     out: dict[str, Candidate] = {}
     for source in sources:
         if source.name in fill_only and len(out) >= k:
             continue
-        for item_id, score, because in await source.propose(ctx, want + len(ctx.exclude)):
+        for item_id, score, because in await source.propose(ctx, ask):
             if item_id in ctx.exclude:
                 continue
             cand = out.get(item_id)

@@ -37,7 +37,7 @@ class Popularity:
         self.tau = half_life_s / math.log(2)
         self.span = period * self.tau
         self.cap, self.refresh_s = cap, refresh_s
-        self._cache: tuple[float, int, list[tuple[str, float]]] | None = None
+        self._cache: tuple[float, int, list[tuple[str, float]], bool] | None = None
         self._writes = 0
 
     def landmark(self, ts: float) -> int:
@@ -57,7 +57,7 @@ class Popularity:
         """The ``n`` most popular items at ``now`` (cached for ``refresh_s`` of event time)."""
         lm = self.landmark(now)
         c = self._cache
-        if c is not None and c[1] == lm and 0 <= now - c[0] < self.refresh_s and len(c[2]) >= n:
+        if c is not None and c[1] == lm and 0 <= now - c[0] < self.refresh_s and (len(c[2]) >= n or c[3]):
             return c[2][:n]
         want = max(n, 200)
         cur, prev = await self.store.read([("ztop", self.keys.popularity(lm), want),
@@ -70,8 +70,13 @@ class Popularity:
         # Express scores as decayed counts at ``now``.
         f = math.exp(-(now - lm * self.span) / self.tau)
         ranked = [(i, s * f) for i, s in ranked]
-        self._cache = (now, lm, ranked)
+        # complete: the store held fewer items than asked for, so a longer read finds no more
+        self._cache = (now, lm, ranked, len(cur) < want and len(prev) < want)
         return ranked[:n]
 
     async def propose(self, ctx: Context, n: int) -> list[tuple[str, float, str]]:
-        return [(i, round(s, 6), "") for i, s in await self.top(ctx.now, n)]
+        """The most popular items, scores normalised to the best (1.0) so that the
+        popularity signal blends on the same scale as the other sources'."""
+        top = await self.top(ctx.now, n)
+        best = top[0][1] if top and top[0][1] > 0 else 1.0
+        return [(i, s / best, "") for i, s in top]

@@ -22,5 +22,34 @@ from models.content.encoder import EncoderUnavailable, TextEncoder, load_default
 from models.content.index import AnnIndex, AutoIndex, ExactIndex, VectorIndex
 from models.content.sources import ContentSource
 
-__all__ = ["AnnIndex", "AutoIndex", "CatalogIngestor", "ContentSource", "EncoderUnavailable",
+
+
+def content_stack(store, keys, model_path: str | None = None, *, synchronous: bool = False
+                  ) -> tuple[ContentSource, CatalogIngestor] | None:
+    """The content source and the catalog ingestor feeding its index, or None (logged)
+    when no text encoder is installed.
+
+    ``synchronous=True`` (replay) makes the source embed each batch of catalog events
+    before the pipeline goes on, and builds the ANN graph in line: the same stream
+    gives the same lists every run. The worker instead feeds ``catalog.offer`` from the
+    ``items`` topic and embeds in the background.
+    """
+    encoder = load_default_encoder(model_path)
+    if encoder is None:
+        return None
+    index = AutoIndex(encoder.dim, background=not synchronous)
+    catalog = CatalogIngestor(store, keys, encoder, index)
+    source = ContentSource(store, keys, index)
+    if synchronous:
+        source.on_items = catalog.ingest
+    return source, catalog
+
+
+def for_replay(store, keys, settings=None) -> ContentSource | None:
+    """The content source for ``streamrec replay`` (see ``content_stack``)."""
+    stack = content_stack(store, keys, getattr(settings, "model_path", None), synchronous=True)
+    return None if stack is None else stack[0]
+
+
+__all__ = ["content_stack", "for_replay", "AnnIndex", "AutoIndex", "CatalogIngestor", "ContentSource", "EncoderUnavailable",
            "ExactIndex", "TextEncoder", "VectorIndex", "item_text", "load_default_encoder"]

@@ -1,0 +1,112 @@
+"""Session-kNN (V-SKNN / STAN style): items from past sessions that resemble this one.
+
+Item-side index in the feature store: ``item_sessions(item)`` lists the most recent
+sessions that touched the item (newest first, capped); the pipeline keeps every
+session's items in ``session_items(session)``. Recommending takes two pipelined
+reads:
+
+1. the session lists of the current session's items. A past session's similarity
+   is the sum of the position weights ``exp(-age / position_decay)`` of the current
+   items it shares (``age`` 0 = the item just clicked), computed straight from those
+   lists (an inverted index, so no neighbour has to be read to be compared);
+2. the items of the ``neighbours`` most similar sessions. Each neighbour's items
+   score ``similarity * exp(-distance / neighbour_decay)``, ``distance`` counted in
+   clicks from where the neighbour met the current session's most recent item
+   (STAN's third weight), and optionally divided by ``popularity ** idf``.
+
+Scores are returned normalised to the best one (1.0), so sources blend on one scale.
+
+>>> import asyncio
+>>> from models.features.memory import MemoryStore
+>>> from models.features.keys import Keys
+>>> from models.candidates import Context
+>>> store, keys = MemoryStore(), Keys()
+>>> knn = SessionKNN(store, keys)
+>>> async def click(sid, items, item):
+...     ctx = Context("u", 0.0, list(items), [], session_id=sid)
+...     await store.write(knn.observe(ctx, item, 1.0, 0.0) + [("lpush", keys.session_items(sid), item, 30)])
+>>> async def play():
+...     for sid, items in (("s1", "abc"), ("s2", "abd"), ("s3", "xbe")):
+...         for i, item in enumerate(items):
+...             await click(sid, items[:i][::-1], item)
+...     return await knn.propose(Context("u", 0.0, ["b", "a"], [], session_id="now"), 3)
+>>> [(i, round(s, 2)) for i, s, _ in asyncio.run(play())]
+[('b', 1.0), ('a', 0.46), ('d', 0.23)]
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import operator
+
+from models.candidates import Context
+from models.features.keys import Keys
+from models.features.store import FeatureStore, WriteOp
+
+
+class SessionKNN:
+    name = "session_knn"
+
+    def __init__(self, store: FeatureStore, keys: Keys, *, index_cap: int = 200, sample: int = 200,
+                 neighbours: int = 100, anchors: int = 10, position_decay: float = 2.0,
+                 neighbour_decay: float = 2.0, session_cap: int = 30) -> None:
+        self.store, self.keys = store, keys
+        #: sessions remembered per item; sessions read per anchor item
+        self.index_cap, self.sample = index_cap, min(sample, index_cap)
+        self.neighbours, self.anchors = neighbours, anchors
+        self.position_decay, self.neighbour_decay = position_decay, neighbour_decay
+        self.session_cap = session_cap
+        # exp(-d / decay) for small distances, computed once
+        self._near = [math.exp(-d / neighbour_decay) for d in range(2 * session_cap + 2)]
+
+    def observe(self, ctx: Context, item_id: str, weight: float, ts: float) -> list[WriteOp]:
+        """Index the session under the item the first time the session touches it."""
+        if not ctx.session_id or item_id in ctx.session_items:
+            return []
+        return [("lpush", self.keys.item_sessions(item_id), ctx.session_id, self.index_cap)]
+
+    async def propose(self, ctx: Context, n: int) -> list[tuple[str, float, str]]:
+        weights: dict[str, float] = {}
+        for age, item in enumerate(ctx.session_items):
+            if item not in weights:
+                weights[item] = math.exp(-age / self.position_decay)
+                if len(weights) >= self.anchors:
+                    break
+        if not weights:
+            return []
+        anchors = list(weights)
+        lists = await self.store.read([("lrange", self.keys.item_sessions(a), self.sample) for a in anchors])
+        sim: dict[str, float] = {}
+        get = sim.get
+        for anchor, sessions in zip(anchors, lists):
+            w = weights[anchor]
+            for sid in sessions:
+                sim[sid] = get(sid, 0.0) + w
+        sim.pop(ctx.session_id, None)
+        if not sim:
+            return []
+        # ties keep first-seen order (nlargest is stable), so the choice is deterministic
+        top = heapq.nlargest(self.neighbours, sim.items(), key=_score)
+        sessions = await self.store.read([("lrange", self.keys.session_items(sid), self.session_cap)
+                                          for sid, _ in top])
+        scores: dict[str, float] = {}
+        near = self._near
+        for (sid, s), items in zip(top, sessions):
+            # where the neighbour met the most recent (highest weighted) current item
+            best, at = -1.0, 0
+            for p, item in enumerate(items):
+                w = weights.get(item)
+                if w is not None and w > best:
+                    best, at = w, p
+            for p, item in enumerate(items):
+                d = p - at if p >= at else at - p
+                scores[item] = scores.get(item, 0.0) + s * near[d]
+        if not scores:
+            return []
+        ranked = heapq.nlargest(n, scores.items(), key=_score)
+        top_score = ranked[0][1] or 1.0
+        return [(item, v / top_score, "") for item, v in ranked]
+
+
+_score = operator.itemgetter(1)

@@ -1,0 +1,72 @@
+"""Tuned recommender settings (``models/tuned.toml``) turned into a config and sources.
+
+Profiles: ``sessions`` (session benchmarks: learn from training sessions, predict
+each next click) and ``events`` (prequential shop event streams). The file says
+how each was chosen.
+
+>>> from models.features.memory import MemoryStore
+>>> from models.features.keys import Keys
+>>> cfg, sources, prior, warmup = build("sessions", MemoryStore(), Keys(), k=20)
+>>> [s.name for s in sources], cfg.k, cfg.exclude_current
+(['session_knn', 'sequential'], 20, False)
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable
+
+from models.candidates import CandidateSource
+from models.candidates.covis import CoVisitation
+from models.candidates.popular import Popularity
+from models.candidates.sequential import Sequential
+from models.candidates.session_knn import SessionKNN
+from models.features.keys import Keys
+from models.features.store import FeatureStore
+from models.pipeline import RecommenderConfig
+
+TUNED_FILE = Path(__file__).with_name("tuned.toml")
+PROFILES = ("sessions", "events")
+
+
+def load(profile: str, path: Path = TUNED_FILE) -> dict[str, Any]:
+    """The settings of one profile as a dict."""
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    if profile not in data:
+        raise KeyError(f"no profile {profile!r} in {path}")
+    return data[profile]
+
+
+def build(profile: str | dict[str, Any], store: FeatureStore, keys: Keys, k: int = 20,
+          content: Callable[[FeatureStore, Keys], CandidateSource] | None = None
+          ) -> tuple[RecommenderConfig, list[CandidateSource], dict[str, float], int]:
+    """``(config, sources, ranker prior, ranker warmup)`` for a profile name or dict.
+
+    ``content`` builds the content source; when None the ``content`` entry is skipped.
+    """
+    p = load(profile) if isinstance(profile, str) else profile
+    names = {f.name for f in fields(RecommenderConfig)}
+    cfg = RecommenderConfig(**{key: v for key, v in p.items() if key in names and not isinstance(v, dict)})
+    cfg.k = k
+    sources: list[CandidateSource] = []
+    for name in p.get("sources", []):
+        opts = dict(p.get(name, {}))
+        if name == "session_knn":
+            opts.setdefault("session_cap", cfg.session_cap)
+            sources.append(SessionKNN(store, keys, **opts))
+        elif name == "sequential":
+            sources.append(Sequential(store, keys, **opts))
+        elif name == "covis":
+            sources.append(CoVisitation(store, keys, **opts))
+        elif name == "popular":
+            sources.append(Popularity(store, keys, **opts))
+        elif name == "content":
+            source = content(store, keys) if content is not None else None
+            if source is not None:  # None: no text encoder installed
+                sources.append(source)
+        else:
+            raise ValueError(f"unknown candidate source {name!r} in the tuned settings")
+    return cfg, sources, dict(p.get("prior", {})), int(p.get("ranker_warmup", 500))
