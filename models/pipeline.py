@@ -301,7 +301,9 @@ class Recommender:
         user.session_items = [item_id] + user.session_items[: cfg.session_cap - 1]
         user.session_last = max(ts, user.session_last)
         user.recent = [item_id] + [i for i in user.recent if i != item_id][: cfg.recent_cap - 1]
-        writes.append(("lpush", k.session_items(user.session_id), item_id, cfg.session_cap))
+        # the session's items as one string: neighbours are read many at a time (MGET)
+        writes.append(("set", k.session_items(user.session_id), SEP.join(user.session_items),
+                       SESSION_ITEMS_TTL_S))
         user.dirty.add("state")
 
     def _apply_cart(self, user: _User, e: Cart, writes: list[WriteOp]) -> None:
@@ -341,8 +343,6 @@ class Recommender:
             writes.append(("hset", k.session(u), {"id": user.session_id, "last": repr(user.session_last),
                                                    "items": SEP.join(user.session_items)}))
             writes.append(("set", k.recent(u), SEP.join(user.recent), None))
-            if user.session_id:
-                writes.append(("expire", k.session_items(user.session_id), SESSION_ITEMS_TTL_S))
         if "cart" in user.dirty:
             writes.append(("delete", k.cart(u)))
             if user.cart:
@@ -427,11 +427,19 @@ class Recommender:
         cfg = self.config
         cands = await gather_candidates(self.sources, ctx, cfg.k, depth=cfg.depth)
         recent = ctx.recent_items[:20]
-        anchors = [a for c in cands.values() for a in c.because.values() if a]
-        meta = await self.item_meta.get([*cands, *recent, *anchors])
         # a few spare candidates replace unavailable ones; a category cap may need more
-        head = self._rank(cands, 2 * cfg.k if cfg.max_per_category else cfg.k + max(5, cfg.k // 4),
-                          category_affinity(recent, cands, meta))
+        size = 2 * cfg.k if cfg.max_per_category else cfg.k + max(5, cfg.k // 4)
+        if self.ranker.active:  # the model weighs category affinity: every candidate needs it
+            anchors = [a for c in cands.values() for a in c.because.values() if a]
+            meta = await self.item_meta.get([*cands, *recent, *anchors])
+            head = self._rank(cands, size, category_affinity(recent, cands, meta))
+        else:  # the prior ranks; affinity is only recorded (as a label feature) for the head
+            head = self._rank(cands, size)
+            anchors = [a for _, c, _ in head for a in c.because.values() if a]
+            meta = await self.item_meta.get([*(c.item_id for _, c, _ in head), *recent, *anchors])
+            affinity = category_affinity(recent, {c.item_id: None for _, c, _ in head}, meta)
+            for _, c, f in head if affinity is not None else ():
+                f["cat_affinity"] = affinity[c.item_id]
         ranked = self._filter_and_diversify(head, cfg.k, meta)
         titles = {i: m.title for i, m in meta.items()}
         items = [RecommendedItem(c.item_id, round(score, 6), sorted(c.signals, key=lambda s: -c.signals[s]),

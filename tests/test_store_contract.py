@@ -93,3 +93,8 @@ async def test_ping(store):
 def test_unknown_scheme_is_a_clear_error():
     with pytest.raises(ValueError, match="must start with redis://"):
         open_store("postgres://x")
+
+
+async def test_mget_reads_many_strings_in_one_operation(store, k):
+    await store.write([("set", k("m1"), "a\x1fb", None), ("set", k("m2"), b"c", None)])
+    assert await store.read([("mget", [k("m1"), k("nope"), k("m2")])]) == [[b"a\x1fb", None, b"c"]]

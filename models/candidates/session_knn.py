@@ -24,7 +24,8 @@ Scores are returned normalised to the best one (1.0), so sources blend on one sc
 >>> knn = SessionKNN(store, keys)
 >>> async def click(sid, items, item):
 ...     ctx = Context("u", 0.0, list(items), [], session_id=sid)
-...     await store.write(knn.observe(ctx, item, 1.0, 0.0) + [("lpush", keys.session_items(sid), item, 30)])
+...     now = [item, *items]
+...     await store.write(knn.observe(ctx, item, 1.0, 0.0) + [("set", keys.session_items(sid), "\x1f".join(now), None)])
 >>> async def play():
 ...     for sid, items in (("s1", "abc"), ("s2", "abd"), ("s3", "xbe")):
 ...         for i, item in enumerate(items):
@@ -50,7 +51,8 @@ class SessionKNN:
 
     def __init__(self, store: FeatureStore, keys: Keys, *, index_cap: int = 200, sample: int = 200,
                  neighbours: int = 100, anchors: int = 10, position_decay: float = 2.0,
-                 neighbour_decay: float = 2.0, session_cap: int = 30) -> None:
+                 neighbour_decay: float = 2.0, session_cap: int = 30, cache_s: float = 30.0,
+                 cache_size: int = 100_000) -> None:
         self.store, self.keys = store, keys
         #: sessions remembered per item; sessions read per anchor item
         self.index_cap, self.sample = index_cap, min(sample, index_cap)
@@ -59,6 +61,12 @@ class SessionKNN:
         self.session_cap = session_cap
         # exp(-d / decay) for small distances, computed once
         self._near = [math.exp(-d / neighbour_decay) for d in range(2 * session_cap + 2)]
+        #: Neighbour sessions' items, kept ``cache_s`` seconds of event time when the store is
+        #: remote: most neighbours are finished sessions, and reading 50 of them per list
+        #: is most of a list's round-trip payload. (The in-memory store needs no cache.)
+        self.cache_s = cache_s if getattr(store, "kind", "") != "memory" else 0.0
+        self.cache_size = cache_size
+        self._sessions: dict[str, tuple[float, list[str]]] = {}
 
     def observe(self, ctx: Context, item_id: str, weight: float, ts: float) -> list[WriteOp]:
         """Index the session under the item the first time the session touches it."""
@@ -88,8 +96,7 @@ class SessionKNN:
             return []
         # ties keep first-seen order (nlargest is stable), so the choice is deterministic
         top = heapq.nlargest(self.neighbours, sim.items(), key=_score)
-        sessions = await self.store.read([("lrange", self.keys.session_items(sid), self.session_cap)
-                                          for sid, _ in top])
+        sessions = await self._session_items([sid for sid, _ in top], ctx.now)
         scores: dict[str, float] = {}
         near = self._near
         for (sid, s), items in zip(top, sessions):
@@ -109,4 +116,35 @@ class SessionKNN:
         return [(item, v / top_score, "") for item, v in ranked]
 
 
+    async def _session_items(self, sids: list[str], now: float) -> list[list[str]]:
+        if not self.cache_s:
+            return self._split(await self.store.read([("mget", [self.keys.session_items(sid) for sid in sids])]))
+        cache = self._sessions
+        out: list[list[str] | None] = []
+        missing = []
+        for sid in sids:
+            hit = cache.get(sid)
+            if hit is not None and 0 <= now - hit[0] < self.cache_s:
+                out.append(hit[1])
+            else:
+                out.append(None)
+                missing.append(sid)
+        if missing:
+            got = self._split(await self.store.read([("mget", [self.keys.session_items(sid) for sid in missing])]))
+            if len(cache) + len(missing) > self.cache_size:
+                cache.clear()
+            fresh = dict(zip(missing, got))
+            for sid, items in fresh.items():
+                cache[sid] = (now, items)
+            out = [fresh[sid] if items is None else items for sid, items in zip(sids, out)]
+        return out
+
+
+    def _split(self, got: list) -> list[list[str]]:
+        """Items of each session from one MGET answer (joined by the unit separator)."""
+        cap = self.session_cap
+        return [raw.decode().split(SEP)[:cap] if raw else [] for raw in got[0]]
+
+
+SEP = "\x1f"
 _score = operator.itemgetter(1)

@@ -73,7 +73,7 @@ class Keys:
 
     # -- per session (opaque random ids, not derived from the user) ----------------
     def session_items(self, session_id: str) -> str:
-        """List of the session's item ids, newest first."""
+        """The session's item ids, newest first, joined by the unit separator."""
         return f"{self.prefix}{{s:{session_id}}}:items"
 
     # -- per item ------------------------------------------------------------------

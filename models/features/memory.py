@@ -55,11 +55,13 @@ class MemoryStore:
 
     def _read_one(self, op: ReadOp) -> Any:
         name, key = op[0], op[1]
+        if name == "mget":
+            return [self._live(k) for k in key]
         v = self._live(key)
         if name == "lrange":
             return list(v)[: op[2]] if v else []
         if name == "hgetall":
-            return dict(v) if v else {}
+            return {f: x if x.__class__ is str else _s(x) for f, x in v.items()} if v else {}
         if name == "ztop":
             if not v:
                 return []
@@ -67,7 +69,8 @@ class MemoryStore:
         if name == "get":
             return v
         if name == "hmget":
-            return [v.get(f) if v else None for f in op[2]]
+            got = [v.get(f) if v else None for f in op[2]]
+            return [x if x is None or x.__class__ is str else _s(x) for x in got]
         if name == "zscores":
             return [None if not v or m not in v else float(v[m]) for m in op[2]]
         if name == "smembers":
@@ -89,9 +92,9 @@ class MemoryStore:
                 lst = deque(lst or (), maxlen=op[3])
                 self._data[key] = lst
             lst.appendleft(_s(op[2]))
-        elif name == "hincr":
+        elif name == "hincr":  # kept as a float here, answered as text like Redis
             h = self._typed(key, dict)
-            h[op[2]] = _s(float(h.get(op[2], 0.0)) + op[3])
+            h[op[2]] = float(h.get(op[2], 0.0)) + op[3]
         elif name == "hset":
             self._typed(key, dict).update({f: _s(v) for f, v in op[2].items()})
         elif name == "set":

@@ -29,18 +29,21 @@ class RedisStore:
     #: Most operations sent in one coalesced pipeline.
     MAX_PIPELINE_OPS = 20_000
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, timeout_s: float = 2.0) -> None:
         self._r = client
+        self.timeout_s = timeout_s
         self._pending: list[tuple[Sequence[ReadOp], asyncio.Future]] = []
         self._flushing = False
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 2.0, **kwargs: Any) -> "RedisStore":
         """Connect lazily to ``redis://`` or ``rediss://`` (TLS); extra kwargs go to redis-py."""
+        # One deadline per pipeline (``_execute``) instead of redis-py's per-reply socket
+        # timeout, whose bookkeeping costs more than parsing the reply itself.
         client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            url, socket_timeout=None, socket_connect_timeout=timeout_s,
             health_check_interval=30, protocol=2, **kwargs)
-        return cls(client)
+        return cls(client, timeout_s)
 
     async def read(self, ops: Sequence[ReadOp]) -> list[Any]:
         if not ops:
@@ -89,6 +92,8 @@ class RedisStore:
                 pipe.zrevrange(key, 0, op[2] - 1, withscores=True)
             elif name == "get":
                 pipe.get(key)
+            elif name == "mget":
+                pipe.mget(key)
             elif name == "hmget":
                 pipe.hmget(key, op[2])
             elif name == "zscores":
@@ -107,7 +112,7 @@ class RedisStore:
                 out.append({_str(k): _str(x) for k, x in v.items()})
             elif name == "ztop":
                 out.append([(_str(m), float(s)) for m, s in v])
-            elif name == "get":
+            elif name in ("get", "mget"):
                 out.append(v)
             elif name == "hmget":
                 out.append([_str(x) for x in v])
@@ -167,7 +172,9 @@ class RedisStore:
 
     async def _execute(self, pipe: Any) -> list[Any]:
         try:
-            return await pipe.execute()
+            return await asyncio.wait_for(pipe.execute(), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise StoreError(f"redis: no answer within {self.timeout_s}s") from None
         except (RedisError, OSError) as e:
             # The message never carries the URL (it may hold a password).
             raise StoreError(f"redis: {type(e).__name__}: {str(e)[:200]}") from None

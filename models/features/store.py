@@ -8,6 +8,7 @@ list of operations applied in one round trip, in order.
 Read operations (tuples):
 
 ``("get", key)``                        -> bytes | None
+``("mget", [keys])``                    -> list[bytes | None], one command for many strings
 ``("hgetall", key)``                    -> dict[str, str]
 ``("hmget", key, [fields])``            -> list[str | None]
 ``("lrange", key, n)``                  -> list[str], newest first, at most n
@@ -47,7 +48,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 ReadOp = tuple
 WriteOp = tuple
 
-READ_OPS = frozenset({"get", "hgetall", "hmget", "lrange", "ztop", "zscores", "smembers"})
+READ_OPS = frozenset({"get", "mget", "hgetall", "hmget", "lrange", "ztop", "zscores", "smembers"})
 WRITE_OPS = frozenset({"set", "hset", "hincr", "hdel", "lpush", "lrem", "zincr", "zrem", "ztrim",
                        "sadd", "srem", "delete", "expire"})
 
