@@ -162,8 +162,11 @@ def run_demo(events: int | None = None, headless: bool = False, rate: float = 50
         if use_llm and embedded_llm.available():
             llm = embedded_llm.start_llm(log_dir=logdir, parallel=2)
             services.append(llm)
+            # A 135M model on a laptop CPU takes seconds per copy: give it time. The lists
+            # never wait for it; copy that misses the deadline falls back to templates.
             llm_env = {"STREAMREC_LLM_BASE_URL": llm.extra["base_url"], "STREAMREC_LLM_MODEL": llm.extra["model"],
-                       "STREAMREC_LLM_API_KEY": "local", "STREAMREC_LLM_TIMEOUT_S": "4"}
+                       "STREAMREC_LLM_API_KEY": "local", "STREAMREC_LLM_TIMEOUT_S": "20",
+                       "STREAMREC_LLM_CONCURRENCY": "2"}
             say(f"  copy      local LLM {llm.extra['model']} (xllamacpp) on 127.0.0.1:{llm.port}; "
                 "template copy when it is too slow")
         else:
