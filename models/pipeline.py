@@ -41,6 +41,7 @@ import orjson
 from models.candidates import Candidate, CandidateSource, Context, gather_candidates
 from models.candidates.covis import CoVisitation
 from models.candidates.popular import Popularity
+from models.candidates.sequential import Sequential
 from models.events import (Cart, Click, Event, Feedback, Forget, Item, Recommendation,
                            RecommendedItem, Review)
 from models.features.item_meta import ItemMeta, ItemMetaCache
@@ -551,7 +552,7 @@ def category_affinity(recent: list[str], cands: dict, meta: dict[str, ItemMeta])
 
 def default_sources(store: FeatureStore, keys: Keys) -> list[CandidateSource]:
     """Sequential co-visitation, co-visitation, then popularity for cold start."""
-    return [CoVisitation.sequential(store, keys), CoVisitation(store, keys), Popularity(store, keys)]
+    return [Sequential(store, keys), CoVisitation(store, keys), Popularity(store, keys)]
 
 
 def recommendation_json(r: Recommendation) -> bytes:

@@ -72,11 +72,6 @@ async def test_ttl_expires_keys(store, k):
     assert await store.read([("get", k("ttl"))]) == [None]
 
 
-async def test_claim_is_set_if_absent(store, k):
-    assert await store.claim([k("c1"), k("c2"), k("c1")], 60) == [True, True, False]
-    assert await store.claim([k("c1")], 60) == [False]
-
-
 async def test_unknown_operations_are_refused(store, k):
     from models.features import StoreError
 

@@ -1,8 +1,7 @@
 """Item-to-item co-visitation: items seen in the same session, weighted by closeness.
 
-Two flavours share one implementation: symmetric co-visitation (``covis``: either
-order, a window of the session) and sequential co-visitation (``sequential``: what
-was clicked right after an item).
+Symmetric (either order, a window of the session); ``models.candidates.sequential``
+keeps the directed "clicked right after" counterpart.
 """
 
 from __future__ import annotations
@@ -31,12 +30,6 @@ class CoVisitation:
         self.key = key or keys.covis
         self.symmetric = symmetric
         self.window, self.cap, self.anchors, self.decay = window, cap, anchors, decay
-
-    @classmethod
-    def sequential(cls, store: FeatureStore, keys: Keys, **kw) -> "CoVisitation":
-        """What shoppers clicked right after each item (directed, short window)."""
-        kw = {"window": 2, "anchors": 2, "decay": 0.4, **kw}
-        return cls(store, keys, name="sequential", key=keys.next_items, symmetric=False, **kw)
 
     def observe(self, ctx: Context, item_id: str, weight: float, ts: float) -> list[WriteOp]:
         ops: list[WriteOp] = []

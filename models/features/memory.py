@@ -144,17 +144,6 @@ class MemoryStore:
         else:
             self._expiry.pop(key, None)
 
-    async def claim(self, keys: Sequence[str], ttl_s: float) -> list[bool]:
-        out = []
-        for k in keys:
-            if self._live(k) is None:
-                self._data[k] = b"1"
-                self._set_ttl(k, ttl_s)
-                out.append(True)
-            else:
-                out.append(False)
-        return out
-
     async def ping(self) -> bool:
         return True
 

@@ -162,14 +162,6 @@ class RedisStore:
                 raise StoreError(f"unknown write operation {name!r}")
         await self._execute(pipe)
 
-    async def claim(self, keys: Sequence[str], ttl_s: float) -> list[bool]:
-        if not keys:
-            return []
-        pipe = self._r.pipeline(transaction=False)
-        for k in keys:
-            pipe.set(k, b"1", nx=True, ex=max(1, int(ttl_s)))
-        return [bool(x) for x in await self._execute(pipe)]
-
     async def _execute(self, pipe: Any) -> list[Any]:
         try:
             return await asyncio.wait_for(pipe.execute(), self.timeout_s)

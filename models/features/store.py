@@ -70,9 +70,6 @@ class FeatureStore(Protocol):
     async def write(self, ops: Sequence[WriteOp]) -> None:
         """Apply every write operation, in order, in one round trip, all or nothing."""
 
-    async def claim(self, keys: Sequence[str], ttl_s: float) -> list[bool]:
-        """Mark each key as seen; True where it was not seen before (SET NX)."""
-
     async def ping(self) -> bool:
         """True when the store answers."""
 
