@@ -338,7 +338,7 @@ async def _follow_catalog(rt: Runtime) -> None:
     s = rt.settings
     consumer = AIOKafkaConsumer(s.topic("items"), bootstrap_servers=s.kafka_bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False,
-                                fetch_max_wait_ms=s.kafka_fetch_max_wait_ms, **s.kafka_kwargs())
+                                fetch_max_wait_ms=500, **s.kafka_kwargs())  # catalog changes need no haste
     await consumer.start()
     try:
         while True:
