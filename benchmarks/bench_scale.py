@@ -34,24 +34,13 @@ from pathlib import Path
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.embedded import Service, free_port, start_broker, start_redis, start_worker
-from streams.settings import TOPICS
+from streams.embedded import Service, create_topics, free_port, start_broker, start_redis, start_worker
 from streams.simulate import catalog, simulate_shoppers
 
 INPUTS = 6  # input topics each worker subscribes to
 #: Every service started here, stopped on the way out whatever happens.
 STARTED: list[Service] = []
-
-
-async def _create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(prefix + t, partitions, 1) for t in TOPICS])
-    finally:
-        await admin.close()
 
 
 async def _get(http: aiohttp.ClientSession, port: int, path: str) -> str:
@@ -131,7 +120,7 @@ async def measure(broker: Service, redis: Service, n_workers: int, n_events: int
                   workdir: Path) -> dict:
     bootstrap = f"127.0.0.1:{broker.port}"
     prefix = f"b{uuid.uuid4().hex[:6]}-"
-    await _create_topics(bootstrap, prefix, partitions)
+    await create_topics(bootstrap, prefix, partitions)
     ports = [free_port() for _ in range(n_workers)]
     env = {"STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "STREAMREC_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
            "STREAMREC_TOPIC_PREFIX": prefix, "STREAMREC_KEY_PREFIX": prefix, "STREAMREC_APP_ID": f"bench-{prefix}",

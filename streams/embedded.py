@@ -172,3 +172,17 @@ def start_worker(env: dict[str, str], log: Path, ready_timeout_s: float = 120.0,
         time.sleep(0.2)
     svc.stop()
     raise TimeoutError(f"worker not ready within {ready_timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+async def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
+    """Create every streamrec topic (with ``prefix``) up front with ``partitions`` partitions."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from streams.settings import TOPICS
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(prefix + t, partitions, 1) for t in TOPICS])
+    finally:
+        await admin.close()

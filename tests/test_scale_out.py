@@ -16,12 +16,10 @@ import time
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from models.features.keys import Keys
 from models.pipeline import SEP
-from streams.embedded import Service, free_port, start_worker
-from streams.settings import TOPICS
+from streams.embedded import Service, create_topics, free_port, start_worker
 from tests.support.kafka import Collector, produce
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -33,15 +31,6 @@ USERS = 48
 #: the session cap (30), so a session holds every click.
 BEFORE, JOINING_MAX, AFTER = 6, 18, 4
 ROUND_S = 3.0
-
-
-async def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(prefix + t, partitions, 1) for t in TOPICS])
-    finally:
-        await admin.close()
 
 
 async def health(session: aiohttp.ClientSession, port: int) -> dict:

@@ -54,6 +54,16 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return v / np.maximum(norms, 1e-12)
 
 
+def checked_rows(ids: Sequence[str], vectors: np.ndarray, dim: int) -> np.ndarray:
+    """``vectors`` normalised, after checking there is one row of ``dim`` values per id."""
+    vecs = normalise(vectors)
+    if len(ids) != len(vecs):
+        raise ValueError(f"{len(ids)} ids but {len(vecs)} vectors")
+    if vecs.shape[1] != dim:
+        raise ValueError(f"vectors have {vecs.shape[1]} dimensions, index has {dim}")
+    return vecs
+
+
 @runtime_checkable
 class VectorIndex(Protocol):
     """What the content features need from a nearest-neighbour index."""
@@ -125,11 +135,7 @@ class ExactIndex:
         return list(self._ids)
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        vecs = normalise(vectors)
-        if len(ids) != len(vecs):
-            raise ValueError(f"{len(ids)} ids but {len(vecs)} vectors")
-        if vecs.shape[1] != self.dim:
-            raise ValueError(f"vectors have {vecs.shape[1]} dimensions, index has {self.dim}")
+        vecs = checked_rows(ids, vectors, self.dim)
         for item_id, v in zip(ids, vecs):
             row = self._row.get(item_id)
             if row is None:
@@ -231,11 +237,7 @@ class AnnIndex:
         return list(self._key)
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        vecs = normalise(vectors)
-        if len(ids) != len(vecs):
-            raise ValueError(f"{len(ids)} ids but {len(vecs)} vectors")
-        if vecs.shape[1] != self.dim:
-            raise ValueError(f"vectors have {vecs.shape[1]} dimensions, index has {self.dim}")
+        vecs = checked_rows(ids, vectors, self.dim)
         last: dict[str, int] = {}
         for i, item_id in enumerate(ids):  # the last row of a repeated id wins
             last[item_id] = i
