@@ -16,6 +16,14 @@ Redelivered events (same ``event_id``) change nothing: their marker is read in
 step 1 and written with the effects in step 3. A redelivered trigger still gets a
 list, so at-least-once delivery never loses a recommendation.
 
+On a remote store (Redis) round trips and commands are what a list costs, so there
+the batch's repeated increments are summed into one command each, the candidate
+sources are asked concurrently (their reads share one pipeline), and, with
+``coalesce_per_user``, a shopper with several triggers in one batch gets one list
+(the worker also puts ``models.features.cache.ItemSideCache`` in front of the
+sources: item-side aggregates up to a second old). The first two change nothing
+that is stored or recommended.
+
 >>> import asyncio
 >>> from models.events import Click
 >>> rec = Recommender.in_memory()
@@ -58,6 +66,7 @@ REASONS = {
     "covis": "Viewed together with {anchor} by other shoppers",
     "session_knn": "Viewed in sessions like yours",
     "content": "Similar to {anchor}",
+    "new_items": "New, and similar to {anchor}",
     "popular": "Popular right now",
 }
 
@@ -87,6 +96,11 @@ class RecommenderConfig:
     depth: int = 4
     #: Label shown lists with the next click and train the online ranker on them.
     learn_ranker: bool = True
+    #: Several triggers of one shopper in a batch share one list computed after the
+    #: last of them (a per-user debounce that only acts when the worker is busy; each
+    #: trigger still gets its own event). Off for replays, where each list is scored
+    #: against the shopper's next event.
+    coalesce_per_user: bool = False
 
 
 @dataclass
@@ -268,8 +282,9 @@ class Recommender:
         if attributions:
             await self._attribute(attributions, users, writes)
 
-        # 3. one atomic write of every effect and dedupe marker
-        await self.store.write(writes)
+        # 3. one atomic write of every effect and dedupe marker (a remote store gets the
+        # batch's repeated increments summed: fewer commands, the same state)
+        await self.store.write(writes if self.store.kind == "memory" else merge_increments(writes))
         for hook in self.on_items if out.items else ():
             done = hook(out.items)
             if inspect.isawaitable(done):  # e.g. replay embeds the catalog before going on
@@ -277,16 +292,47 @@ class Recommender:
 
         # 4. recommend for every triggering event (candidate reads run concurrently)
         if recommend and triggers:
-            if len(triggers) == 1:  # the common case: no task to schedule
-                recs = [await self._recommend(triggers[0][0], triggers[0][1], t0)]
-            else:
-                recs = await asyncio.gather(*(self._recommend(e, ctx, t0) for e, ctx in triggers))
-            rec_writes: list[WriteOp] = []
-            for r in recs:
-                rec_writes += self._rec_writes(r)
-            await self.store.write(rec_writes)
-            out.recommendations = list(recs)
+            out.recommendations = await self._recommend_all(triggers, t0)
         return out
+
+    async def _recommend_all(self, triggers: list[tuple[Event, Context]], t0: float) -> list[Recommendation]:
+        """One list per trigger, in trigger order, stored for the web API and feedback.
+
+        With ``coalesce_per_user`` a shopper with several triggers in the batch gets one
+        list computed from their state after the last of them (the freshest, and all
+        are delivered together anyway); each trigger still gets its own event and
+        ``rec_id`` carrying that list.
+        """
+        if self.config.coalesce_per_user and len(triggers) > 1:
+            last = {ctx.user_id: n for n, (_, ctx) in enumerate(triggers)}
+            todo = sorted(last.values())
+        else:
+            last, todo = {}, range(len(triggers))
+        if len(todo) == 1:  # the common case: no task to schedule
+            n = todo[0]
+            computed = {n: await self._recommend(triggers[n][0], triggers[n][1], t0)}
+        else:
+            done = await asyncio.gather(*(self._recommend(triggers[n][0], triggers[n][1], t0) for n in todo))
+            computed = dict(zip(todo, done))
+        recs: list[Recommendation] = []
+        writes: list[WriteOp] = []
+        for n, (event, ctx) in enumerate(triggers):
+            rec = computed.get(n)
+            if rec is None:  # an earlier trigger of a shopper whose last one was computed
+                rec = self._same_list(computed[last[ctx.user_id]], event, t0)
+            recs.append(rec)
+            writes += self._rec_writes(rec, latest=n == last.get(ctx.user_id, n))
+        await self.store.write(writes)
+        return recs
+
+    def _same_list(self, rec: Recommendation, trigger: Event, t0: float) -> Recommendation:
+        """``rec``'s list as the answer to another trigger of the same shopper."""
+        rec_id = self.new_rec_id()
+        return Recommendation(
+            rec_id=rec_id, user_id=rec.user_id, trigger_event_id=trigger.event_id, ts=rec.ts,
+            items=rec.items, model_version=rec.model_version,
+            latency_ms=round((time.perf_counter() - t0) * 1000, 3),
+            context={**rec.context, "_record": {**rec.context["_record"], "rec_id": rec_id}})
 
     # -- state updates -----------------------------------------------------------------
     def _interact(self, user: _User, item_id: str, weight: float, ts: float, writes: list[WriteOp]) -> None:
@@ -426,7 +472,8 @@ class Recommender:
     # -- recommending ------------------------------------------------------------------------
     async def _recommend(self, trigger: Event, ctx: Context, t0: float) -> Recommendation:
         cfg = self.config
-        cands = await gather_candidates(self.sources, ctx, cfg.k, depth=cfg.depth)
+        cands = await gather_candidates(self.sources, ctx, cfg.k, depth=cfg.depth,
+                                        concurrent=self.store.kind != "memory")
         recent = ctx.recent_items[:20]
         # a few spare candidates replace unavailable ones; a category cap may need more
         size = 2 * cfg.k if cfg.max_per_category else cfg.k + max(5, cfg.k // 4)
@@ -523,14 +570,16 @@ class Recommender:
             return template.format(anchor=titles.get(anchor) or f"item {anchor}")
         return template
 
-    def _rec_writes(self, r: Recommendation) -> list[WriteOp]:
+    def _rec_writes(self, r: Recommendation, latest: bool = True) -> list[WriteOp]:
+        """The list's record (for feedback attribution) and, when it is the shopper's
+        newest, their latest list (web API) and last list (labels)."""
         k, cfg = self.keys, self.config
-        record = r.context["_record"]
-        blob = orjson.dumps(record)
-        public = r.to_dict()
-        return [("set", k.rec(r.rec_id), blob, cfg.rec_ttl_s),
-                ("set", k.last_rec(r.user_id), blob, cfg.rec_ttl_s),
-                ("set", k.latest_rec(r.user_id), orjson.dumps(public), None)]
+        blob = orjson.dumps(r.context["_record"])
+        writes: list[WriteOp] = [("set", k.rec(r.rec_id), blob, cfg.rec_ttl_s)]
+        if latest:
+            writes += [("set", k.last_rec(r.user_id), blob, cfg.rec_ttl_s),
+                       ("set", k.latest_rec(r.user_id), orjson.dumps(r.to_dict()), None)]
+        return writes
 
 
 def category_affinity(recent: list[str], cands: dict, meta: dict[str, ItemMeta]) -> dict[str, float] | None:
@@ -548,6 +597,30 @@ def category_affinity(recent: list[str], cands: dict, meta: dict[str, ItemMeta])
     for c in cats:
         share[c] = share.get(c, 0.0) + 1.0 / len(cats)
     return {i: round(share.get((meta.get(i) or ItemMeta()).category, 0.0), 6) for i in cands}
+
+
+def merge_increments(writes: list[WriteOp]) -> list[WriteOp]:
+    """The same writes with every ``zincr`` of one (key, member) summed into its first
+    occurrence: a batch's hot items (co-visitation, popularity) cost one command each.
+
+    Increments commute, and nothing in a batch deletes an item-side zset, so the stored
+    result is the same (up to float rounding).
+
+    >>> merge_increments([("zincr", "k", "a", 1.0), ("set", "x", b"1", None), ("zincr", "k", "a", 0.5)])
+    [('zincr', 'k', 'a', 1.5), ('set', 'x', b'1', None)]
+    """
+    first: dict[tuple[str, str], int] = {}
+    out: list[WriteOp] = []
+    for op in writes:
+        if op[0] == "zincr":
+            at = first.get((op[1], op[2]))
+            if at is not None:
+                prev = out[at]
+                out[at] = ("zincr", prev[1], prev[2], prev[3] + op[3])
+                continue
+            first[(op[1], op[2])] = len(out)
+        out.append(op)
+    return out
 
 
 def default_sources(store: FeatureStore, keys: Keys) -> list[CandidateSource]:

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from models.events import INPUT_TOPICS, Event, Item, Rejected, parse
 from models.features import StoreError, open_store
+from models.features.cache import ItemSideCache
 from models.features.keys import Keys
 from models.features.store import FeatureStore
 from models.pipeline import Recommender, recommendation_json
@@ -97,7 +98,11 @@ class Runtime:
             source, self.catalog = stack
             return source
 
-        cfg, sources, prior, warmup = tuned.build(settings.profile, self.store, self.keys, k=settings.k,
+        # the sources read hot item-side aggregates through a short-lived cache (remote stores)
+        source_store: FeatureStore = self.store
+        if settings.item_cache_s > 0 and self.store.kind != "memory":
+            source_store = ItemSideCache(self.store, self.keys, ttl_s=settings.item_cache_s)
+        cfg, sources, prior, warmup = tuned.build(settings.profile, source_store, self.keys, k=settings.k,
                                                   content=content)
         if settings.exclude_purchased is not None:
             cfg.exclude_purchased = settings.exclude_purchased
@@ -106,6 +111,7 @@ class Runtime:
         if settings.exclude_current is not None:
             cfg.exclude_current = settings.exclude_current
         cfg.session_gap_s, cfg.dedupe_ttl_s = settings.session_gap_s, settings.dedupe_ttl_s
+        cfg.coalesce_per_user = settings.coalesce_per_user
         ranker = Ranker([src.name for src in sources], prior=prior, warmup=warmup)
         return Recommender(self.store, self.keys, cfg, sources=sources, ranker=ranker)
 

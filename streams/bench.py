@@ -8,6 +8,9 @@ Both run as separate processes on the same embedded broker, with the same batchi
 - latency: events paced at ``--rate`` per second; latency = time the output is read
   back minus the time its input was handed to the producer (p50/p95/p99).
 
+Both first receive a 5,000-item catalog; the streamrec worker's measurements start
+once it has embedded every title (content candidates on, as in production).
+
 The pass-through agent decodes nothing and recommends nothing: it forwards each
 value to an output topic. The ratio between the two is the cost of the recommender.
 """
@@ -109,6 +112,26 @@ async def _seed(bootstrap: str, prefix: str, events: list[dict]) -> None:
     await p.stop()
 
 
+async def _wait_for_vectors(redis_url: str, prefix: str, item_ids: list[str], timeout_s: float = 600.0) -> None:
+    """Wait until the worker has embedded every catalog item (or has no text encoder)."""
+    from models.features import open_store
+    from models.features.keys import Keys
+
+    keys, store = Keys(prefix), open_store(redis_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            [meta] = await store.read([("hmget", keys.item_meta(item_ids[-1]), ["title"])])
+            got = await store.read([("mget", [keys.item_vector(i) for i in item_ids])])
+            embedded = sum(v is not None for v in got[0])
+            if embedded == len(item_ids) or (meta[0] is not None and embedded == 0 and
+                                              time.monotonic() > deadline - timeout_s + 60):
+                return  # all embedded, or a worker without an encoder (nothing after a minute)
+            await asyncio.sleep(1.0)
+    finally:
+        await store.close()
+
+
 def run_bench(events: int = 20000, rate: float = 500.0, redis_url: str | None = None,
               report: str | None = None, latency_events: int | None = None) -> dict:
     """Run both workers through both measurements; print a table; return the results."""
@@ -137,7 +160,10 @@ def run_bench(events: int = 20000, rate: float = 500.0, redis_url: str | None = 
             else:
                 worker = start_worker(env, logdir / f"{name}.log")
             try:
-                asyncio.run(_seed(bootstrap, prefix, catalog(5000)))
+                items = catalog(5000)
+                asyncio.run(_seed(bootstrap, prefix, items))
+                if not module_args:  # measure the recommender, not the catalog's first embedding
+                    asyncio.run(_wait_for_vectors(redis_url, prefix, [e["value"]["item_id"] for e in items]))
                 asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, warm, None, id_of))
                 results[name] = {
                     "throughput": asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, thr, None, id_of)),

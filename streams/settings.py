@@ -70,8 +70,13 @@ class Settings(BaseSettings):
     #: Leave out the item being viewed (unset = profile: events keep it, re-views are common).
     exclude_current: bool | None = None
     session_gap_s: float = Field(1800.0, gt=0, description="inactivity that starts a new session")
-    debounce_ms: float = Field(0.0, ge=0, description="emit at most one recommendation per user per window (0 = every event)")
+    coalesce_per_user: bool = Field(True, description=(
+        "a shopper with several clicks/carts in one batch gets one list computed after the "
+        "last of them, sent once per trigger (acts only when the worker is busy)"))
     snapshot_every_s: float = Field(30.0, gt=0)
+    item_cache_s: float = Field(1.0, ge=0, le=60, description=(
+        "seconds the candidate sources reuse an item's co-visitation, next-item and session "
+        "lists and the popularity ranking read from Redis (0 = read every time)"))
     profile: Literal["events", "sessions"] = Field(
         "events", description="tuned recommender settings in models/tuned.toml")
     model_path: str | None = Field(None, description="ONNX text encoder folder (model.onnx + tokenizer.json)")

@@ -157,3 +157,60 @@ async def test_unavailable_items_are_never_recommended(backend):
                       Item("i1", "Product 1", T0 + 5000, available=False)])
     recs = await feed(rec, [Click(f"z{i}", f"u{i}", "i2", T0 + 6000 + i) for i in range(10)], 1)
     assert all(not {"i0", "i1"} & {x.item_id for x in r.items} for r in recs)
+
+
+# -- the hot path's shortcuts change no result -------------------------------------------
+
+async def test_coalesced_triggers_share_the_freshest_list_and_each_get_an_event(backend):
+    store, keys, url = backend
+    rec = recommender(store, keys, k=5, coalesce_per_user=True)
+    await feed(rec, shop_stream(), 50)  # some history to recommend from
+    batch = [Click("x1", "ann", "i1", T0 + 9000), Click("x2", "bob", "i2", T0 + 9001),
+             Click("x3", "ann", "i3", T0 + 9002), Cart("x4", "ann", "i4", "purchase", T0 + 9003)]
+    recs = (await rec.handle(batch)).recommendations
+    assert [r.trigger_event_id for r in recs] == ["x1", "x2", "x3", "x4"]
+    assert len({r.rec_id for r in recs}) == 4
+    ann = [r for r in recs if r.user_id == "ann"]
+    assert all(r.items == ann[-1].items for r in ann)  # computed once, after the purchase
+    assert "i4" not in {i.item_id for i in ann[0].items}
+    # every rec_id is attributable, and the latest list is the last one
+    for r in recs:
+        [blob] = await store.read([("get", keys.rec(r.rec_id))])
+        assert blob and r.rec_id.encode() in blob
+    [latest] = await store.read([("get", keys.latest_rec("ann"))])
+    assert ann[-1].rec_id.encode() in latest
+    # without coalescing the first trigger's list does not know the later purchase
+    solo = recommender(MemoryStore(), keys, k=5)
+    await feed(solo, shop_stream(), 50)
+    first = (await solo.handle(batch)).recommendations
+    assert len({r.rec_id for r in first}) == 4 and first[0].trigger_event_id == "x1"
+
+
+async def test_merged_increments_store_the_same_state(backend):
+    store, keys, url = backend
+    merged = recommender(store, keys)
+    await feed(merged, shop_stream(), 200)  # big batches: many repeated (item, neighbour) pairs
+    plain_store = MemoryStore()
+    plain = recommender(plain_store, keys)
+    await feed(plain, shop_stream(), 1)  # one event per batch: nothing to merge
+
+    def rounded(d):  # the aggregates the increments build (session ids differ by batching)
+        return {k: {f: float(f"{x:.9g}") for f, x in v.items()} for k, v in d.items()
+                if k.endswith((":covis", ":next", "item-counts")) or "popularity" in k}
+    got = rounded(await dump_store(store, keys.prefix, url))
+    assert len(got) > 40 and got == rounded(await dump_store(plain_store, keys.prefix))
+
+
+async def test_concurrent_sources_propose_exactly_what_sequential_ones_do():
+    from models.candidates import Context, gather_candidates
+    from models.pipeline import default_sources
+
+    store, keys = MemoryStore(), Keys()
+    rec = recommender(store, keys)
+    await feed(rec, shop_stream(), 50)
+    for items in (["i1"], ["i3", "i1", "i7"], ["unknown"], []):
+        ctx = Context("u1", T0, items, items, exclude={"i2"})
+        one = await gather_candidates(default_sources(store, keys), ctx, 5)
+        many = await gather_candidates(default_sources(store, keys), ctx, 5, concurrent=True)
+        assert list(one) == list(many)
+        assert [(c.signals, c.because) for c in one.values()] == [(c.signals, c.because) for c in many.values()]

@@ -8,6 +8,7 @@ score: the ranker uses those signals and the reason line is built from them.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -60,12 +61,13 @@ class CandidateSource(Protocol):
 
 
 async def gather_candidates(sources: Sequence[CandidateSource], ctx: Context, k: int,
-                            depth: int = 4, fill_only: Sequence[str] = ("popular",)
-                            ) -> dict[str, Candidate]:
+                            depth: int = 4, fill_only: Sequence[str] = ("popular",),
+                            concurrent: bool = False) -> dict[str, Candidate]:
     """Run ``sources`` in order until ``depth * k`` candidates outside the exclude set exist.
 
     Sources named in ``fill_only`` (popularity) only run when the others found fewer
-    than ``k``.
+    than ``k``. With ``concurrent`` the other sources are asked all at once (their
+    store reads then share one round trip); the result is the same.
 
     >>> import asyncio
     >>> class Fixed:
@@ -81,10 +83,16 @@ async def gather_candidates(sources: Sequence[CandidateSource], ctx: Context, k:
     # thousands of items must not make every source rank thousands.
     ask = want + min(len(ctx.exclude), want)
     out: dict[str, Candidate] = {}
-    for source in sources:
+    early: dict[int, list[tuple[str, float, str]]] = {}
+    if concurrent:
+        firm = [n for n, source in enumerate(sources) if source.name not in fill_only]
+        if len(firm) > 1:
+            early = dict(zip(firm, await asyncio.gather(*(sources[n].propose(ctx, ask) for n in firm))))
+    for n, source in enumerate(sources):
         if source.name in fill_only and len(out) >= k:
             continue
-        for item_id, score, because in await source.propose(ctx, ask):
+        proposed = early[n] if n in early else await source.propose(ctx, ask)
+        for item_id, score, because in proposed:
             if item_id in ctx.exclude:
                 continue
             cand = out.get(item_id)
