@@ -1,19 +1,40 @@
 """Soak: one worker at a steady rate for a long time; RSS and latency per minute.
 
-    python -m benchmarks.soak --minutes 10 --rate 300 --report soak.json
+    python -m benchmarks.soak --minutes 10 --rate 50 --report soak.json
 
 Starts an embedded broker and Redis, one worker (template copy in the worker, so the
 copy pool runs too), then produces simulated shoppers at ``--rate`` events/s. Every
-minute it prints the worker's RSS and the produce-to-recommendation latency
-percentiles of that minute. Memory is flat when the last minutes' RSS stays within a
-few MB of the first minutes'.
+minute it prints the worker's RSS, the produce-to-recommendation latency percentiles
+of that minute, the events still unanswered (backlog), the CPU share of the broker
+and of the worker over that minute, and the machine's 1-minute load average (other
+jobs share the cores). Memory is flat when the last minutes' RSS stays within a few MB
+of the first minutes'; latency is stable when the last minutes' percentiles match the
+first minutes' and the backlog does not grow.
+
+Partitions (issue #7): the embedded Tansu broker keeps every batch forever and a fetch
+that finds new data lists every batch of its partition (about 1 ms of broker CPU per
+1,000 batches; see ``streams.embedded.start_broker``). At 50 events/s each event, and
+each recommendation, is a batch of its own: over 4 partitions a list grows by ~750
+batches a minute (~7,000 by minute 10) and is redone for every event by the worker and
+again for every recommendation by this reader, so the broker's CPU climbed from ~15% of
+a core in minute 1 to ~50% by minute 4 (~80% by minute 10) until the worker fell
+behind. ``--partitions`` (default 16) spreads the same events over four times as many
+partitions, so each list stays a quarter as long. The reader polls with the worker's
+fetch wait (it used 5 ms: twice the broker's idle-poll CPU, 10% vs 5% of a core for 4
+partitions, to save ~2 ms of latency). Still open: at 25 events/s over 16 partitions the
+broker went from 18% to 56% of a core in 10 minutes, far more than these lists explain
+(the same traffic from plain aiokafka clients grows <1 point a minute), so keep reading
+``broker_cpu_pct``. SIGTERM stops the run and every child.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import tempfile
 import time
 import uuid
@@ -22,7 +43,8 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.embedded import exit_on_sigterm, start_broker, start_redis, start_worker
+from streams.embedded import Services, exit_on_sigterm, start_broker, start_redis, start_worker
+from streams.settings import Settings
 from streams.simulate import catalog, simulate_shoppers
 
 
@@ -33,91 +55,137 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q / 100 * (len(xs) - 1)))] if xs else float("nan")
 
 
-async def soak(bootstrap: str, prefix: str, pid: int, minutes: float, rate: float) -> list[dict]:
-    consumer = AIOKafkaConsumer(prefix + "recommendations", bootstrap_servers=bootstrap,
-                                group_id=f"soak-{uuid.uuid4().hex[:6]}", auto_offset_reset="latest",
-                                fetch_max_wait_ms=5)
-    await consumer.start()
-    while not consumer.assignment():
-        await asyncio.sleep(0.1)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
-    await producer.start()
-    for e in catalog(5000):
-        await producer.send(prefix + "items", orjson.dumps(e["value"]))
-    sent: dict[str, float] = {}
-    window: list[float] = []
-    rows: list[dict] = []
+async def soak(bootstrap: str, prefix: str, pids: dict[str, int], minutes: float, rate: float,
+               fetch_max_wait_ms: int, rows: list[dict]) -> list[dict]:
+    """Run the load; appends one row per minute to ``rows`` (kept when interrupted).
 
-    async def read() -> None:
-        while True:
-            batch = await consumer.getmany(timeout_ms=100)
-            now = time.perf_counter()
-            for msgs in batch.values():
-                for m in msgs:
-                    t = sent.pop(orjson.loads(m.value)["trigger_event_id"], None)
-                    if t is not None:
-                        window.append((now - t) * 1000)
+    The Kafka clients and the reader are closed on any exit, cancellation included."""
+    pid = pids["worker"]
+    async with contextlib.AsyncExitStack() as clients:
+        consumer = AIOKafkaConsumer(prefix + "recommendations", bootstrap_servers=bootstrap,
+                                    group_id=f"soak-{uuid.uuid4().hex[:6]}", auto_offset_reset="latest",
+                                    fetch_max_wait_ms=fetch_max_wait_ms)
+        clients.push_async_callback(consumer.stop)
+        await consumer.start()
+        while not consumer.assignment():
+            await asyncio.sleep(0.1)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+        clients.push_async_callback(producer.stop)
+        await producer.start()
+        for e in catalog(5000):
+            await producer.send(prefix + "items", orjson.dumps(e["value"]))
+        sent: dict[str, float] = {}
+        window: list[float] = []
 
-    reader = asyncio.create_task(read())
-    stream = simulate_shoppers(int(minutes * 60 * rate) + 1, n_users=20_000, n_items=5000, seed=5)
-    t0 = time.perf_counter()
-    minute_end = t0 + 60
-    n = 0
-    for e in stream:
-        due = t0 + n / rate
-        if due > time.perf_counter():
-            await asyncio.sleep(due - time.perf_counter())
-        v = e["value"]
-        sent[v["event_id"]] = time.perf_counter()
-        await producer.send(prefix + e["topic"], orjson.dumps(v), key=v["user_id"].encode())
-        n += 1
-        if time.perf_counter() >= minute_end:
-            rows.append({"minute": len(rows) + 1, "events": n, "rss_mb": round(rss_mb(pid), 1),
-                         "p50_ms": round(pct(window, 50), 1), "p99_ms": round(pct(window, 99), 1),
-                         "outputs": len(window), "unanswered": len(sent)})
-            print(json.dumps(rows[-1]), flush=True)
-            window.clear()
-            minute_end += 60
-    await producer.flush()
-    await asyncio.sleep(5)
-    reader.cancel()
-    await asyncio.gather(reader, return_exceptions=True)
-    await producer.stop()
-    await consumer.stop()
+        async def read() -> None:
+            while True:
+                batch = await consumer.getmany(timeout_ms=100)
+                now = time.perf_counter()
+                for msgs in batch.values():
+                    for m in msgs:
+                        t = sent.pop(orjson.loads(m.value)["trigger_event_id"], None)
+                        if t is not None:
+                            window.append((now - t) * 1000)
+
+        reader = asyncio.create_task(read())
+
+        async def stop_reader() -> None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+        clients.push_async_callback(stop_reader)
+        stream = simulate_shoppers(int(minutes * 60 * rate) + 1, n_users=20_000, n_items=5000, seed=5)
+        t0 = time.perf_counter()
+        minute_end = t0 + 60
+        cpu0 = {name: cpu_s(p) for name, p in pids.items()}
+        n = 0
+        for e in stream:
+            due = t0 + n / rate
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
+            v = e["value"]
+            sent[v["event_id"]] = time.perf_counter()
+            await producer.send(prefix + e["topic"], orjson.dumps(v), key=v["user_id"].encode())
+            n += 1
+            if time.perf_counter() >= minute_end:
+                cpu1 = {name: cpu_s(p) for name, p in pids.items()}
+                rows.append({"minute": len(rows) + 1, "events": n, "rss_mb": round(rss_mb(pid), 1),
+                             "p50_ms": round(pct(window, 50), 1), "p99_ms": round(pct(window, 99), 1),
+                             "outputs": len(window), "unanswered": len(sent),
+                             **{f"{name}_cpu_pct": round((cpu1[name] - cpu0[name]) / 60 * 100, 1)
+                                for name in pids},
+                             "load1": os.getloadavg()[0]})
+                print(json.dumps(rows[-1]), flush=True)
+                window.clear()
+                cpu0 = cpu1
+                minute_end += 60
+        await producer.flush()
+        await asyncio.sleep(5)
     return rows
+
+
+async def _interruptible(coro):
+    """Await ``coro``; SIGTERM cancels it, so its ``finally`` closes the Kafka clients in
+    order (a SystemExit raised inside the event loop skipped that and could leave the
+    loop's shutdown waiting on aiokafka tasks, never reaching the services' stop)."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+    try:
+        return await coro
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)  # resets SIGTERM to the default ...
+        exit_on_sigterm()  # ... so put SystemExit back for the rest of the run
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--minutes", type=float, default=10)
     p.add_argument("--rate", type=float, default=300)
+    p.add_argument("--partitions", type=int, default=16,
+                   help="partitions per topic (the broker's per-fetch cost grows with batches per partition)")
     p.add_argument("--report")
     a = p.parse_args()
     exit_on_sigterm()
     logdir = Path(tempfile.mkdtemp(prefix="streamrec-soak-"))
-    broker, redis = start_broker(log_dir=logdir), start_redis(log_dir=logdir)
     prefix = "soak-"
-    env = {"STREAMREC_KAFKA_URL": f"kafka://127.0.0.1:{broker.port}",
-           "STREAMREC_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0", "STREAMREC_TOPIC_PREFIX": prefix,
-           "STREAMREC_WEB_PORT": "0", "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_PARTITIONS": "4"}
-    worker = start_worker(env, logdir / "worker.log")
-    try:
+    rows: list[dict] = []
+    # Every child is registered the moment it exists: SIGTERM at any point stops them all.
+    with Services() as services:
+        broker = services.start(start_broker(log_dir=logdir))
+        redis = services.start(start_redis(log_dir=logdir))
+        env = {"STREAMREC_KAFKA_URL": f"kafka://127.0.0.1:{broker.port}",
+               "STREAMREC_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0", "STREAMREC_TOPIC_PREFIX": prefix,
+               "STREAMREC_WEB_PORT": "0", "STREAMREC_LLM_BASE_URL": "template",
+               "STREAMREC_PARTITIONS": str(a.partitions)}
+        worker = services.start(start_worker(env, logdir / "worker.log"))
         start_rss = rss_mb(worker.proc.pid)
-        rows = asyncio.run(soak(f"127.0.0.1:{broker.port}", prefix, worker.proc.pid, a.minutes, a.rate))
-        out = {"minutes": a.minutes, "rate": a.rate, "rss_mb_start": round(start_rss, 1),
-               "rss_mb_end": round(rss_mb(worker.proc.pid), 1), "per_minute": rows}
+        wait_ms = Settings().kafka_fetch_max_wait_ms  # the worker's (it inherits this environment)
+        print(json.dumps({"logs": str(logdir), "partitions": a.partitions, "rate": a.rate,
+                          "reader_fetch_max_wait_ms": wait_ms}), flush=True)
+        try:
+            asyncio.run(_interruptible(soak(f"127.0.0.1:{broker.port}", prefix,
+                                            {"worker": worker.proc.pid, "broker": broker.proc.pid},
+                                            a.minutes, a.rate, wait_ms, rows)))
+        except asyncio.CancelledError:
+            print(json.dumps({"interrupted_after_minutes": len(rows)}), flush=True)
+            raise SystemExit(143) from None
+        out = {"minutes": a.minutes, "rate": a.rate, "partitions": a.partitions,
+               "rss_mb_start": round(start_rss, 1), "rss_mb_end": round(rss_mb(worker.proc.pid), 1),
+               "per_minute": rows}
         print(json.dumps({k: v for k, v in out.items() if k != "per_minute"}))
         if a.report:
             Path(a.report).write_text(json.dumps(out, indent=2))
-    finally:
-        worker.stop()
-        redis.stop()
-        broker.stop()
 
 
 if __name__ == "__main__":
