@@ -11,7 +11,7 @@ jobs share the cores). Memory is flat when the last minutes' RSS stays within a 
 of the first minutes'; latency is stable when the last minutes' percentiles match the
 first minutes' and the backlog does not grow.
 
-Partitions (issue #7): the embedded Tansu broker keeps every batch forever and a fetch
+Partitions: the embedded Tansu broker keeps every batch forever and a fetch
 that finds new data lists every batch of its partition (about 1 ms of broker CPU per
 1,000 batches; see ``streams.embedded.start_broker``). At 50 events/s each event, and
 each recommendation, is a batch of its own: over 4 partitions a list grows by ~750
