@@ -6,7 +6,8 @@ Top-K metrics for one target per case (the next item a shopper touched):
   session-based papers);
 - ``mrr@K``: mean reciprocal rank of the target (0 when absent);
 - ``ndcg@K``: mean ``1 / log2(rank + 1)`` (0 when absent);
-- ``coverage@K``: share of the known items that appeared in at least one scored list.
+- ``coverage@K``: share of the known items (from catalog events or interactions) that
+  appeared in at least one scored list.
 
 >>> m = Metrics(k=3)
 >>> m.add(["a", "b", "c"], "b"), m.add(["a", "c", "d"], "z")
@@ -18,6 +19,14 @@ Top-K metrics for one target per case (the next item a shopper touched):
 event is learned (against that user's latest list), ``shown(user, items)`` after a
 recommendation is emitted. It keeps every case's rank so that slices (cold items,
 cold users) and curves over time come out at the end.
+
+Slices count interactions only (clicks, cart adds, purchases): catalog events
+(``items``), removals and feedback neither make an item "seen" nor move the cut.
+
+- ``cold_items``: the target's first interaction falls in the last ``cold_fraction``
+  of the stream's interactions (the case itself may be that first interaction);
+  ``first_interactions`` counts the cases whose target nobody had touched before;
+- ``cold_users``: the user had fewer than ``cold_user_events`` earlier interactions.
 
 >>> from models.events import Click
 >>> p = Prequential(k=2)
@@ -107,8 +116,21 @@ class Prequential:
     """Test-then-train scoring of a stream for one or more recommenders.
 
     ``cold_user_events``: a case is a cold-user case when the user had fewer earlier
-    events. ``cold_fraction``: a case is a cold-item case when its target was first
-    seen in the last ``cold_fraction`` of the stream's events.
+    interactions. ``cold_fraction``: a case is a cold-item case when its target's first
+    interaction is in the last ``cold_fraction`` of the stream's interactions. Catalog
+    events do not count: a shop publishes items before anyone buys them, and an item
+    known to the catalog but never touched is exactly what "cold" means.
+
+    >>> from models.events import Item, Cart
+    >>> p = Prequential(k=2, cold_fraction=0.5)
+    >>> p.score(Item("new", "New mug", 0.0))     # in the catalog from the start
+    False
+    >>> for n, item in enumerate(["a", "a", "b", "new"]):
+    ...     p.shown("u", ["new", "a"])
+    ...     _ = p.score(Cart(f"e{n}", "u", item, "purchase", float(n)))
+    >>> s = p.slices()["cold_items"]              # 'b' and 'new': first touched in the second half
+    >>> s["cases"], s["first_interactions"], s["hit_rate@2"]
+    (2, 2, 0.5)
     """
 
     def __init__(self, k: int = 20, cold_user_events: int = 3, cold_fraction: float = 0.2) -> None:
@@ -117,12 +139,18 @@ class Prequential:
         self.cold_fraction = cold_fraction
         self.latest: dict[str, list[str]] = {}
         self.user_events: Counter[str] = Counter()
+        #: item -> index (among interactions) of its first interaction
         self.first_seen: dict[str, int] = {}
         self.events = 0
+        self.interactions = 0
+        #: every item id met in the stream, catalog events included (coverage)
+        self.known: set[str] = set()
         self.metrics = Metrics(k)
-        # per case: event index, first-seen index of the target, user was cold
+        # per case: event index, first-interaction index of the target (its own index
+        # when this is the first), whether it is the first, user was cold
         self.case_event: list[int] = []
         self.case_first_seen: list[int] = []
+        self.case_first_time: list[bool] = []
         self.case_cold_user: list[bool] = []
         self.recommended_counts: Counter[str] = Counter()
 
@@ -132,19 +160,26 @@ class Prequential:
         idx = self.events
         self.events += 1
         item = getattr(event, "item_id", None)
+        if item:
+            self.known.add(item)
+        if not is_positive(event):
+            return False
         user = event.user_id
-        if item is not None and item not in self.first_seen:
-            self.first_seen[item] = idx
+        first_time = item not in self.first_seen
+        if first_time:
+            self.first_seen[item] = self.interactions
         is_case = False
-        if scored and is_positive(event):
+        if scored:
             shown = self.latest.get(user)
             if shown is not None:
                 self.metrics.add(shown, item)
                 self.case_event.append(idx)
                 self.case_first_seen.append(self.first_seen[item])
+                self.case_first_time.append(first_time)
                 self.case_cold_user.append(self.user_events[user] < self.cold_user_events)
                 self.recommended_counts.update(shown[: self.k])
                 is_case = True
+        self.interactions += 1
         if user:
             self.user_events[user] += 1
         return is_case
@@ -158,11 +193,12 @@ class Prequential:
 
     def slices(self) -> dict[str, dict[str, float]]:
         ranks = self.metrics.ranks
-        cut = int(self.events * (1.0 - self.cold_fraction))
-        cold_items = [r for r, f in zip(ranks, self.case_first_seen) if f >= cut]
+        cut = int(self.interactions * (1.0 - self.cold_fraction))
+        cold = [i for i, f in enumerate(self.case_first_seen) if f >= cut]
+        cold_items = summarize((ranks[i] for i in cold), self.k)
+        cold_items["first_interactions"] = sum(self.case_first_time[i] for i in cold)
         cold_users = [r for r, c in zip(ranks, self.case_cold_user) if c]
-        return {"cold_items": summarize(cold_items, self.k),
-                "cold_users": summarize(cold_users, self.k)}
+        return {"cold_items": cold_items, "cold_users": summarize(cold_users, self.k)}
 
     def over_time(self, buckets: int = 20) -> list[dict[str, float]]:
         """Metrics per consecutive block of cases (for plots of quality over time)."""
@@ -179,7 +215,7 @@ class Prequential:
 
     def report(self) -> dict:
         """``{"metrics": {...}, "test_cases": N, "slices": {...}}``; coverage is relative to
-        every item seen in the stream."""
-        metrics = self.metrics.result(catalog_size=len(self.first_seen))
+        every item met in the stream (catalog events included)."""
+        metrics = self.metrics.result(catalog_size=len(self.known))
         cases = int(metrics.pop("cases"))
         return {"metrics": metrics, "test_cases": cases, "slices": self.slices()}

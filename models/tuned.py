@@ -45,7 +45,9 @@ def build(profile: str | dict[str, Any], store: FeatureStore, keys: Keys, k: int
           ) -> tuple[RecommenderConfig, list[CandidateSource], dict[str, float], int]:
     """``(config, sources, ranker prior, ranker warmup)`` for a profile name or dict.
 
-    ``content`` builds the content source; when None the ``content`` entry is skipped.
+    ``content`` builds the content source; when None the ``content`` entry is skipped,
+    and so is ``new_items`` (text neighbours among never-touched items), which shares
+    the content source's index.
     """
     p = load(profile) if isinstance(profile, str) else profile
     names = {f.name for f in fields(RecommenderConfig)}
@@ -67,6 +69,12 @@ def build(profile: str | dict[str, Any], store: FeatureStore, keys: Keys, k: int
             source = content(store, keys) if content is not None else None
             if source is not None:  # None: no text encoder installed
                 sources.append(source)
+        elif name == "new_items":  # rides on the content source listed before it
+            from models.content.sources import ContentSource, NewItemsSource
+
+            text = next((s for s in sources if isinstance(s, ContentSource)), None)
+            if text is not None:
+                sources.append(NewItemsSource(text, **opts))
         else:
             raise ValueError(f"unknown candidate source {name!r} in the tuned settings")
     return cfg, sources, dict(p.get("prior", {})), int(p.get("ranker_warmup", 500))

@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--k", type=int, default=20)
     r.add_argument("--report", help="write the JSON report here")
     r.add_argument("--baselines", action="store_true", help="also score popularity and BiasedMF")
-    r.add_argument("--no-content", action="store_true", help="turn the content candidate source off")
+    r.add_argument("--no-content", action="store_true", help="turn the content candidate sources (content, new_items) off")
     r.add_argument("--plot", help="write plots to this .png or .html file")
-    r.add_argument("--limit", type=int, help="stop after this many events")
+    r.add_argument("--limit", type=int, help="stop after this many shopper events (catalog events come on top)")
     r.add_argument("--redis-url")
 
     pr = sub.add_parser("produce", help="replay a recorded stream into Kafka in event-time order")

@@ -27,11 +27,18 @@ fatal. Formats:
     is set from the item page whose view is already recorded as ``pv``; counting it
     again would duplicate that click) and counted in ``skipped``.
 ``online-retail``
-    The UCI Online Retail parquet: each product's first appearance yields an
-    ``items`` catalog event (title = Description), each invoice line a cart
-    ``purchase`` (quantity = Quantity). Cancellations (InvoiceNo ``C...``) and
-    non-positive quantities are skipped; a null CustomerID makes the basket its
-    own anonymous shopper (``guest-<InvoiceNo>``).
+    The UCI Online Retail parquet: the catalog first — one ``items`` event per
+    product, all at the time of the first invoice line, as a shop publishes its
+    catalog on the ``items`` topic before anyone buys — then each invoice line as a
+    cart ``purchase`` (quantity = Quantity). A product's title is its most frequent
+    Description (the file also holds typos, ``?`` and ``nan`` on a few lines), its
+    price that of its first sale. The file has no publication dates: an item's first
+    sale is no more its publication than the start of the stream is, and publishing
+    it at its first sale would make the first purchase of every new product
+    impossible to recommend (its list was made before the item existed). The
+    catalog is the file's, whatever ``--limit`` replays. Cancellations (InvoiceNo
+    ``C...``) and non-positive quantities are skipped; a null CustomerID makes the
+    basket its own anonymous shopper (``guest-<InvoiceNo>``).
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -322,17 +329,45 @@ def _read_online_retail(path: Path) -> Recording:
         rows.append((ts, n, user, code, invoice, min(int(qty), 10_000),
                      float(price) if price is not None and price >= 0 else None, title))
     rows.sort(key=lambda r: (r[0], r[1]))
+    catalog = _retail_catalog(rows)
 
     def events() -> Iterator[Event]:
-        known: set[str] = set()
+        yield from catalog
         for ts, n, user, code, invoice, qty, price, title in rows:
-            if code not in known and title:
-                known.add(code)
-                yield Item(code, title[:512], ts, price=price)
             yield Cart(f"or{n}", user, code, "purchase", ts, qty)
 
     return Recording("online-retail", events, malformed, skipped=skipped,
-                     total=len(rows) + len({r[3] for r in rows if r[7]}))
+                     total=len(rows) + len(catalog))
+
+
+def _retail_catalog(rows: list[tuple[float, int, str, str, str, int, float | None, str | None]]
+                    ) -> list[Item]:
+    """One ``Item`` per product with a title, in order of first sale, all stamped with
+    the time of the first row: title = the most frequent Description (ties: the
+    earliest), price = the first sale's.
+
+    >>> rows = [(10.0, 0, "u", "A", "1", 1, 2.0, "MUG"), (11.0, 1, "v", "B", "2", 1, 1.0, None),
+    ...         (12.0, 2, "w", "A", "3", 1, 2.5, "?"), (13.0, 3, "w", "A", "4", 1, 2.5, "MUG")]
+    >>> [(i.item_id, i.title, i.ts, i.price) for i in _retail_catalog(rows)]
+    [('A', 'MUG', 10.0, 2.0)]
+    """
+    if not rows:
+        return []
+    start = rows[0][0]
+    titles: dict[str, dict[str, int]] = {}
+    price: dict[str, float | None] = {}
+    for _, _, _, code, _, _, p, title in rows:
+        if code not in price:
+            price[code] = p
+        if title:
+            seen = titles.setdefault(code, {})
+            seen[title] = seen.get(title, 0) + 1
+    out = []
+    for code in price:  # dicts keep insertion order: the order of first sale
+        if code in titles:
+            best = max(titles[code].items(), key=lambda kv: kv[1])[0]  # max keeps the first of ties
+            out.append(Item(code, best[:512], start, price=price[code]))
+    return out
 
 
 # -- jsonl (wire format) ------------------------------------------------------------------------

@@ -101,15 +101,31 @@ def build_recommender(profile: str, k: int, store: Any, keys: Keys, clock: Repla
 def _batches(events: Iterator[Event], recording: Recording, limit: int | None
              ) -> Iterator[tuple[list[Event], bool, bool]]:
     """``(events, scored, recommend)`` groups: training runs in big batches, scored
-    events one by one (with lookahead to skip lists nobody will be scored on)."""
+    events one by one (with lookahead to skip lists nobody will be scored on), and a
+    run of consecutive catalog events in one batch (they trigger no list, and the
+    content source embeds a batch of titles at once).
+
+    ``limit`` counts the events shoppers make: catalog events come on top, so the
+    same ``--limit`` replays the same purchases whether or not the recording
+    publishes its catalog ahead.
+
+    >>> from models.events import Click
+    >>> rec = Recording("jsonl", lambda: iter(()), None)
+    >>> evs = [Item("a", "A", 1.0), Item("b", "B", 1.0), Click("e1", "u", "a", 2.0),
+    ...        Click("e2", "u", "b", 3.0), Item("c", "C", 3.0), Click("e3", "v", "c", 4.0)]
+    >>> [([getattr(e, "event_id", "") for e in b], sc, r) for b, sc, r in _batches(iter(evs), rec, 2)]
+    [(['item:a:1.0', 'item:b:1.0'], True, False), (['e1'], True, True), (['e2'], True, True)]
+    """
     test_from = recording.test_from
     batch: list[Event] = []
     n = 0
-    prev: Event | None = None
+    prev: list[Event] = []  # the pending scored group: one event, or a run of catalog events
     for ev in events:
+        catalog = isinstance(ev, Item)
         if limit is not None and n >= limit:
             break
-        n += 1
+        if not catalog:
+            n += 1
         if test_from is not None and ev.ts < test_from:
             batch.append(ev)
             if len(batch) >= TRAIN_BATCH:
@@ -119,15 +135,24 @@ def _batches(events: Iterator[Event], recording: Recording, limit: int | None
         if batch:
             yield batch, False, False
             batch = []
-        if prev is not None:
-            # A session's last click needs no list: the next event is someone else's.
-            need = not (recording.users_contiguous and ev.user_id != prev.user_id)
-            yield [prev], True, need
-        prev = ev
+        if catalog and prev and isinstance(prev[0], Item):
+            prev.append(ev)
+            continue
+        if prev:
+            yield prev, True, _need_list(prev[-1], ev, recording)
+        prev = [ev]
     if batch:
         yield batch, False, False
-    if prev is not None:
-        yield [prev], True, not recording.users_contiguous
+    if prev:
+        yield prev, True, not isinstance(prev[0], Item) and not recording.users_contiguous
+
+
+def _need_list(prev: Event, ev: Event, recording: Recording) -> bool:
+    """Whether the list made after ``prev`` can be scored: catalog events trigger none,
+    and a session's last click needs none when the next event is someone else's."""
+    if isinstance(prev, Item):
+        return False
+    return not (recording.users_contiguous and ev.user_id != prev.user_id)
 
 
 async def replay(recording: Recording, recommender: Recommender, clock: ReplayClock, k: int = 20,
@@ -213,8 +238,10 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
         store = _open_store(url, clock)
         try:
             recommender = build_recommender(profile, k, store, Keys(prefix), clock, content)
-            return await replay(recording, recommender, clock, k=k, baselines=baselines,
-                                limit=limit, progress=progress, total=recording.total)
+            result = await replay(recording, recommender, clock, k=k, baselines=baselines,
+                                  limit=limit, progress=progress, total=recording.total)
+            result["sources"] = [s.name for s in recommender.sources]
+            return result
         finally:
             await store.close()
 
@@ -236,7 +263,8 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
         "cpu_s": round(cpu, 3), "events_per_cpu_s": round(result["events"] / cpu, 1) if cpu > 0 else 0.0,
         "malformed_rows": recording.malformed.count, "skipped_rows": recording.skipped,
         "malformed_examples": recording.malformed.examples, "slices": result["slices"],
-        "profile": profile, "store": url.split("://", 1)[0], "content": content is not None,
+        "profile": profile, "store": url.split("://", 1)[0], "content": "content" in result["sources"],
+        "sources": result["sources"],
         "latency_ms": result["latency_ms"],
     }
     if "baselines" in result:

@@ -148,3 +148,18 @@ def test_wrong_dimension_is_refused():
         ExactIndex(4).upsert(["a"], np.ones((1, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="ids"):
         AnnIndex(4).upsert(["a", "b"], np.ones((1, 4), dtype=np.float32))
+
+
+def test_ann_index_then_encoder_in_one_process():
+    """usearch loaded before onnxruntime used to crash the encoder's session (segfault)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("usearch")
+    code = ("from models.content.index import AnnIndex; AnnIndex(dim=4)\n"
+            "from models.content.encoder import load_default_encoder\n"
+            "enc = load_default_encoder()\n"
+            "print('dim', enc.dim if enc is not None else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("dim")

@@ -73,3 +73,22 @@ def test_over_time_covers_every_case():
     blocks = p.over_time(buckets=3)
     assert sum(b["cases"] for b in blocks) == 10
     assert blocks[-1]["event"] == 9
+
+
+def test_cold_items_are_measured_against_interactions_not_the_catalog():
+    from models.events import Item
+
+    p = Prequential(k=2, cold_fraction=0.5)
+    # the whole catalog is published first: that makes no item "seen" and moves no cut
+    for item in ("a", "b", "late", "never"):
+        assert not p.score(Item(item, item.upper(), 0.0))
+    for n, item in enumerate(["a", "b", "a", "b", "late", "late"]):
+        p.shown("u", ["late", "a"])
+        p.score(Cart(f"e{n}", "u", item, "purchase", float(n + 1)))
+    s = p.slices()["cold_items"]
+    # 6 interactions, cut at 3: 'late' (first touched at interaction 4) is cold, twice
+    assert s["cases"] == 2 and s["first_interactions"] == 1 and s["hit_rate@2"] == 1.0
+    # cold users count interactions, not catalog events
+    assert p.slices()["cold_users"]["cases"] == 3
+    # coverage: of the 4 known items (catalog included), 2 were ever shown
+    assert p.report()["metrics"]["coverage@2"] == 0.5

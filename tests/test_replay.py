@@ -156,3 +156,57 @@ def test_no_content_turns_the_content_source_off(tmp_path: Path):
     stream = write_stream(tmp_path / "s.jsonl", users=5)
     r = run_replay(stream, "jsonl", k=5, no_content=True, progress=False, quiet=True)
     assert r["content"] is False
+
+
+def write_retail(path: Path) -> Path:
+    """A tiny Online Retail file: baskets of coloured spotty mugs and garden tools; the
+    yellow mug is in the catalog file but sold for the first time only at the end."""
+    pa = pytest.importorskip("pyarrow")
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    titles = {"M1": "RED SPOTTY MUG", "M2": "BLUE SPOTTY MUG", "M3": "GREEN SPOTTY MUG",
+              "M4": "PINK SPOTTY MUG", "M5": "YELLOW SPOTTY MUG", "G1": "GARDEN HOSE",
+              "G2": "LAWN SPRINKLER", "G3": "GARDENING GLOVES"}
+    baskets = [["M1", "M2", "M3"], ["G1", "G2", "G3"], ["M2", "M4", "M1"], ["G2", "G1"],
+               ["M3", "M1", "M4"], ["G3", "G1"], ["M4", "M2"], ["M1", "M5"], ["M2", "M5", "M3"]]
+    rows = {c: [] for c in ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate",
+                            "UnitPrice", "CustomerID", "Country")}
+    t0 = dt.datetime(2011, 3, 1, 9, 0)
+    for b, basket in enumerate(baskets):
+        for code in basket:
+            for col, v in (("InvoiceNo", str(500 + b)), ("StockCode", code), ("Description", titles[code]),
+                           ("Quantity", 1), ("InvoiceDate", t0 + dt.timedelta(hours=b)), ("UnitPrice", 2.5),
+                           ("CustomerID", float(100 + b)), ("Country", "UK")):
+                rows[col].append(v)
+    pq.write_table(pa.table(rows), path)
+    return path
+
+
+def test_online_retail_catalog_ahead_and_the_limit_counts_purchases(tmp_path: Path):
+    path = write_retail(tmp_path / "retail.parquet")
+    r = run_replay(path, "online-retail", k=5, limit=10, no_content=True, progress=False, quiet=True)
+    assert r["events"] == 8 + 10  # the whole catalog, then ten purchases
+    full = run_replay(path, "online-retail", k=5, no_content=True, progress=False, quiet=True)
+    cold = full["slices"]["cold_items"]
+    # 23 purchases, cut at 18: the yellow mug (first sold at purchase 19) is the cold target,
+    # twice; its first sale can never be hit without content (nothing else knows the item)
+    assert full["events"] == 8 + 23 and cold["cases"] == 2 and cold["first_interactions"] == 1
+    assert full["test_cases"] == 23 - 9  # every line but a basket's first (each basket a new shopper)
+    assert full["metrics"]["coverage@5"] <= 1.0
+
+
+def test_content_recommends_a_never_sold_item_from_its_title(tmp_path: Path):
+    from models.content.encoder import load_default_encoder
+
+    if load_default_encoder() is None:
+        pytest.skip("no packaged text encoder installed")
+    path = write_retail(tmp_path / "retail.parquet")
+    on = run_replay(path, "online-retail", k=5, progress=False, quiet=True)
+    off = run_replay(path, "online-retail", k=5, no_content=True, progress=False, quiet=True)
+    assert on["content"] and not off["content"]
+    assert "new_items" in on["sources"] and not {"content", "new_items"} & set(off["sources"])
+    assert off["slices"]["cold_items"]["hit_rate@5"] == 0.0
+    # after the red mug, the never-sold yellow mug is proposed by its title: its first sale is a hit
+    assert on["slices"]["cold_items"]["hit_rate@5"] >= 0.5

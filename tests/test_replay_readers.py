@@ -79,30 +79,38 @@ def test_taobao_sorts_maps_and_counts(tmp_path: Path):
     assert open_recording(tmp_path, "taobao").total == 3  # a folder holding the file works too
 
 
-def test_online_retail_items_then_purchases(tmp_path: Path):
+def test_online_retail_catalog_ahead_then_purchases(tmp_path: Path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
     t0 = dt.datetime(2011, 1, 5, 10, 0)
     table = pa.table({
-        "InvoiceNo": ["1", "1", "C2", "3", "4", None],
-        "StockCode": ["A", "B", "A", "A", "B", "A"],
-        "Description": ["MUG", None, "MUG", "MUG", "BOWL", "MUG"],
-        "Quantity": [2, 1, -2, 1, 3, 1],
-        "InvoiceDate": [t0, t0, t0, t0 + dt.timedelta(hours=1), t0 - dt.timedelta(hours=1), t0],
-        "UnitPrice": [1.5, 2.0, 1.5, 1.5, 2.0, 1.5],
-        "CustomerID": [17850.0, 17850.0, 17850.0, None, 12.0, 1.0],
-        "Country": ["UK"] * 6,
+        "InvoiceNo": ["1", "1", "C2", "3", "4", None, "5", "6"],
+        "StockCode": ["A", "B", "A", "A", "B", "A", "A", "C"],
+        "Description": ["MUG", None, "MUG", "MUG", "BOWL", "MUG", "?", None],
+        "Quantity": [2, 1, -2, 1, 3, 1, 1, 1],
+        "InvoiceDate": [t0, t0, t0, t0 + dt.timedelta(hours=1), t0 - dt.timedelta(hours=1), t0,
+                        t0 - dt.timedelta(hours=2), t0],
+        "UnitPrice": [1.5, 2.0, 1.5, 1.5, 2.0, 1.5, 1.0, 3.0],
+        "CustomerID": [17850.0, 17850.0, 17850.0, None, 12.0, 1.0, 7.0, 7.0],
+        "Country": ["UK"] * 8,
     })
     path = tmp_path / "retail.parquet"
     pq.write_table(table, path)
     rec = open_recording(path, "online-retail")
     events = list(rec)
     kinds = [(type(e).__name__, e.item_id, getattr(e, "user_id", "")) for e in events]
-    assert kinds == [("Item", "B", ""), ("Cart", "B", "c12"), ("Item", "A", ""), ("Cart", "A", "c17850"),
-                     ("Cart", "B", "c17850"), ("Cart", "A", "guest-3")]
-    assert events[0].title == "BOWL" and events[1].quantity == 3
-    assert rec.malformed.count == 1 and rec.skipped == 1
+    # The whole catalog first (in order of first sale), then the purchases by time; 'C'
+    # has no title anywhere, so it is sold but never published.
+    assert kinds == [("Item", "A", ""), ("Item", "B", ""), ("Cart", "A", "c7"), ("Cart", "B", "c12"),
+                     ("Cart", "A", "c17850"), ("Cart", "B", "c17850"), ("Cart", "C", "c7"),
+                     ("Cart", "A", "guest-3")]
+    start = events[2].ts
+    assert all(e.ts == start for e in events[:2])  # published when the stream starts
+    # the most frequent title wins over the '?' of the first sale; the price is the first sale's
+    assert (events[0].title, events[0].price) == ("MUG", 1.0)
+    assert events[1].title == "BOWL" and events[3].quantity == 3
+    assert rec.malformed.count == 1 and rec.skipped == 1 and rec.total == len(events)
     assert all(isinstance(e, (Item, Cart)) for e in events)
 
 

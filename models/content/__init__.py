@@ -3,7 +3,9 @@
 - ``encoder``: ``TextEncoder`` (ONNX sentence embeddings) and ``load_default_encoder``;
 - ``index``: nearest-neighbour search (exact numpy, HNSW via usearch, automatic switch);
 - ``catalog``: ``CatalogIngestor``, ``items`` events into vectors, metadata and the index;
-- ``sources``: ``ContentSource``, the ``content`` candidate source and user text taste.
+- ``sources``: ``ContentSource``, the ``content`` candidate source and user text taste;
+  ``NewItemsSource`` (``new_items``), a few never-touched items close in text to the
+  session, riding on the content source's index.
 
 Wiring, with nothing global::
 
@@ -20,7 +22,7 @@ Wiring, with nothing global::
 from models.content.catalog import CatalogIngestor, item_text
 from models.content.encoder import EncoderUnavailable, TextEncoder, load_default_encoder
 from models.content.index import AnnIndex, AutoIndex, ExactIndex, VectorIndex
-from models.content.sources import ContentSource
+from models.content.sources import ContentSource, NewItemsSource
 
 
 
@@ -52,4 +54,4 @@ def for_replay(store, keys, settings=None) -> ContentSource | None:
 
 
 __all__ = ["content_stack", "for_replay", "AnnIndex", "AutoIndex", "CatalogIngestor", "ContentSource", "EncoderUnavailable",
-           "ExactIndex", "TextEncoder", "VectorIndex", "item_text", "load_default_encoder"]
+           "ExactIndex", "NewItemsSource", "TextEncoder", "VectorIndex", "item_text", "load_default_encoder"]

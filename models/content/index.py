@@ -218,6 +218,10 @@ class AnnIndex:
 
     def __init__(self, dim: int, *, connectivity: int = 16, expansion_add: int = 128,
                  expansion_search: int = 128, dtype: str = "f32") -> None:
+        # onnxruntime first: loaded after usearch, it crashes the process (segfault) when
+        # the encoder's session starts (both bring their own native runtime libraries)
+        with contextlib.suppress(ImportError):
+            import onnxruntime  # noqa: F401
         from usearch.index import Index
 
         self.dim = int(dim)

