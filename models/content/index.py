@@ -187,15 +187,9 @@ class ExactIndex:
                 top = top[np.argsort(-row[top], kind="stable")]
             else:
                 top = np.argsort(-row, kind="stable")
-            hits: Hits = []
-            for r in top:
-                item_id = self._ids[r]
-                if item_id in exclude:
-                    continue
-                hits.append((item_id, float(row[r])))
-                if len(hits) == n:
-                    break
-            out.append(hits)
+            ids = self._ids
+            pairs = zip([ids[r] for r in top.tolist()], row[top].tolist())
+            out.append([p for p in pairs if p[0] not in exclude][:n] if exclude else list(pairs)[:n])
         return out
 
     def query(self, vector: np.ndarray, n: int, exclude: Collection[str] = ()) -> Hits:
