@@ -652,18 +652,22 @@ def openapi_document(cfg: WebConfig | None = None) -> dict:
     idv = {"anyOf": [idp, {"type": "integer"}], "description": "an id (integers are taken as their digits)"}
     ts = {"type": "number", "minimum": MIN_TS, "maximum": math.floor(time.time() + MAX_FUTURE_S - 3600),
           "description": "unix seconds, from 2000-01-01 to a day ahead"}
+    def optional(schema: dict) -> dict:  # the decoders take null as absent
+        return {"anyOf": [schema, {"type": "null"}]}
+
     event_props = {
-        "clicks": ({"event_id": idv, "user_id": idv, "item_id": idv, "ts": ts, "session_id": idv, "rec_id": idv},
+        "clicks": ({"event_id": idv, "user_id": idv, "item_id": idv, "ts": ts, "session_id": optional(idv),
+                    "rec_id": optional(idv)},
                    ["event_id", "user_id", "item_id", "ts"]),
         "carts": ({"event_id": idv, "user_id": idv, "item_id": idv, "ts": ts,
                    "action": {"type": "string", "enum": ["add", "remove", "purchase"]},
-                   "quantity": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                   "quantity": optional({"type": "integer", "minimum": 1, "maximum": 10000})},
                   ["event_id", "user_id", "item_id", "action", "ts"]),
         "reviews": ({"event_id": idv, "user_id": idv, "item_id": idv, "ts": ts,
                      "text": {"type": "string", "minLength": 1, "maxLength": 4096},
-                     "rating": {"type": "number", "minimum": 0, "maximum": 5}},
+                     "rating": optional({"type": "number", "minimum": 0, "maximum": 5})},
                     ["event_id", "user_id", "item_id", "text", "ts"]),
-        "feedback": ({"event_id": idv, "user_id": idv, "rec_id": idv, "item_id": idv, "ts": ts,
+        "feedback": ({"event_id": idv, "user_id": idv, "rec_id": idv, "item_id": optional(idv), "ts": ts,
                       "action": {"type": "string", "enum": ["impression", "click", "dismiss"]}},
                      ["event_id", "user_id", "rec_id", "action", "ts"]),
     }
