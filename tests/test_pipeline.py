@@ -167,7 +167,15 @@ async def test_coalesced_triggers_share_the_freshest_list_and_each_get_an_event(
     await feed(rec, shop_stream(), 50)  # some history to recommend from
     batch = [Click("x1", "ann", "i1", T0 + 9000), Click("x2", "bob", "i2", T0 + 9001),
              Click("x3", "ann", "i3", T0 + 9002), Cart("x4", "ann", "i4", "purchase", T0 + 9003)]
+    built = []
+    compute = rec._recommend
+
+    async def counting(trigger, ctx, t0):
+        built.append(trigger.event_id)
+        return await compute(trigger, ctx, t0)
+    rec._recommend = counting
     recs = (await rec.handle(batch)).recommendations
+    assert sorted(built) == ["x2", "x4"]  # one list per shopper, after their last trigger
     assert [r.trigger_event_id for r in recs] == ["x1", "x2", "x3", "x4"]
     assert len({r.rec_id for r in recs}) == 4
     ann = [r for r in recs if r.user_id == "ann"]
@@ -179,11 +187,15 @@ async def test_coalesced_triggers_share_the_freshest_list_and_each_get_an_event(
         assert blob and r.rec_id.encode() in blob
     [latest] = await store.read([("get", keys.latest_rec("ann"))])
     assert ann[-1].rec_id.encode() in latest
-    # without coalescing the first trigger's list does not know the later purchase
+    # without coalescing every trigger gets a list of its own
     solo = recommender(MemoryStore(), keys, k=5)
     await feed(solo, shop_stream(), 50)
+    built.clear()
+    compute = solo._recommend
+    solo._recommend = counting
     first = (await solo.handle(batch)).recommendations
-    assert len({r.rec_id for r in first}) == 4 and first[0].trigger_event_id == "x1"
+    assert sorted(built) == ["x1", "x2", "x3", "x4"]
+    assert [r.trigger_event_id for r in first] == ["x1", "x2", "x3", "x4"]
 
 
 async def test_merged_increments_store_the_same_state(backend):

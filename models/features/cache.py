@@ -68,6 +68,7 @@ class ItemSideCache:
         now = self.clock()
         out: list[Any] = [None] * len(ops)
         forward: list[int] = []  # positions read from the store by this call
+        futures: dict[ReadOp, asyncio.Future] = {}  # cacheable ops this call reads for everyone
         waits: list[tuple[int, asyncio.Future]] = []  # positions another call is reading
         for n, op in enumerate(ops):
             if not self.cacheable(op):
@@ -83,11 +84,9 @@ class ItemSideCache:
             else:
                 forward.append(n)
                 self.misses += 1
+                if op not in futures:
+                    futures[op] = self._inflight[op] = asyncio.get_running_loop().create_future()
         if forward:
-            mine = [ops[n] for n in forward if self.cacheable(ops[n]) and ops[n] not in self._inflight]
-            loop = asyncio.get_running_loop()
-            futures = {op: loop.create_future() for op in mine}
-            self._inflight.update(futures)
             try:
                 got = await self.store.read([ops[n] for n in forward])
             except BaseException as e:
@@ -99,16 +98,18 @@ class ItemSideCache:
                     else:
                         fut.cancel()
                 raise
-            if len(self._cache) + len(futures) > self.max_entries:
-                self._cache.clear()
-            stamp = self.clock()
             for n, value in zip(forward, got):
                 out[n] = value
-                fut = futures.get(ops[n]) if self.cacheable(ops[n]) else None
-                if fut is not None and not fut.done():
-                    self._cache[ops[n]] = (stamp, value)
-                    fut.set_result(value)
-                    self._inflight.pop(ops[n], None)
+            if futures:
+                if len(self._cache) + len(futures) > self.max_entries:
+                    self._cache.clear()
+                stamp = self.clock()
+                for n in forward:
+                    fut = futures.get(ops[n]) if self.cacheable(ops[n]) else None
+                    if fut is not None and not fut.done():
+                        self._cache[ops[n]] = (stamp, out[n])
+                        fut.set_result(out[n])
+                        self._inflight.pop(ops[n], None)
         for n, fut in waits:
             out[n] = await fut
         return out
