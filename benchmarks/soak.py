@@ -87,6 +87,7 @@ async def soak(bootstrap: str, prefix: str, pids: dict[str, int], minutes: float
             await producer.send(prefix + "items", orjson.dumps(e["value"]))
         sent: dict[str, float] = {}
         window: list[float] = []
+        in_worker: list[float] = []  # each list's own latency_ms: from its batch's start to the list
 
         async def read() -> None:
             while True:
@@ -94,9 +95,11 @@ async def soak(bootstrap: str, prefix: str, pids: dict[str, int], minutes: float
                 now = time.perf_counter()
                 for msgs in batch.values():
                     for m in msgs:
-                        t = sent.pop(orjson.loads(m.value)["trigger_event_id"], None)
+                        rec = orjson.loads(m.value)
+                        t = sent.pop(rec["trigger_event_id"], None)
                         if t is not None:
                             window.append((now - t) * 1000)
+                            in_worker.append(rec["latency_ms"])
 
         reader = asyncio.create_task(read())
 
@@ -122,12 +125,15 @@ async def soak(bootstrap: str, prefix: str, pids: dict[str, int], minutes: float
                 cpu1 = {name: cpu_s(p) for name, p in pids.items()}
                 rows.append({"minute": len(rows) + 1, "events": n, "rss_mb": round(rss_mb(pid), 1),
                              "p50_ms": round(pct(window, 50), 1), "p99_ms": round(pct(window, 99), 1),
+                             "worker_p50_ms": round(pct(in_worker, 50), 1),
+                             "worker_p99_ms": round(pct(in_worker, 99), 1),
                              "outputs": len(window), "unanswered": len(sent),
                              **{f"{name}_cpu_pct": round((cpu1[name] - cpu0[name]) / 60 * 100, 1)
                                 for name in pids},
                              "load1": os.getloadavg()[0]})
                 print(json.dumps(rows[-1]), flush=True)
                 window.clear()
+                in_worker.clear()
                 cpu0 = cpu1
                 minute_end += 60
         await producer.flush()

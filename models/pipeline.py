@@ -308,6 +308,12 @@ class Recommender:
             todo = sorted(last.values())
         else:
             last, todo = {}, range(len(triggers))
+        if len(todo) > 1:  # sources that can serve many lists at once get ready for them
+            contexts = [triggers[n][1] for n in todo]
+            for source in self.sources:
+                prepare = getattr(source, "prepare", None)
+                if prepare is not None:
+                    await prepare(contexts, 2 * self.config.depth * self.config.k)
         if len(todo) == 1:  # the common case: no task to schedule
             n = todo[0]
             computed = {n: await self._recommend(triggers[n][0], triggers[n][1], t0)}

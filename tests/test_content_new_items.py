@@ -86,8 +86,14 @@ async def test_one_search_per_anchor_serves_both_sources(concurrent: bool):
     got = await gather_candidates([content, new], c, k=2, depth=2, concurrent=concurrent)
     assert sum(calls) == 2  # mug and lamp, searched once each
     assert got["cup"].signals.keys() == {"content", "new_items"}
-    # a minute of event time later the neighbours are searched again
+    # a catalog change: the kept neighbours serve for a minute of event time, then are searched again
+    content.index.upsert(["vase"], np.array([[0.1, 0.9, 0.1]], dtype=np.float32))
+    await new.propose(ctx(["mug"], now=T0 + 30), 5)
+    assert sum(calls) == 2
     await new.propose(ctx(["mug"], now=T0 + 61), 5)
+    assert sum(calls) == 3
+    # while the catalog stays the same they serve however long
+    await new.propose(ctx(["mug"], now=T0 + 3600), 5)
     assert sum(calls) == 3
 
 

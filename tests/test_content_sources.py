@@ -207,3 +207,50 @@ async def test_cost_per_call_on_a_10k_catalog():
     # the best of 30 calls: what one call costs when it gets a core (other processes
     # on a shared machine inflate the median, not the minimum)
     assert min(took) < 0.005, f"best {min(took) * 1000:.2f} ms, median {np.median(took) * 1000:.2f} ms"
+
+
+async def test_prepare_runs_a_batch_of_lists_as_one_search_with_the_same_answers(shop):
+    store, keys, catalog, _ = shop
+    writer = ContentSource(store, keys, catalog.index)
+    for user, items in {"gardener": ["hose", "sprinkler"], "host": ["mug", "cup"], "xmas": ["bauble"]}.items():
+        for item in items:
+            await writer.learn(user, item, T0)
+    contexts = [ctx(user="gardener"), ctx(["lantern"], user="host"), ctx(["socks", "mug"], user="xmas"),
+                ctx(user="stranger")]
+
+    class Counting:
+        """The catalog's index, its searches counted."""
+
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            return getattr(catalog.index, name)
+
+        def __len__(self):
+            return len(catalog.index)
+
+        def search(self, q, n, exclude=()):
+            self.calls.append(len(q))
+            return catalog.index.search(q, n, exclude)
+
+    def counted(src: ContentSource) -> list[int]:
+        src.index = Counting()
+        return src.index.calls
+
+    plain = ContentSource(store, keys, catalog.index)
+    plain_calls = counted(plain)
+    expected = [await plain.propose(c, 5) for c in contexts]
+    batched = ContentSource(store, keys, catalog.index)
+    batched_calls = counted(batched)
+    await batched.prepare(contexts, 5)
+    assert batched_calls == [6]  # lantern, socks, mug + three taste vectors, in one call
+    assert [await batched.propose(c, 5) for c in contexts] == expected
+    assert batched_calls == [6] and plain_calls == [1, 2, 3]  # one search per list
+    # the catalog changes: searches are redone (kept ones serve only within the minute)
+    catalog.index.upsert(["vase"], catalog.index.get("mug")[None, :])
+    await batched.prepare([ctx(["lantern"], user="host")], 5)
+    assert batched_calls == [6]
+    later = Context("host", T0 + 61, ["lantern"], ["lantern"])
+    await batched.prepare([later], 5)
+    assert batched_calls == [6, 2]

@@ -57,7 +57,12 @@ class CandidateSource(Protocol):
 
     async def propose(self, ctx: Context, n: int) -> list[tuple[str, float, str]]:
         """Up to ``n`` (item_id, score, because) triples, best first. ``because`` names
-        the anchor (an item id from the context) or is empty."""
+        the anchor (an item id from the context) or is empty.
+
+        A source may also define ``async prepare(contexts, n)``: the recommender calls it
+        once before computing the lists of a batch, so the source can do their shared
+        work at once (one round trip, one batched search); ``propose`` must answer the
+        same with or without it."""
 
 
 async def gather_candidates(sources: Sequence[CandidateSource], ctx: Context, k: int,

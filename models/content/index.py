@@ -69,6 +69,9 @@ class VectorIndex(Protocol):
     """What the content features need from a nearest-neighbour index."""
 
     dim: int
+    #: changes whenever a search could answer differently (an upsert, a removal), so
+    #: callers may cache search results for as long as it stays the same
+    version: int
 
     def __len__(self) -> int: ...
 
@@ -124,6 +127,7 @@ class ExactIndex:
         self._m = np.zeros((max(1, capacity), self.dim), dtype=np.float32)
         self._ids: list[str] = []
         self._row: dict[str, int] = {}
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -136,6 +140,7 @@ class ExactIndex:
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         vecs = checked_rows(ids, vectors, self.dim)
+        self.version += 1
         for item_id, v in zip(ids, vecs):
             row = self._row.get(item_id)
             if row is None:
@@ -161,6 +166,7 @@ class ExactIndex:
                 self._row[moved] = row
             self._ids.pop()
             self._m[last] = 0.0
+            self.version += 1
 
     def get(self, item_id: str) -> np.ndarray | None:
         row = self._row.get(item_id)
@@ -180,15 +186,16 @@ class ExactIndex:
               else contextlib.nullcontext()):
             scores = np.ascontiguousarray((self._m[:size] @ q.T).T)
         want = min(size, n + sum(1 for e in exclude if e in self._row))
+        # every query's top ``want`` at once, best first
+        top = np.argpartition(-scores, want - 1, axis=1)[:, :want] if want < size else \
+            np.broadcast_to(np.arange(size), scores.shape)
+        best = np.take_along_axis(scores, top, 1)
+        order = np.argsort(-best, axis=1, kind="stable")
+        top, best = np.take_along_axis(top, order, 1).tolist(), np.take_along_axis(best, order, 1).tolist()
+        ids = self._ids
         out: list[Hits] = []
-        for row in scores:
-            if want < size:
-                top = np.argpartition(-row, want - 1)[:want]
-                top = top[np.argsort(-row[top], kind="stable")]
-            else:
-                top = np.argsort(-row, kind="stable")
-            ids = self._ids
-            pairs = zip([ids[r] for r in top.tolist()], row[top].tolist())
+        for rows, cos in zip(top, best):
+            pairs = zip([ids[r] for r in rows], cos)
             out.append([p for p in pairs if p[0] not in exclude][:n] if exclude else list(pairs)[:n])
         return out
 
@@ -224,6 +231,7 @@ class AnnIndex:
         self._key: dict[str, int] = {}
         self._id: dict[int, str] = {}
         self._next = 0
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._key)
@@ -236,6 +244,7 @@ class AnnIndex:
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         vecs = checked_rows(ids, vectors, self.dim)
+        self.version += 1
         last: dict[str, int] = {}
         for i, item_id in enumerate(ids):  # the last row of a repeated id wins
             last[item_id] = i
@@ -258,6 +267,7 @@ class AnnIndex:
     def remove(self, ids: Iterable[str]) -> None:
         keys = [self._key.pop(i) for i in ids if i in self._key]
         if keys:
+            self.version += 1
             self._index.remove(np.asarray(keys, dtype=np.uint64))
             for k in keys:
                 del self._id[k]
@@ -326,6 +336,7 @@ class AutoIndex:
         self._inner: ExactIndex | AnnIndex = ExactIndex(dim)
         self._build: Future | None = None
         self._pending: list[tuple[str, list[str], np.ndarray | None]] = []
+        self.version = 0  #: changes with every upsert or removal, and when the graph takes over
 
     @property
     def kind(self) -> str:
@@ -342,6 +353,7 @@ class AutoIndex:
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         self._inner.upsert(ids, vectors)
+        self.version += 1
         if self._build is not None:
             self._pending.append(("upsert", list(ids), normalise(vectors).copy()))
         self._maybe_switch()
@@ -349,6 +361,7 @@ class AutoIndex:
     def remove(self, ids: Iterable[str]) -> None:
         ids = list(ids)
         self._inner.remove(ids)
+        self.version += 1
         if self._build is not None:
             self._pending.append(("remove", ids, None))
         self._maybe_switch()
@@ -396,12 +409,14 @@ class AutoIndex:
                     ann.remove(ids)
             self._pending.clear()
             self._inner = ann
+            self.version += 1
             log.info("vector index: %d items, moved from exact search to HNSW", len(ann))
             return
         if isinstance(self._inner, ExactIndex) and len(self._inner) > self.threshold:
             if not self.background:
                 all_ids, matrix = self._inner.matrix()
                 self._inner = self._new_ann(all_ids, matrix)
+                self.version += 1
                 log.info("vector index: %d items, moved from exact search to HNSW", len(all_ids))
                 return
             self._start_build()

@@ -143,20 +143,24 @@ class RedisStore:
         if not ops:
             return
         pipe = self._r.pipeline(transaction=True)
+        cmd = pipe.execute_command  # the hot commands raw: redis-py's wrappers cost more than packing
         for op in ops:
             name, key = op[0], op[1]
             if name == "zincr":
-                pipe.zincrby(key, op[3], op[2])
+                cmd("ZINCRBY", key, op[3], op[2])
             elif name == "lpush":
-                pipe.lpush(key, op[2])
-                pipe.ltrim(key, 0, op[3] - 1)
+                cmd("LPUSH", key, op[2])
+                cmd("LTRIM", key, 0, op[3] - 1)
             elif name == "hincr":
-                pipe.hincrbyfloat(key, op[2], op[3])
+                cmd("HINCRBYFLOAT", key, op[2], op[3])
             elif name == "hset":
                 if op[2]:
-                    pipe.hset(key, mapping=op[2])
+                    cmd("HSET", key, *[x for kv in op[2].items() for x in kv])
             elif name == "set":
-                pipe.set(key, op[2], ex=int(op[3]) if op[3] else None)
+                if op[3]:
+                    cmd("SET", key, op[2], "EX", int(op[3]))
+                else:
+                    cmd("SET", key, op[2])
             elif name == "ztrim":
                 pipe.zremrangebyrank(key, 0, -(op[2] + 1))
             elif name == "zrem":
