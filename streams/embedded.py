@@ -130,7 +130,9 @@ def start_broker(port: int | None = None, log_dir: Path | None = None) -> Servic
     stored there, whatever their size. At low rates each event is its own batch, so a
     long run's broker CPU grows with ``(events so far / partitions) x fetches that find
     data``. Long embedded runs should spread their topics over more partitions, and
-    readers should not poll with a few-ms wait (idle polls cost broker CPU too).
+    readers should not poll with a few-ms wait (idle polls cost broker CPU too). A fetch
+    that finds no data is held for its whole wait (a new record does not wake it), so a
+    consumer's fetch wait adds to its latency one for one.
     """
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-broker-"))

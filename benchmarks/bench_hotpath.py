@@ -1,0 +1,79 @@
+"""The worker's processing path without the broker: CPU per event by batch size.
+
+    python -m benchmarks.bench_hotpath --batches 1 10 100 [--no-content]
+
+Runs ``Runtime.handle`` (what the Faust agent calls for each batch) against an
+embedded Redis over simulated shoppers: a 5,000-item catalog embedded first, 3,000
+events to warm up, then the measured events in batches of each size. Outputs are
+dropped instead of produced, so the figures are the recommender's own cost: CPU
+milliseconds per event (all threads of this process) and events per wall second.
+``streamrec bench`` measures the same path through the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from models.events import parse_value
+from streams.app import Runtime
+from streams.embedded import start_redis
+from streams.settings import Settings
+from streams.simulate import catalog, simulate_shoppers
+
+
+async def measure(batch: int, content: bool, events: int, redis_url: str) -> dict:
+    rt = Runtime(Settings(redis_url=redis_url, content=content, copy_in_worker=False,
+                          key_prefix=f"hot{batch}{int(content)}:", _env_file=None))
+
+    async def drop(user_id: str, payload: bytes) -> None:
+        return None
+
+    rt.send_recommendation = drop  # type: ignore[method-assign]
+    items = [parse_value("items", e["value"], now=2e9) for e in catalog(5000)]
+    stream = [parse_value(e["topic"], e["value"], now=2e9)
+              for e in simulate_shoppers(3000 + events, n_users=20_000, n_items=5000, seed=5)]
+    try:
+        await rt.recommender.handle(items)
+        if rt.catalog is not None:
+            await rt.catalog.ingest(items)
+            await rt.catalog.flush()
+        for i in range(0, 3000, 100):
+            await rt.handle(stream[i:i + 100])
+        cpu, wall = time.process_time(), time.perf_counter()
+        for i in range(3000, 3000 + events, batch):
+            await rt.handle(stream[i:i + batch])
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        if rt.catalog is not None:
+            await rt.catalog.close()
+        await rt.store.close()
+    return {"batch": batch, "content": content, "events": events,
+            "cpu_ms_per_event": round(1000 * cpu / events, 2), "events_per_s": round(events / wall, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 10, 100])
+    p.add_argument("--events", type=int, default=3000)
+    p.add_argument("--no-content", action="store_true", help="content and new-item sources off")
+    p.add_argument("--report")
+    a = p.parse_args()
+    redis = start_redis()
+    try:
+        rows = []
+        for b in a.batches:
+            rows.append(asyncio.run(measure(b, not a.no_content, a.events, f"redis://127.0.0.1:{redis.port}/0")))
+            print(f"batch {b:>4}: {rows[-1]['cpu_ms_per_event']:.2f} ms CPU per event, "
+                  f"{rows[-1]['events_per_s']:,.0f} events/s", flush=True)
+    finally:
+        redis.stop()
+    if a.report:
+        with open(a.report, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
