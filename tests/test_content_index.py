@@ -26,16 +26,20 @@ def brute(ids, vecs, q, n, exclude=()):
 def test_protocol_upsert_replace_remove_exclude(cls):
     ix = cls(dim=3)
     assert isinstance(ix, VectorIndex)
+    seen = [ix.version]
     ix.upsert(["a", "b", "c"], np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32))
     assert len(ix) == 3 and "b" in ix and "z" not in ix
     assert ix.query(np.array([0.1, 1, 0]), 1) == [("b", pytest.approx(0.995, abs=1e-3))]
+    seen.append(ix.version)
+    assert ix.version == seen[-1]  # searching changes nothing
     ix.upsert(["b"], np.array([[2, 0, 0.1]], dtype=np.float32))  # replaced, and normalised
-    assert len(ix) == 3
+    assert len(ix) == 3 and ix.version not in seen  # answers may differ now: a new version
+    seen.append(ix.version)
     np.testing.assert_allclose(np.linalg.norm(ix.get("b")), 1.0, atol=1e-5)
     assert [i for i, _ in ix.query(np.array([1, 0, 0]), 2)] == ["a", "b"]
     assert [i for i, _ in ix.query(np.array([1, 0, 0]), 2, exclude={"a"})] == ["b", "c"]
     ix.remove(["a", "nope"])
-    assert len(ix) == 2 and "a" not in ix and ix.get("a") is None
+    assert len(ix) == 2 and "a" not in ix and ix.get("a") is None and ix.version not in seen
     assert [i for i, _ in ix.query(np.array([1, 0, 0]), 5)] == ["b", "c"]
     assert ix.search(np.eye(3, dtype=np.float32), 0) == [[], [], []]
 
@@ -101,12 +105,16 @@ def test_auto_index_switches_to_ann_and_keeps_answers(background):
     auto, exact = AutoIndex(32, threshold=1000, background=background), ExactIndex(32)
     auto.upsert(ids[:1000], vecs[:1000])
     assert auto.kind == "exact"
+    v0 = auto.version
     auto.upsert(ids[1000:1200], vecs[1000:1200])
     # changes while the graph is (maybe) being built are not lost
     auto.remove(ids[:50])
     auto.upsert(ids[1200:], vecs[1200:])
     auto.settle(timeout_s=60)
     assert auto.kind == "ann" and len(auto) == 1250 and "i0" not in auto and "i1299" in auto
+    # a new version for each of the three changes, and one when the graph took over
+    # (it answers approximately: answers kept from exact search are no longer current)
+    assert auto.version == v0 + 4
     exact.upsert(ids[50:], vecs[50:])
     q = clustered(20, dim=32, seed=6)
     agree = np.mean([len({i for i, _ in a} & {i for i, _ in e}) / 5
