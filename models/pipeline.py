@@ -206,7 +206,7 @@ class Recommender:
         # 1. one read: dedupe markers and every shopper's state
         dedupable = [e for e in events if not isinstance(e, Item)]
         user_ids = list(dict.fromkeys(e.user_id for e in dedupable))
-        reads: list[tuple] = [("get", k.seen(e.event_id)) for e in dedupable]
+        reads: list[tuple] = [("mget", [k.seen(e.event_id) for e in dedupable])]
         # The latest list's record only serves labelling: skip reading (and decoding) it
         # when the ranker does not learn and nothing in the batch refers to a list.
         need_last = cfg.learn_ranker or any(
@@ -218,9 +218,9 @@ class Recommender:
             if need_last:
                 reads.append(("get", k.last_rec(u)))
         got = await self.store.read(reads)
-        seen = {e.event_id for e, v in zip(dedupable, got) if v is not None}
+        seen = {e.event_id for e, v in zip(dedupable, got[0]) if v is not None}
         users: dict[str, _User] = {}
-        pos = len(dedupable)
+        pos = 1
         for u in user_ids:
             recent, sess, cart, bought = got[pos:pos + 4]
             last_rec = got[pos + 4] if need_last else None

@@ -161,11 +161,11 @@ def redis_binary() -> str:
 
 
 def start_redis(port: int | None = None, password: str | None = None, username: str | None = None,
-                log_dir: Path | None = None) -> Service:
+                log_dir: Path | None = None, acl: str = "+@all") -> Service:
     """Start a Redis-compatible server on loopback, persistence off.
 
-    With ``username`` and ``password`` an ACL user is created and the default user is
-    disabled, so every client must authenticate.
+    With ``username`` and ``password`` an ACL user with the command rules ``acl`` is
+    created and the default user is disabled, so every client must authenticate.
     """
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-redis-"))
@@ -173,7 +173,7 @@ def start_redis(port: int | None = None, password: str | None = None, username: 
     conf = [f"port {port}", "bind 127.0.0.1", f"dir {workdir}", 'save ""', "appendonly no",
             "protected-mode yes", "maxmemory-policy noeviction"]
     if password and username:
-        conf += [f"user {username} on >{password} ~* &* +@all", "user default off"]
+        conf += [f"user {username} on >{password} ~* &* {acl}", "user default off"]
     elif password:
         conf.append(f"requirepass {password}")
     conf_file = workdir / "server.conf"

@@ -1,21 +1,36 @@
-"""One contract, every backend: the in-memory store must answer exactly like Redis."""
+"""One contract, every backend: the in-memory store must answer exactly like Redis.
+
+Redis runs twice: writes as one server-side script (the default), and as MULTI/EXEC
+pipelines, on a server whose user may not run scripts (some managed Redis plans)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
 from models.features import open_store
 from models.features.memory import MemoryStore
+from streams.embedded import start_redis
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="module")
+def no_scripting_redis_url():
+    """A real server whose only user is denied every scripting command by ACL."""
+    svc = start_redis(username="app", password="app-secret", acl="+@all -@scripting")
+    yield f"redis://app:app-secret@127.0.0.1:{svc.port}/0"
+    svc.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "redis-without-scripts"])
 async def store(request, prefix):
     if request.param == "memory":
         s = MemoryStore()
-    else:
+    elif request.param == "redis":
         s = open_store(request.getfixturevalue("redis_url"))
+    else:
+        s = open_store(request.getfixturevalue("no_scripting_redis_url"))
     yield s
     await s.close()
 
@@ -93,3 +108,60 @@ def test_unknown_scheme_is_a_clear_error():
 async def test_mget_reads_many_strings_in_one_operation(store, k):
     await store.write([("set", k("m1"), "a\x1fb", None), ("set", k("m2"), b"c", None)])
     assert await store.read([("mget", [k("m1"), k("nope"), k("m2")])]) == [[b"a\x1fb", None, b"c"]]
+
+
+async def test_reads_of_no_keys_or_members_answer_empty(store, k):
+    await store.write([("hset", k("h0"), {"a": "1"}), ("zincr", k("z0"), "a", 1.0)])
+    assert await store.read([("mget", []), ("hmget", k("h0"), []), ("zscores", k("z0"), []),
+                             ("hmget", k("h0"), ["a"])]) == [[], [], [], ["1"]]
+
+
+async def test_a_large_batch_lands_whole_and_in_order(store, k):
+    """Thousands of operations in one write (the script slices long HSETs); later
+    operations see earlier ones."""
+    fields = {f"f{i}": str(i) for i in range(1000)}
+    ops = [("hset", k("big"), fields), ("hdel", k("big"), "f7")]
+    ops += [("zincr", k("zz"), f"m{i % 50}", 0.5) for i in range(5000)]
+    ops += [("lpush", k("ll"), f"v{i}", 10) for i in range(30)] + [("lrem", k("ll"), "v29")]
+    ops += [("set", k("s1"), b"x", 30), ("expire", k("s1"), 60), ("delete", k("gone"))]
+    await store.write(ops)
+    [h, top, lst, s1] = await store.read([("hgetall", k("big")), ("ztop", k("zz"), 3),
+                                          ("lrange", k("ll"), 20), ("get", k("s1"))])
+    assert len(h) == 999 and "f7" not in h and h["f999"] == "999"
+    assert top == [("m9", 50.0), ("m8", 50.0), ("m7", 50.0)]
+    assert lst == [f"v{i}" for i in range(28, 19, -1)] and s1 == b"x"
+
+
+async def test_writes_fall_back_to_pipelines_where_scripts_are_refused(no_scripting_redis_url, k, caplog):
+    store = open_store(no_scripting_redis_url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamrec.store"):
+            await store.write([("zincr", k("fb"), "a", 2.0)])
+            await store.write([("zincr", k("fb"), "a", 1.0)])
+        assert await store.read([("zscores", k("fb"), ["a"])]) == [[3.0]]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "streamrec.store"]
+        assert len(warnings) == 1 and "MULTI/EXEC" in warnings[0] and "evalsha" in warnings[0] and "app-secret" not in warnings[0]
+    finally:
+        await store.close()
+
+
+async def test_on_redis_a_read_or_a_write_is_one_command_however_many_operations(k):
+    import redis.asyncio as aioredis
+
+    svc = start_redis()
+    url = f"redis://127.0.0.1:{svc.port}/0"
+    store, admin = open_store(url), aioredis.Redis.from_url(url)
+    try:
+        await store.write([("zincr", k("one"), f"m{i}", 1.0) for i in range(300)])  # loads the script
+        await store.read([("ztop", k("one"), 5)] * 200)
+        await admin.config_resetstat()
+        await store.write([("zincr", k("one"), f"m{i}", 1.0) for i in range(300)] + [("delete", k("x"))])
+        got = await store.read([("ztop", k("one"), 5)] * 200 + [("mget", [k("a"), k("b")])])
+        stats = await admin.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 2
+        assert stats["cmdstat_zincrby"]["calls"] == 300 and stats["cmdstat_zrevrange"]["calls"] == 200
+        assert got[0] == [("m99", 2.0), ("m98", 2.0), ("m97", 2.0), ("m96", 2.0), ("m95", 2.0)]
+    finally:
+        await store.close()
+        await admin.aclose()
+        svc.stop()

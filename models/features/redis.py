@@ -8,11 +8,12 @@ timeouts surface as ``StoreError``; retries are the caller's policy.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Sequence
 
 import redis.asyncio as aioredis
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 from redis.utils import HIREDIS_AVAILABLE
 
 from models.features.store import ReadOp, StoreError, WriteOp
@@ -27,6 +28,164 @@ def _hiredis_packing(connection_class: type) -> type:
     packer = HiredisRespSerializer()
     return type(f"Hiredis{connection_class.__name__}", (connection_class,),
                 {"pack_command": lambda self, *args: packer.pack(*args)})
+
+
+log = logging.getLogger("streamrec.store")
+
+#: Applies a batch of write operations in order, as one atomic command. ARGV is the
+#: operations flattened: name, key, then the name's operands (``_script_args``).
+WRITE_SCRIPT = """
+local a, i, n, call = ARGV, 1, #ARGV, redis.call
+while i <= n do
+  local op, key = a[i], a[i + 1]
+  if op == 'zincr' then call('ZINCRBY', key, a[i + 3], a[i + 2]); i = i + 4
+  elseif op == 'set' then
+    if a[i + 3] == '0' then call('SET', key, a[i + 2]) else call('SET', key, a[i + 2], 'EX', a[i + 3]) end
+    i = i + 4
+  elseif op == 'lpush' then call('LPUSH', key, a[i + 2]); call('LTRIM', key, 0, tonumber(a[i + 3]) - 1); i = i + 4
+  elseif op == 'hincr' then call('HINCRBYFLOAT', key, a[i + 2], a[i + 3]); i = i + 4
+  elseif op == 'hset' then
+    local pairs_ = tonumber(a[i + 2])
+    local j, last = i + 3, i + 2 + 2 * pairs_
+    while j <= last do  -- in slices: unpack's stack is bounded
+      local upto = math.min(j + 199, last)
+      call('HSET', key, unpack(a, j, upto))
+      j = upto + 1
+    end
+    i = last + 1
+  elseif op == 'delete' then call('DEL', key); i = i + 2
+  elseif op == 'ztrim' then call('ZREMRANGEBYRANK', key, 0, -(tonumber(a[i + 2]) + 1)); i = i + 3
+  elseif op == 'lrem' then call('LREM', key, 0, a[i + 2]); i = i + 3
+  elseif op == 'zrem' then call('ZREM', key, a[i + 2]); i = i + 3
+  elseif op == 'hdel' then call('HDEL', key, a[i + 2]); i = i + 3
+  elseif op == 'sadd' then call('SADD', key, a[i + 2]); i = i + 3
+  elseif op == 'srem' then call('SREM', key, a[i + 2]); i = i + 3
+  elseif op == 'expire' then call('EXPIRE', key, a[i + 2]); i = i + 3
+  else return redis.error_reply('unknown write operation ' .. tostring(op)) end
+end
+return i - 1
+"""
+
+#: Answers a batch of read operations as one atomic command, one reply per operation.
+#: ARGV is the operations flattened: name, key, then operands (``_read_args``).
+READ_SCRIPT = """
+local a, i, n, call, out = ARGV, 1, #ARGV, redis.call, {}
+local function many(cmd, key, j, m)  -- MGET / HMGET / ZMSCORE, in slices (unpack is bounded)
+  local got, last = {}, j + m - 1
+  while j <= last do
+    local upto = math.min(j + 999, last)
+    local part
+    if key then part = call(cmd, key, unpack(a, j, upto)) else part = call(cmd, unpack(a, j, upto)) end
+    for k = 1, #part do got[#got + 1] = part[k] end
+    j = upto + 1
+  end
+  return got
+end
+while i <= n do
+  local op, key = a[i], a[i + 1]
+  if op == 'get' then out[#out + 1] = call('GET', key); i = i + 2
+  elseif op == 'hgetall' then out[#out + 1] = call('HGETALL', key); i = i + 2
+  elseif op == 'smembers' then out[#out + 1] = call('SMEMBERS', key); i = i + 2
+  elseif op == 'lrange' then out[#out + 1] = call('LRANGE', key, 0, tonumber(a[i + 2]) - 1); i = i + 3
+  elseif op == 'ztop' then
+    out[#out + 1] = call('ZREVRANGE', key, 0, tonumber(a[i + 2]) - 1, 'WITHSCORES'); i = i + 3
+  elseif op == 'mget' then
+    local m = tonumber(key); out[#out + 1] = many('MGET', nil, i + 2, m); i = i + 2 + m
+  elseif op == 'hmget' or op == 'zscores' then
+    local m = tonumber(a[i + 2])
+    out[#out + 1] = many(op == 'hmget' and 'HMGET' or 'ZMSCORE', key, i + 3, m); i = i + 3 + m
+  else return redis.error_reply('unknown read operation ' .. tostring(op)) end
+end
+return out
+"""
+
+#: read operations over a list of keys or members
+_MANY = frozenset({"mget", "hmget", "zscores"})
+
+#: write operations of one operand that map to one command
+_SIMPLE = {"zrem": "ZREM", "hdel": "HDEL", "sadd": "SADD", "srem": "SREM"}
+
+
+class CommandRefused(StoreError):
+    """The server refuses a command: it does not know it, or the ACL denies it."""
+
+
+def _ttl(seconds: float) -> int:
+    return max(1, int(seconds))
+
+
+def _script_args(ops: Sequence[WriteOp]) -> list[Any]:
+    """``ops`` flattened into ``WRITE_SCRIPT``'s ARGV.
+
+    >>> _script_args([("set", "k", b"v", None), ("hset", "h", {"a": "1"}), ("delete", "x")])
+    ['set', 'k', b'v', 0, 'hset', 'h', 1, 'a', '1', 'delete', 'x']
+    """
+    args: list[Any] = []
+    extend = args.extend
+    for op in ops:
+        name = op[0]
+        if name in ("zincr", "hincr", "lpush"):
+            extend(op)
+        elif name == "set":
+            extend((name, op[1], op[2], _ttl(op[3]) if op[3] else 0))
+        elif name == "hset":
+            fields = op[2]
+            extend((name, op[1], len(fields)))
+            for kv in fields.items():
+                extend(kv)
+        elif name == "delete":
+            extend(op[:2])
+        elif name == "expire":
+            extend((name, op[1], _ttl(op[2])))
+        elif name in _SIMPLE or name in ("ztrim", "lrem"):
+            extend(op[:3])
+        else:
+            raise StoreError(f"unknown write operation {name!r}")
+    return args
+
+
+def _read_args(ops: Sequence[ReadOp]) -> list[Any]:
+    """``ops`` flattened into ``READ_SCRIPT``'s ARGV.
+
+    >>> _read_args([("get", "k"), ("mget", ["a", "b"]), ("ztop", "z", 5), ("hmget", "h", ["f"])])
+    ['get', 'k', 'mget', 2, 'a', 'b', 'ztop', 'z', 5, 'hmget', 'h', 1, 'f']
+    """
+    args: list[Any] = []
+    extend = args.extend
+    for op in ops:
+        name = op[0]
+        if name in ("get", "hgetall", "smembers"):
+            extend(op[:2])
+        elif name in ("lrange", "ztop"):
+            extend(op[:3])
+        elif name == "mget":
+            extend((name, len(op[1])))
+            extend(op[1])
+        elif name in ("hmget", "zscores"):
+            extend((name, op[1], len(op[2])))
+            extend(op[2])
+        else:
+            raise StoreError(f"unknown read operation {name!r}")
+    return args
+
+
+def _answer(op: ReadOp, v: Any) -> Any:
+    """A read operation's answer in the store protocol's types, from the script's raw
+    reply (flat arrays) or redis-py's parsed one (dicts, pairs, sets)."""
+    name = op[0]
+    if name in ("get", "mget"):
+        return v
+    if name == "lrange" or name == "hmget":
+        return [_str(x) for x in v]
+    if name == "hgetall":
+        pairs = v.items() if isinstance(v, dict) else zip(v[::2], v[1::2])
+        return {_str(k): _str(x) for k, x in pairs}
+    if name == "ztop":
+        pairs = v if not v or isinstance(v[0], tuple) else zip(v[::2], v[1::2])
+        return [(_str(m), float(s)) for m, s in pairs]
+    if name == "zscores":
+        return [None if x is None else float(x) for x in v]
+    return {_str(x) for x in v}
 
 
 def _str(v: Any) -> Any:
@@ -47,6 +206,8 @@ class RedisStore:
         self.timeout_s = timeout_s
         self._pending: list[tuple[Sequence[ReadOp], asyncio.Future]] = []
         self._flushing = False
+        self._script: Any = client.register_script(WRITE_SCRIPT)
+        self._read_script: Any = client.register_script(READ_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 2.0, **kwargs: Any) -> "RedisStore":
@@ -96,9 +257,19 @@ class RedisStore:
             self._flushing = False
 
     async def _read_now(self, ops: Sequence[ReadOp]) -> list[Any]:
+        """Every answer in one round trip: one ``EVALSHA`` of ``READ_SCRIPT``, or a
+        pipeline where the server refuses scripts."""
+        if self._read_script is not None:
+            try:
+                raw = await self._guard(self._read_script(args=_read_args(ops)))
+                return [_answer(op, v) for op, v in zip(ops, raw)]
+            except CommandRefused as e:  # no scripting on this server, or not for this user
+                self._without_scripts(e)
         pipe = self._r.pipeline(transaction=False)
         for op in ops:
             name, key = op[0], op[1]
+            if name in _MANY and not op[-1]:
+                continue  # nothing to ask (the server refuses an MGET of no keys)
             if name == "lrange":
                 pipe.lrange(key, 0, op[2] - 1)
             elif name == "hgetall":
@@ -117,33 +288,27 @@ class RedisStore:
                 pipe.smembers(key)
             else:
                 raise StoreError(f"unknown read operation {name!r}")
-        raw = await self._execute(pipe)
-        out: list[Any] = []
-        for op, v in zip(ops, raw):
-            name = op[0]
-            if name == "lrange":
-                out.append([_str(x) for x in v])
-            elif name == "hgetall":
-                out.append({_str(k): _str(x) for k, x in v.items()})
-            elif name == "ztop":
-                out.append([(_str(m), float(s)) for m, s in v])
-            elif name in ("get", "mget"):
-                out.append(v)
-            elif name == "hmget":
-                out.append([_str(x) for x in v])
-            elif name == "zscores":
-                out.append([None if x is None else float(x) for x in v])
-            else:
-                out.append({_str(x) for x in v})
-        return out
+        raw = iter(await self._execute(pipe))
+        return [_answer(op, [] if op[0] in _MANY and not op[-1] else next(raw)) for op in ops]
 
     async def write(self, ops: Sequence[WriteOp]) -> None:
-        """Apply ``ops`` atomically (MULTI/EXEC): a batch's effects and its dedupe
-        markers land together or not at all, which makes redelivery harmless."""
+        """Apply ``ops`` in order and atomically: a batch's effects and its dedupe
+        markers land together or not at all, which makes redelivery harmless.
+
+        The whole batch goes as one ``EVALSHA`` of ``WRITE_SCRIPT`` (one command to
+        pack and one reply to parse, however many operations); a server without
+        scripting gets the same operations as a MULTI/EXEC pipeline.
+        """
         if not ops:
             return
+        if self._script is not None:
+            try:
+                await self._guard(self._script(args=_script_args(ops)))
+                return
+            except CommandRefused as e:  # no scripting on this server, or not for this user
+                self._without_scripts(e)
         pipe = self._r.pipeline(transaction=True)
-        cmd = pipe.execute_command  # the hot commands raw: redis-py's wrappers cost more than packing
+        cmd = pipe.execute_command  # raw: redis-py's per-command wrappers cost more than packing
         for op in ops:
             name, key = op[0], op[1]
             if name == "zincr":
@@ -158,34 +323,40 @@ class RedisStore:
                     cmd("HSET", key, *[x for kv in op[2].items() for x in kv])
             elif name == "set":
                 if op[3]:
-                    cmd("SET", key, op[2], "EX", int(op[3]))
+                    cmd("SET", key, op[2], "EX", _ttl(op[3]))
                 else:
                     cmd("SET", key, op[2])
             elif name == "ztrim":
-                pipe.zremrangebyrank(key, 0, -(op[2] + 1))
-            elif name == "zrem":
-                pipe.zrem(key, op[2])
-            elif name == "hdel":
-                pipe.hdel(key, op[2])
+                cmd("ZREMRANGEBYRANK", key, 0, -(op[2] + 1))
             elif name == "lrem":
-                pipe.lrem(key, 0, op[2])
-            elif name == "sadd":
-                pipe.sadd(key, op[2])
-            elif name == "srem":
-                pipe.srem(key, op[2])
+                cmd("LREM", key, 0, op[2])
+            elif name in _SIMPLE:
+                cmd(_SIMPLE[name], key, op[2])
             elif name == "delete":
-                pipe.delete(key)
+                cmd("DEL", key)
             elif name == "expire":
-                pipe.expire(key, int(op[2]))
+                cmd("EXPIRE", key, _ttl(op[2]))
             else:
                 raise StoreError(f"unknown write operation {name!r}")
         await self._execute(pipe)
 
+    def _without_scripts(self, refusal: CommandRefused) -> None:
+        log.warning("%s; reads go as pipelines and writes as MULTI/EXEC from now on", refusal)
+        self._script = self._read_script = None
+
     async def _execute(self, pipe: Any) -> list[Any]:
+        return await self._guard(pipe.execute())
+
+    async def _guard(self, call: Any) -> Any:
+        """Await a call to Redis within the deadline, its failures as ``StoreError``."""
         try:
-            return await asyncio.wait_for(pipe.execute(), self.timeout_s)
+            return await asyncio.wait_for(call, self.timeout_s)
         except asyncio.TimeoutError:
             raise StoreError(f"redis: no answer within {self.timeout_s}s") from None
+        except (NoPermissionError, ResponseError) as e:
+            if isinstance(e, NoPermissionError) or "unknown command" in str(e).lower():
+                raise CommandRefused(f"redis: {type(e).__name__}: {str(e)[:200]}") from None
+            raise StoreError(f"redis: {type(e).__name__}: {str(e)[:200]}") from None
         except (RedisError, OSError) as e:
             # The message never carries the URL (it may hold a password).
             raise StoreError(f"redis: {type(e).__name__}: {str(e)[:200]}") from None
