@@ -1,8 +1,15 @@
-"""Redis backend of the feature store: redis.asyncio, one pipeline per call.
+"""Redis backend of the feature store: redis.asyncio, one round trip per call.
 
-Works with Redis, Valkey and Redis Cluster-compatible key layouts (keys of one
-user share a hash tag, see ``models.features.keys``). Connection errors and
-timeouts surface as ``StoreError``; retries are the caller's policy.
+A write's operations, however many, go as one ``EVALSHA`` of a small Lua script
+(``WRITE_SCRIPT``) that applies them in order, atomically: one command to pack and
+one reply to parse. Where the server or the ACL user refuses scripts, the store logs
+it once and sends the same operations as a MULTI/EXEC from then on. Reads go as one
+pipeline.
+
+Works with Redis and Valkey. Keys of one user share a hash tag (see
+``models.features.keys``), but a batch touches many users and items, so one store
+is one server (or a primary with replicas), not a Redis Cluster. Connection errors
+and timeouts surface as ``StoreError``; retries are the caller's policy.
 """
 
 from __future__ import annotations
@@ -66,39 +73,6 @@ end
 return i - 1
 """
 
-#: Answers a batch of read operations as one atomic command, one reply per operation.
-#: ARGV is the operations flattened: name, key, then operands (``_read_args``).
-READ_SCRIPT = """
-local a, i, n, call, out = ARGV, 1, #ARGV, redis.call, {}
-local function many(cmd, key, j, m)  -- MGET / HMGET / ZMSCORE, in slices (unpack is bounded)
-  local got, last = {}, j + m - 1
-  while j <= last do
-    local upto = math.min(j + 999, last)
-    local part
-    if key then part = call(cmd, key, unpack(a, j, upto)) else part = call(cmd, unpack(a, j, upto)) end
-    for k = 1, #part do got[#got + 1] = part[k] end
-    j = upto + 1
-  end
-  return got
-end
-while i <= n do
-  local op, key = a[i], a[i + 1]
-  if op == 'get' then out[#out + 1] = call('GET', key); i = i + 2
-  elseif op == 'hgetall' then out[#out + 1] = call('HGETALL', key); i = i + 2
-  elseif op == 'smembers' then out[#out + 1] = call('SMEMBERS', key); i = i + 2
-  elseif op == 'lrange' then out[#out + 1] = call('LRANGE', key, 0, tonumber(a[i + 2]) - 1); i = i + 3
-  elseif op == 'ztop' then
-    out[#out + 1] = call('ZREVRANGE', key, 0, tonumber(a[i + 2]) - 1, 'WITHSCORES'); i = i + 3
-  elseif op == 'mget' then
-    local m = tonumber(key); out[#out + 1] = many('MGET', nil, i + 2, m); i = i + 2 + m
-  elseif op == 'hmget' or op == 'zscores' then
-    local m = tonumber(a[i + 2])
-    out[#out + 1] = many(op == 'hmget' and 'HMGET' or 'ZMSCORE', key, i + 3, m); i = i + 3 + m
-  else return redis.error_reply('unknown read operation ' .. tostring(op)) end
-end
-return out
-"""
-
 #: read operations over a list of keys or members
 _MANY = frozenset({"mget", "hmget", "zscores"})
 
@@ -144,45 +118,17 @@ def _script_args(ops: Sequence[WriteOp]) -> list[Any]:
     return args
 
 
-def _read_args(ops: Sequence[ReadOp]) -> list[Any]:
-    """``ops`` flattened into ``READ_SCRIPT``'s ARGV.
-
-    >>> _read_args([("get", "k"), ("mget", ["a", "b"]), ("ztop", "z", 5), ("hmget", "h", ["f"])])
-    ['get', 'k', 'mget', 2, 'a', 'b', 'ztop', 'z', 5, 'hmget', 'h', 1, 'f']
-    """
-    args: list[Any] = []
-    extend = args.extend
-    for op in ops:
-        name = op[0]
-        if name in ("get", "hgetall", "smembers"):
-            extend(op[:2])
-        elif name in ("lrange", "ztop"):
-            extend(op[:3])
-        elif name == "mget":
-            extend((name, len(op[1])))
-            extend(op[1])
-        elif name in ("hmget", "zscores"):
-            extend((name, op[1], len(op[2])))
-            extend(op[2])
-        else:
-            raise StoreError(f"unknown read operation {name!r}")
-    return args
-
-
 def _answer(op: ReadOp, v: Any) -> Any:
-    """A read operation's answer in the store protocol's types, from the script's raw
-    reply (flat arrays) or redis-py's parsed one (dicts, pairs, sets)."""
+    """A read operation's answer in the store protocol's types, from redis-py's."""
     name = op[0]
     if name in ("get", "mget"):
         return v
     if name == "lrange" or name == "hmget":
         return [_str(x) for x in v]
     if name == "hgetall":
-        pairs = v.items() if isinstance(v, dict) else zip(v[::2], v[1::2])
-        return {_str(k): _str(x) for k, x in pairs}
+        return {_str(k): _str(x) for k, x in v.items()}
     if name == "ztop":
-        pairs = v if not v or isinstance(v[0], tuple) else zip(v[::2], v[1::2])
-        return [(_str(m), float(s)) for m, s in pairs]
+        return [(_str(m), float(s)) for m, s in v]
     if name == "zscores":
         return [None if x is None else float(x) for x in v]
     return {_str(x) for x in v}
@@ -207,7 +153,6 @@ class RedisStore:
         self._pending: list[tuple[Sequence[ReadOp], asyncio.Future]] = []
         self._flushing = False
         self._script: Any = client.register_script(WRITE_SCRIPT)
-        self._read_script: Any = client.register_script(READ_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 2.0, **kwargs: Any) -> "RedisStore":
@@ -257,14 +202,9 @@ class RedisStore:
             self._flushing = False
 
     async def _read_now(self, ops: Sequence[ReadOp]) -> list[Any]:
-        """Every answer in one round trip: one ``EVALSHA`` of ``READ_SCRIPT``, or a
-        pipeline where the server refuses scripts."""
-        if self._read_script is not None:
-            try:
-                raw = await self._guard(self._read_script(args=_read_args(ops)))
-                return [_answer(op, v) for op, v in zip(ops, raw)]
-            except CommandRefused as e:  # no scripting on this server, or not for this user
-                self._without_scripts(e)
+        """Every answer in one round trip (a pipeline: reads with long answers, such as
+        a session index, come back faster than through a script, which would convert
+        every element into Lua and back)."""
         pipe = self._r.pipeline(transaction=False)
         for op in ops:
             name, key = op[0], op[1]
@@ -306,7 +246,8 @@ class RedisStore:
                 await self._guard(self._script(args=_script_args(ops)))
                 return
             except CommandRefused as e:  # no scripting on this server, or not for this user
-                self._without_scripts(e)
+                log.warning("%s; writes go as MULTI/EXEC pipelines from now on", e)
+                self._script = None
         pipe = self._r.pipeline(transaction=True)
         cmd = pipe.execute_command  # raw: redis-py's per-command wrappers cost more than packing
         for op in ops:
@@ -339,10 +280,6 @@ class RedisStore:
             else:
                 raise StoreError(f"unknown write operation {name!r}")
         await self._execute(pipe)
-
-    def _without_scripts(self, refusal: CommandRefused) -> None:
-        log.warning("%s; reads go as pipelines and writes as MULTI/EXEC from now on", refusal)
-        self._script = self._read_script = None
 
     async def _execute(self, pipe: Any) -> list[Any]:
         return await self._guard(pipe.execute())
