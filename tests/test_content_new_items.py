@@ -60,6 +60,27 @@ async def test_counts_other_workers_recorded_in_the_store():
     assert "cup" in new._established
 
 
+async def test_looks_past_the_head_when_other_workers_established_it():
+    """Each row's best few are tried first; when the store says most of them were
+    touched elsewhere, the whole row is searched, as if nothing had been cut short."""
+    names = [f"m{k:02d}" for k in range(20)]
+    vecs = np.array([[1.0, k / 40, 0] for k in range(20)], dtype=np.float32)  # m01 closest to m00
+    vecs[12] = vecs[11]  # two items with the same text: a tie, broken by id
+    index = ExactIndex(3)
+    index.upsert(names, vecs)
+    store, keys = MemoryStore(), Keys("t:")
+    new = NewItemsSource(ContentSource(store, keys, index, use_user_vector=False), slots=2)
+    popularity = Popularity(store, keys)
+    for item in names[1:11]:  # another worker's shoppers touched the ten closest
+        await store.write(popularity.observe(ctx(), item, 1.0, T0))
+    assert [i for i, _, _ in await new.propose(ctx(["m00"]), 5)] == ["m11", "m12"]
+    assert {"m01", "m10"} <= set(new._established)
+    # an erased user's kept search goes with them
+    new._parts[("", "u9")] = ((), 0, [])
+    new.forget("u9")
+    assert ("", "u9") not in new._parts
+
+
 async def test_nothing_without_anchors_index_or_slots():
     store, keys, content, new = axis_shop()
     assert await new.propose(ctx([]), 5) == []

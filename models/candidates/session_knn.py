@@ -60,7 +60,9 @@ class SessionKNN:
         self.position_decay, self.neighbour_decay = position_decay, neighbour_decay
         self.session_cap = session_cap
         # exp(-d / decay) for small distances, computed once
-        self._near = [math.exp(-d / neighbour_decay) for d in range(2 * session_cap + 2)]
+        near = [math.exp(-d / neighbour_decay) for d in range(2 * session_cap + 2)]
+        #: ``_around[at][p]``: the weight of position ``p`` in a neighbour met at ``at``
+        self._around = [[near[abs(p - at)] for p in range(session_cap + 1)] for at in range(session_cap + 1)]
         #: Neighbour sessions' items, kept ``cache_s`` seconds of event time when the store is
         #: remote: most neighbours are finished sessions, and reading 50 of them per list
         #: is most of a list's round-trip payload. (The in-memory store needs no cache.)
@@ -98,17 +100,18 @@ class SessionKNN:
         top = heapq.nlargest(self.neighbours, sim.items(), key=_score)
         sessions = await self._session_items([sid for sid, _ in top], ctx.now)
         scores: dict[str, float] = {}
-        near = self._near
+        get = scores.get
+        around = self._around
         for (sid, s), items in zip(top, sessions):
-            # where the neighbour met the most recent (highest weighted) current item
-            best, at = -1.0, 0
-            for p, item in enumerate(items):
-                w = weights.get(item)
-                if w is not None and w > best:
-                    best, at = w, p
-            for p, item in enumerate(items):
-                d = p - at if p >= at else at - p
-                scores[item] = scores.get(item, 0.0) + s * near[d]
+            # where the neighbour met the most recent (highest weighted) current item:
+            # anchors are in falling weight, so the first one it holds, first occurrence
+            at = 0
+            for a in anchors:
+                if a in items:
+                    at = items.index(a)
+                    break
+            for item, near in zip(items, around[at]):
+                scores[item] = get(item, 0.0) + s * near
         if not scores:
             return []
         ranked = heapq.nlargest(n, scores.items(), key=_score)

@@ -207,32 +207,34 @@ class ContentSource:
 
     def _search(self, queries: list, because: list[str], n: int, exclude: set[str],
                 now: float, user_id: str) -> list:
-        """The ``n`` nearest neighbours of each query, ``exclude`` left out.
+        """The ``n`` nearest neighbours of each query, ``exclude`` left out."""
+        need = n + len(exclude)
+        return [_head(row, need, exclude, n) for row in self._rows(queries, because, need, now, user_id)]
+
+    def _rows(self, queries: list, because: list[str], need: int, now: float, user_id: str) -> list[_Row]:
+        """The kept neighbours of each query, at least ``need`` deep (or the whole index).
 
         One search per anchor serves every caller: an anchor item's neighbours are
         searched ``search_depth`` deep (at least) and kept until the index changes (its
         ``version``), or for ``neighbour_ttl_s`` seconds of event time when it keeps
         changing (event time keeps replays deterministic). A taste vector's neighbours
         are kept per user while the vector and the index stay the same (the content and
-        new-item sources of one list share them)."""
-        need = n + len(exclude)
+        new-item sources of one list share them). A row stays the same object while it
+        is kept, so callers may cache what they derive from it."""
         depth = max(need, self.search_depth)
-        hits: list = [None] * len(queries)
+        rows: list = [None] * len(queries)
         todo = []
         for i, anchor in enumerate(because):
-            row = self._cached(anchor or user_id, now, need, None if anchor else queries[i])
-            if row is None:
+            rows[i] = self._cached(anchor or user_id, now, need, None if anchor else queries[i])
+            if rows[i] is None:
                 todo.append(i)
-            else:
-                hits[i] = _head(row, need, exclude, n)
         if todo:
             found = self.index.search(np.stack([queries[i] for i in todo]), depth)
             for i, row in zip(todo, found):
                 # fewer than asked: the whole index, no deeper search finds more
-                kept = self._keep(because[i] or user_id, now, row, len(row) < depth,
-                                  None if because[i] else queries[i])
-                hits[i] = _head(kept, need, exclude, n)
-        return hits
+                rows[i] = self._keep(because[i] or user_id, now, row, len(row) < depth,
+                                     None if because[i] else queries[i])
+        return rows
 
     def _cached(self, key: str, now: float, need: int, taste: np.ndarray | None = None) -> _Row | None:
         """The kept neighbours of anchor ``key``, or of user ``key``'s ``taste`` vector,
@@ -412,6 +414,11 @@ class NewItemsSource:
         #: item -> (event time read, interactions) for items still fresh when read
         self._fresh: dict[str, tuple[float, float]] = {}
         self._local: dict[str, float] = {}
+        #: (anchor, user) -> (row, ``_adds`` when filtered, the row's candidates): see ``_fresh_part``
+        self._parts: dict[tuple[str, str], tuple[_Row, int, list[tuple[int, str, float]]]] = {}
+        self.cache_rows = 4096
+        self.refilter_after = 64
+        self._adds = 0  # items established so far
         # one search per anchor serves both sources (their anchors are left out of it)
         content.search_depth = max(content.search_depth, self.depth + content.max_anchors)
 
@@ -434,30 +441,96 @@ class NewItemsSource:
         if not queries:
             return []
         skip = set(anchors)
-        hits = content._search(queries, because, self.depth, skip, ctx.now, ctx.user_id)
-        established, exclude = self._established, ctx.exclude
+        rows = content._rows(queries, because, self.depth + len(skip), ctx.now, ctx.user_id)
+        parts = [(w, why, self._fresh_part(why, ctx.user_id, row), self._cutoff(row, skip))
+                 for w, why, row in zip(weights, because, rows)]
+        # The best few of each row hold the best few overall; every candidate only when
+        # most of those turn out not to be fresh.
+        out = await self._pick(parts, skip | ctx.exclude, 4 * self.slots, ctx.now)
+        if out is None:
+            out = await self._pick(parts, skip | ctx.exclude, None, ctx.now)
+        return out
+
+    async def _pick(self, parts: list, exclude: set[str], per_row: int | None, now: float
+                    ) -> list[tuple[str, float, str]] | None:
+        """Up to ``slots`` fresh items by ``weight * cosine``, taking at most ``per_row``
+        candidates from each row (and any tied with the last); None when that was too
+        few to decide."""
+        established = self._established
         best: dict[str, tuple[float, str]] = {}
-        for w, why, row in zip(weights, because, hits):
-            for item_id, cos in row:
-                if item_id in established or item_id in exclude or cos <= 0.0:
-                    continue  # (no text relation at all: not a candidate)
+        cut_short = False
+        for w, why, part, cutoff in parts:
+            taken, last = 0, None
+            for pos, item_id, cos in part:
+                if pos >= cutoff:
+                    break
+                if item_id in exclude or item_id in established:
+                    continue
+                if taken == per_row and cos != last:
+                    cut_short = True
+                    break
+                taken, last = taken + 1, cos
                 sc = w * cos
                 cur = best.get(item_id)
                 if cur is None or sc > cur[0]:
                     best[item_id] = (sc, why)
         order = lambda kv: (-kv[1][0], kv[0])  # noqa: E731
-        # the head is usually enough; the full order only when most of it is not fresh
         ranked = heapq.nsmallest(4 * self.slots, best.items(), key=order)
         out: list[tuple[str, float, str]] = []
         pos = 0
         while len(out) < self.slots and pos < len(best):
             if pos == len(ranked):
+                if cut_short:
+                    return None
                 ranked = sorted(best.items(), key=order)
             part = ranked[pos:pos + 2 * self.slots]  # read a few more counts than needed
             pos += len(part)
-            fresh = await self._fresh_among([i for i, _ in part], ctx.now)
+            fresh = await self._fresh_among([i for i, _ in part], now)
             out += [(i, round(sc, 6), why) for i, (sc, why) in part if i in fresh][: self.slots - len(out)]
+        if len(out) < self.slots and cut_short:
+            return None
         return out
+
+    def _fresh_part(self, why: str, user_id: str, row: _Row) -> list[tuple[int, str, float]]:
+        """(position, item, cosine) of the row's items with a positive cosine that were not
+        known to be established, kept per row: rebuilt when the row changes, refiltered
+        (a shrinking list) once ``refilter_after`` more items were established (callers
+        skip those established since)."""
+        key = (why, "" if why else user_id)
+        got = self._parts.get(key)
+        established = self._established
+        if got is not None and got[0] is row:
+            if self._adds - got[1] < self.refilter_after:
+                return got[2]
+            part = [e for e in got[2] if e[1] not in established]
+        else:
+            ids, cos = row
+            part = [(p, i, c) for p, (i, c) in enumerate(zip(ids, cos.tolist()))
+                    if c > 0.0 and i not in established]
+            if len(self._parts) >= self.cache_rows:
+                self._parts.pop(next(iter(self._parts)))
+        self._parts[key] = (row, self._adds, part)
+        return part
+
+    def _cutoff(self, row: _Row, skip: set[str]) -> int:
+        """Where a row's candidates end: after its first ``depth`` items that are not
+        anchors (rows are read ``depth + len(skip)`` deep for that)."""
+        ids, need = row[0], self.depth + len(skip)
+        at = []
+        for a in skip:
+            try:
+                at.append(ids.index(a, 0, need))
+            except ValueError:
+                pass
+        cutoff = self.depth
+        for p in sorted(at):
+            if p < cutoff:
+                cutoff += 1
+        return min(cutoff, need)
+
+    def forget(self, user_id: str) -> None:
+        """Drop what is kept from an erased user's taste search."""
+        self._parts.pop(("", user_id), None)
 
     async def _fresh_among(self, items: list[str], now: float) -> set[str]:
         """The ``items`` with fewer than ``fresh_below`` interactions, by the global
@@ -485,6 +558,9 @@ class NewItemsSource:
 
     def _establish(self, item_id: str) -> None:
         self._fresh.pop(item_id, None)
+        if item_id in self._established:
+            return
+        self._adds += 1
         self._established[item_id] = None
         if len(self._established) > self.cache_items:
             self._established.pop(next(iter(self._established)))

@@ -1,0 +1,123 @@
+"""The worker's processing path over a long stream, without the broker: memory and
+list latency per segment.
+
+    python -m benchmarks.soak_core --events 600000 --segment 50000 --report core.json
+
+``benchmarks.soak`` runs the whole worker through the embedded broker, whose own cost
+grows with every batch it keeps (see there), so a long run there mixes the broker's
+drift into the worker's. This one runs the same path the Faust agent calls for each
+batch (``Runtime.handle``: decode, features, candidates, ranking, store writes, the
+recommendation's JSON) against an embedded Redis, over simulated shoppers (a
+5,000-item catalog embedded first, ``--shoppers`` shoppers, event time advancing
+``--gap-s`` per event), in batches of ``--batch`` events, as fast as one core runs it.
+Outputs are dropped after their latency is read.
+
+Every ``--segment`` events it prints this process's RSS, the lists' own
+``latency_ms`` percentiles in that segment (from the start of their batch to the
+list), CPU milliseconds per event, and Redis's ``used_memory`` and key count. Memory is
+flat when the RSS of the last segments stays within a few MB of the segments before:
+every in-process cache is bounded, so RSS has to level off once they are full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import statistics
+import time
+
+import orjson
+import redis.asyncio as aioredis
+
+from benchmarks.soak import rss_mb
+from models.events import parse_value
+from streams.app import Runtime
+from streams.embedded import start_redis
+from streams.settings import Settings
+from streams.simulate import catalog, simulate_shoppers
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+
+async def soak(events: int, segment: int, batch: int, shoppers: int, gap_s: float, redis_url: str,
+               content: bool = True) -> list[dict]:
+    rt = Runtime(Settings(redis_url=redis_url, content=content, copy_in_worker=False, _env_file=None))
+    latencies: list[float] = []
+
+    async def keep_latency(user_id: str, payload: bytes) -> None:
+        latencies.append(orjson.loads(payload)["latency_ms"])
+
+    rt.send_recommendation = keep_latency  # type: ignore[method-assign]
+    server = aioredis.from_url(redis_url)
+    rows: list[dict] = []
+    try:
+        items = [parse_value("items", e["value"], now=2e9) for e in catalog(5000)]
+        await rt.recommender.handle(items)
+        if rt.catalog is not None:
+            await rt.catalog.ingest(items)
+            await rt.catalog.flush()
+        pid, start = os.getpid(), time.perf_counter()
+        print(f"catalog embedded: RSS {rss_mb(pid):.0f} MB", flush=True)
+        stream = simulate_shoppers(events, n_users=shoppers, n_items=5000, seed=11, gap_s=gap_s)
+        done, cpu = 0, time.process_time()
+        while done < events:
+            todo = min(segment, events - done)
+            for _ in range(0, todo, batch):
+                chunk = [parse_value(e["topic"], e["value"], now=2e9)
+                         for e in itertools.islice(stream, min(batch, events - done))]
+                await rt.handle(chunk)
+                done += len(chunk)
+            info = await server.info("memory")
+            now_cpu = time.process_time()
+            rows.append({"events": done, "rss_mb": round(rss_mb(pid), 1),
+                         "lists": len(latencies),
+                         "list_p50_ms": round(_pct(latencies, 50), 2),
+                         "list_p99_ms": round(_pct(latencies, 99), 2),
+                         "list_mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
+                         "cpu_ms_per_event": round(1000 * (now_cpu - cpu) / todo, 3),
+                         "redis_used_mb": round(info["used_memory"] / 2**20, 1),
+                         "redis_keys": await server.dbsize(),
+                         "elapsed_s": round(time.perf_counter() - start, 1)})
+            latencies.clear()
+            cpu = now_cpu
+            r = rows[-1]
+            print(f"{r['events']:>9,} events  RSS {r['rss_mb']:6.1f} MB  lists p50/p99 "
+                  f"{r['list_p50_ms']:.2f}/{r['list_p99_ms']:.2f} ms  CPU {r['cpu_ms_per_event']:.2f} ms/event  "
+                  f"Redis {r['redis_used_mb']:.0f} MB, {r['redis_keys']:,} keys  ({r['elapsed_s']:.0f} s)", flush=True)
+    finally:
+        await server.aclose()
+        if rt.catalog is not None:
+            await rt.catalog.close()
+        await rt.store.close()
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=600_000)
+    p.add_argument("--segment", type=int, default=50_000)
+    p.add_argument("--batch", type=int, default=20)
+    p.add_argument("--shoppers", type=int, default=20_000)
+    p.add_argument("--gap-s", type=float, default=0.05, help="event time between events (0.05: a 20 events/s shop)")
+    p.add_argument("--no-content", action="store_true", help="content and new-item sources off")
+    p.add_argument("--report")
+    a = p.parse_args()
+    server = start_redis()
+    try:
+        rows = asyncio.run(soak(a.events, a.segment, a.batch, a.shoppers, a.gap_s,
+                                f"redis://127.0.0.1:{server.port}/0", content=not a.no_content))
+    finally:
+        server.stop()
+    if a.report:
+        with open(a.report, "w") as f:
+            json.dump({"args": vars(a), "segments": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
