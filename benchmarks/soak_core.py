@@ -40,6 +40,19 @@ from streams.settings import Settings
 from streams.simulate import catalog, simulate_shoppers
 
 
+def cache_sizes(rt: Runtime) -> dict[str, int]:
+    """Entries in each bounded in-process cache of the worker's processing path."""
+    rec = rt.recommender
+    sizes = {"item_meta": len(rec.item_meta._entries)}
+    for source in rec.sources:
+        if isinstance(getattr(getattr(source, "store", None), "_cache", None), dict):
+            sizes["item_side"] = len(source.store._cache)
+        for attr in ("_sessions", "_taste", "_neighbours", "_taste_hits", "_parts", "_established", "_fresh"):
+            if isinstance(getattr(source, attr, None), dict):
+                sizes[f"{source.name}.{attr.lstrip('_')}"] = len(getattr(source, attr))
+    return sizes
+
+
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
@@ -82,14 +95,15 @@ async def soak(events: int, segment: int, batch: int, shoppers: int, gap_s: floa
                          "list_mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
                          "cpu_ms_per_event": round(1000 * (now_cpu - cpu) / todo, 3),
                          "redis_used_mb": round(info["used_memory"] / 2**20, 1),
-                         "redis_keys": await server.dbsize(),
+                         "redis_keys": await server.dbsize(), "caches": cache_sizes(rt),
                          "elapsed_s": round(time.perf_counter() - start, 1)})
             latencies.clear()
             cpu = now_cpu
             r = rows[-1]
             print(f"{r['events']:>9,} events  RSS {r['rss_mb']:6.1f} MB  lists p50/p99 "
                   f"{r['list_p50_ms']:.2f}/{r['list_p99_ms']:.2f} ms  CPU {r['cpu_ms_per_event']:.2f} ms/event  "
-                  f"Redis {r['redis_used_mb']:.0f} MB, {r['redis_keys']:,} keys  ({r['elapsed_s']:.0f} s)", flush=True)
+                  f"Redis {r['redis_used_mb']:.0f} MB, {r['redis_keys']:,} keys  ({r['elapsed_s']:.0f} s)\n    caches "
+                  + " ".join(f"{k} {v:,}" for k, v in r["caches"].items()), flush=True)
     finally:
         await server.aclose()
         if rt.catalog is not None:

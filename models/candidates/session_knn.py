@@ -40,8 +40,11 @@ from __future__ import annotations
 import heapq
 import math
 import operator
+import sys
+from collections import OrderedDict
 
 from models.candidates import Context
+from models.features.cache import keep
 from models.features.keys import Keys
 from models.features.store import FeatureStore, WriteOp
 
@@ -68,7 +71,8 @@ class SessionKNN:
         #: is most of a list's round-trip payload. (The in-memory store needs no cache.)
         self.cache_s = cache_s if getattr(store, "kind", "") != "memory" else 0.0
         self.cache_size = cache_size
-        self._sessions: dict[str, tuple[float, list[str]]] = {}
+        #: session -> (event time read, its items), oldest first
+        self._sessions: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
 
     def observe(self, ctx: Context, item_id: str, weight: float, ts: float) -> list[WriteOp]:
         """Index the session under the item the first time the session touches it."""
@@ -134,11 +138,9 @@ class SessionKNN:
                 missing.append(sid)
         if missing:
             got = self._split(await self.store.read([("mget", [self.keys.session_items(sid) for sid in missing])]))
-            if len(cache) + len(missing) > self.cache_size:
-                cache.clear()
             fresh = dict(zip(missing, got))
             for sid, items in fresh.items():
-                cache[sid] = (now, items)
+                keep(cache, sid, now, items, self.cache_s, self.cache_size)
             out = [fresh[sid] if items is None else items for sid, items in zip(sids, out)]
         return out
 
@@ -146,7 +148,8 @@ class SessionKNN:
     def _split(self, got: list) -> list[list[str]]:
         """Items of each session from one MGET answer (joined by the unit separator)."""
         cap = self.session_cap
-        return [raw.decode().split(SEP)[:cap] if raw else [] for raw in got[0]]
+        # item ids recur across sessions: one string per id, however many sessions hold it
+        return [list(map(sys.intern, raw.decode().split(SEP)[:cap])) if raw else [] for raw in got[0]]
 
 
 SEP = "\x1f"

@@ -35,12 +35,31 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
 from models.features.keys import Keys
 from models.features.store import FeatureStore, ReadOp, WriteOp
 
 CACHED_OPS = frozenset({"ztop", "lrange"})
+
+
+def keep(entries: OrderedDict, key: Any, stamp: float, value: Any, ttl_s: float, size: int) -> None:
+    """Store ``(stamp, value)`` under ``key`` at the young end of ``entries``, then drop
+    entries from the old end while there are more than ``size`` or the oldest is past
+    ``ttl_s``: a cache holds what was read within ``ttl_s``, never more than ``size``.
+
+    >>> d = OrderedDict()
+    >>> for t, k in enumerate("abca"): keep(d, k, float(t), k.upper(), ttl_s=2.5, size=10)
+    >>> list(d.items())
+    [('b', (1.0, 'B')), ('c', (2.0, 'C')), ('a', (3.0, 'A'))]
+    >>> keep(d, "d", 4.0, "D", ttl_s=2.5, size=2); list(d)
+    ['a', 'd']
+    """
+    entries.pop(key, None)
+    entries[key] = (stamp, value)
+    while entries and (len(entries) > size or not 0 <= stamp - next(iter(entries.values()))[0] < ttl_s):
+        entries.popitem(last=False)
 
 
 class ItemSideCache:
@@ -56,7 +75,8 @@ class ItemSideCache:
         self.clock = clock
         self._item_tag = f"{keys.prefix}{{i:"
         self._popularity = keys.popularity(0).rsplit(":", 1)[0] + ":"
-        self._cache: dict[ReadOp, tuple[float, Any]] = {}
+        #: op -> (when read, answer), oldest first
+        self._cache: OrderedDict[ReadOp, tuple[float, Any]] = OrderedDict()
         self._inflight: dict[ReadOp, asyncio.Future] = {}
         self.hits = 0
         self.misses = 0
@@ -101,13 +121,11 @@ class ItemSideCache:
             for n, value in zip(forward, got):
                 out[n] = value
             if futures:
-                if len(self._cache) + len(futures) > self.max_entries:
-                    self._cache.clear()
                 stamp = self.clock()
                 for n in forward:
                     fut = futures.get(ops[n]) if self.cacheable(ops[n]) else None
                     if fut is not None and not fut.done():
-                        self._cache[ops[n]] = (stamp, out[n])
+                        keep(self._cache, ops[n], stamp, out[n], self.ttl_s, self.max_entries)
                         fut.set_result(out[n])
                         self._inflight.pop(ops[n], None)
         for n, fut in waits:

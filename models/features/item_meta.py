@@ -18,9 +18,11 @@ worker that applies the catalog event updates its entry at once).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from models.features.cache import keep
 from models.features.keys import Keys
 from models.features.store import FeatureStore
 
@@ -38,7 +40,7 @@ class ItemMetaCache:
     def __init__(self, store: FeatureStore, keys: Keys, ttl_s: float = 60.0, size: int = 200_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.keys, self.ttl_s, self.size, self.clock = store, keys, ttl_s, size, clock
-        self._entries: dict[str, tuple[float, ItemMeta]] = {}
+        self._entries: OrderedDict[str, tuple[float, ItemMeta]] = OrderedDict()
 
     async def get(self, item_ids: Iterable[str]) -> dict[str, ItemMeta]:
         """Metadata of every id, reading the ones not cached (or expired) in one round trip."""
@@ -56,16 +58,14 @@ class ItemMetaCache:
                 missing.append(i)
         if missing:
             got = await self.store.read([("hmget", self.keys.item_meta(i), self.FIELDS) for i in missing])
-            if len(self._entries) + len(missing) > self.size:
-                self._entries.clear()
             for i, (available, category, title) in zip(missing, got):
                 meta = ItemMeta(available != "0", category, title)
                 out[i] = meta
-                self._entries[i] = (now, meta)
+                keep(self._entries, i, now, meta, self.ttl_s, self.size)
         return out
 
     def put(self, item_id: str, meta: ItemMeta) -> None:
-        self._entries[item_id] = (self.clock(), meta)
+        keep(self._entries, item_id, self.clock(), meta, self.ttl_s, self.size)
 
     def forget(self, item_id: str) -> None:
         self._entries.pop(item_id, None)
