@@ -111,6 +111,7 @@ class Runtime:
         if settings.exclude_current is not None:
             cfg.exclude_current = settings.exclude_current
         cfg.session_gap_s, cfg.dedupe_ttl_s = settings.session_gap_s, settings.dedupe_ttl_s
+        cfg.rec_ttl_s = settings.rec_ttl_s
         cfg.coalesce_per_user = settings.coalesce_per_user
         ranker = Ranker([src.name for src in sources], prior=prior, warmup=warmup)
         return Recommender(self.store, self.keys, cfg, sources=sources, ranker=ranker)

@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     batch_size: int = Field(500, ge=1, le=10_000)
     batch_window_s: float = Field(0.005, gt=0, le=5)
-    dedupe_ttl_s: int = Field(7 * 86_400, ge=60)
+    dedupe_ttl_s: int = Field(7 * 86_400, ge=60, description=(
+        "how long an event id is remembered: a redelivery or duplicate within it changes nothing"))
+    rec_ttl_s: int = Field(86_400, ge=60, description=(
+        "how long a list's record is kept for feedback on it (attribution, ranker labels)"))
     log_level: str = "INFO"
 
     # -- recommender ------------------------------------------------------------------
