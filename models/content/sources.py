@@ -414,9 +414,9 @@ class NewItemsSource:
         #: item -> (event time read, interactions) for items still fresh when read
         self._fresh: dict[str, tuple[float, float]] = {}
         self._local: dict[str, float] = {}
-        #: (anchor, user) -> (row, ``_adds`` when filtered, the row's candidates): see ``_fresh_part``
-        self._parts: dict[tuple[str, str], tuple[_Row, int, list[tuple[int, str, float]]]] = {}
-        self.cache_rows = 4096
+        #: anchor -> (its row, ``_adds`` when filtered, the row's candidates): see ``_fresh_part``
+        self._parts: OrderedDict[str, tuple[_Row, int, list[tuple[int, str, float]]]] = OrderedDict()
+        self.cache_rows = 2048  # ~12 kB each at 100 neighbours
         self.refilter_after = 64
         self._adds = 0  # items established so far
         # one search per anchor serves both sources (their anchors are left out of it)
@@ -442,7 +442,7 @@ class NewItemsSource:
             return []
         skip = set(anchors)
         rows = content._rows(queries, because, self.depth + len(skip), ctx.now, ctx.user_id)
-        parts = [(w, why, self._fresh_part(why, ctx.user_id, row), self._cutoff(row, skip))
+        parts = [(w, why, self._fresh_part(why, row), self._cutoff(row, skip))
                  for w, why, row in zip(weights, because, rows)]
         # The best few of each row hold the best few overall; every candidate only when
         # most of those turn out not to be fresh.
@@ -491,14 +491,14 @@ class NewItemsSource:
             return None
         return out
 
-    def _fresh_part(self, why: str, user_id: str, row: _Row) -> list[tuple[int, str, float]]:
+    def _fresh_part(self, why: str, row: _Row) -> list[tuple[int, str, float]]:
         """(position, item, cosine) of the row's items with a positive cosine that were not
-        known to be established, kept per row: rebuilt when the row changes, refiltered
-        (a shrinking list) once ``refilter_after`` more items were established (callers
-        skip those established since)."""
-        key = (why, "" if why else user_id)
-        got = self._parts.get(key)
+        known to be established. Kept for anchor rows (a taste row serves one list):
+        rebuilt when the row changes, refiltered (a shrinking list) once
+        ``refilter_after`` more items were established; callers skip those established
+        since."""
         established = self._established
+        got = self._parts.get(why) if why else None
         if got is not None and got[0] is row:
             if self._adds - got[1] < self.refilter_after:
                 return got[2]
@@ -507,9 +507,11 @@ class NewItemsSource:
             ids, cos = row
             part = [(p, i, c) for p, (i, c) in enumerate(zip(ids, cos.tolist()))
                     if c > 0.0 and i not in established]
-            if len(self._parts) >= self.cache_rows:
-                self._parts.pop(next(iter(self._parts)))
-        self._parts[key] = (row, self._adds, part)
+        if why:
+            self._parts.pop(why, None)
+            self._parts[why] = (row, self._adds, part)
+            while len(self._parts) > self.cache_rows:
+                self._parts.popitem(last=False)
         return part
 
     def _cutoff(self, row: _Row, skip: set[str]) -> int:
@@ -527,10 +529,6 @@ class NewItemsSource:
             if p < cutoff:
                 cutoff += 1
         return min(cutoff, need)
-
-    def forget(self, user_id: str) -> None:
-        """Drop what is kept from an erased user's taste search."""
-        self._parts.pop(("", user_id), None)
 
     async def _fresh_among(self, items: list[str], now: float) -> set[str]:
         """The ``items`` with fewer than ``fresh_below`` interactions, by the global
