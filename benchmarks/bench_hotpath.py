@@ -24,6 +24,15 @@ from streams.settings import Settings
 from streams.simulate import catalog, simulate_shoppers
 
 
+async def embed_catalog(rt: Runtime, n_items: int = 5000) -> None:
+    """Publish a simulated catalog to ``rt`` and embed every title, as the worker does."""
+    items = [parse_value("items", e["value"], now=2e9) for e in catalog(n_items)]
+    await rt.recommender.handle(items)
+    if rt.catalog is not None:
+        await rt.catalog.ingest(items)
+        await rt.catalog.flush()
+
+
 async def measure(batch: int, content: bool, events: int, redis_url: str) -> dict:
     rt = Runtime(Settings(redis_url=redis_url, content=content, copy_in_worker=False,
                           key_prefix=f"hot{batch}{int(content)}:", _env_file=None))
@@ -32,14 +41,10 @@ async def measure(batch: int, content: bool, events: int, redis_url: str) -> dic
         return None
 
     rt.send_recommendation = drop  # type: ignore[method-assign]
-    items = [parse_value("items", e["value"], now=2e9) for e in catalog(5000)]
     stream = [parse_value(e["topic"], e["value"], now=2e9)
               for e in simulate_shoppers(3000 + events, n_users=20_000, n_items=5000, seed=5)]
     try:
-        await rt.recommender.handle(items)
-        if rt.catalog is not None:
-            await rt.catalog.ingest(items)
-            await rt.catalog.flush()
+        await embed_catalog(rt)
         for i in range(0, 3000, 100):
             await rt.handle(stream[i:i + 100])
         cpu, wall = time.process_time(), time.perf_counter()

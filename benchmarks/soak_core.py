@@ -33,12 +33,14 @@ import time
 import orjson
 import redis.asyncio as aioredis
 
+from benchmarks.bench_hotpath import embed_catalog
 from benchmarks.soak import rss_mb
 from models.events import parse_value
 from streams.app import Runtime
+from streams.bench import _pct
 from streams.embedded import start_redis
 from streams.settings import Settings
-from streams.simulate import catalog, simulate_shoppers
+from streams.simulate import simulate_shoppers
 
 
 def cache_sizes(rt: Runtime) -> dict[str, int]:
@@ -73,11 +75,6 @@ async def redis_by_family(server: aioredis.Redis, sample: int = 300) -> dict[str
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["mb"]))
 
 
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
-
-
 async def soak(events: int, segment: int, batch: int, shoppers: int, gap_s: float, redis_url: str,
                content: bool = True) -> list[dict]:
     rt = Runtime(Settings(redis_url=redis_url, content=content, copy_in_worker=False, _env_file=None))
@@ -90,20 +87,17 @@ async def soak(events: int, segment: int, batch: int, shoppers: int, gap_s: floa
     server = aioredis.from_url(redis_url)
     rows: list[dict] = []
     try:
-        items = [parse_value("items", e["value"], now=2e9) for e in catalog(5000)]
-        await rt.recommender.handle(items)
-        if rt.catalog is not None:
-            await rt.catalog.ingest(items)
-            await rt.catalog.flush()
+        await embed_catalog(rt)
         pid, start = os.getpid(), time.perf_counter()
         print(f"catalog embedded: RSS {rss_mb(pid):.0f} MB", flush=True)
         stream = simulate_shoppers(events, n_users=shoppers, n_items=5000, seed=11, gap_s=gap_s)
         done, cpu = 0, time.process_time()
         while done < events:
             todo = min(segment, events - done)
-            for _ in range(0, todo, batch):
+            end = done + todo
+            while done < end:
                 chunk = [parse_value(e["topic"], e["value"], now=2e9)
-                         for e in itertools.islice(stream, min(batch, events - done))]
+                         for e in itertools.islice(stream, min(batch, end - done))]
                 await rt.handle(chunk)
                 done += len(chunk)
             info = await server.info("memory")
