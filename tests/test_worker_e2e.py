@@ -56,16 +56,22 @@ async def test_worker_end_to_end(broker, worker_env, prefix, redis_url, tmp_path
         after.append(("clicks", f"u{u}".encode(), click(n, f"u{u}", f"i{(u + 1) % 30}", t + 2000 + n)))
     bad = [(topic, b"u1", raw) for topic, raw, _ in MALFORMED]
     valid = catalog + before + purchases + after
-    first = [(prefix + topic, key, value) for topic, key, value in catalog + before + purchases]
+    first = [(prefix + topic, key, value) for topic, key, value in catalog + before]
+    paying = [(prefix + topic, key, value) for topic, key, value in purchases]
     then = [(prefix + topic, key, value) for topic, key, value in bad + after]
     triggers = len(before) + len(purchases) + len(after)
 
     worker = start_worker(worker_env, tmp_path / "worker.log")
     try:
         async with Collector(broker, prefix + "recommendations", prefix + "dead-letter") as col:
-            await produce(broker, first)
             # Kafka orders a user's events within a topic, not across `carts` and `clicks`:
-            # the later clicks go out once every purchase has been answered, as a shopper's would
+            # each step goes out once the one before has been answered, as a shopper's would
+            # (a purchase read before the click that led to it would have nothing to show)
+            await produce(broker, first)
+            browsed = {v["event_id"] for _, _, v in before}
+            assert await col.wait_for(lambda c: browsed <= {v["trigger_event_id"] for v in c.values(
+                prefix + "recommendations")}, 90)
+            await produce(broker, paying)
             paid = {f"p{u}" for u in range(12)}
             assert await col.wait_for(lambda c: paid <= {v["trigger_event_id"] for v in c.values(
                 prefix + "recommendations")}, 90)

@@ -37,7 +37,8 @@ class Popularity:
         self.tau = half_life_s / math.log(2)
         self.span = period * self.tau
         self.cap, self.refresh_s = cap, refresh_s
-        self._cache: tuple[float, int, list[tuple[str, float]], bool] | None = None
+        #: (event time read, landmark, ranking, complete, this worker's writes when read)
+        self._cache: tuple[float, int, list[tuple[str, float]], bool, int] | None = None
         self._writes = 0
 
     def landmark(self, ts: float) -> int:
@@ -54,10 +55,16 @@ class Popularity:
         return ops
 
     async def top(self, now: float, n: int) -> list[tuple[str, float]]:
-        """The ``n`` most popular items at ``now`` (cached for ``refresh_s`` of event time)."""
+        """The ``n`` most popular items at ``now``, cached for ``refresh_s`` of event time.
+
+        A ranking shorter than ``n`` (a shop's first minutes, a small catalog) is
+        reused only until this worker writes another interaction: a young shop's
+        popularity grows with every click, and a shopper should see it grow.
+        """
         lm = self.landmark(now)
         c = self._cache
-        if c is not None and c[1] == lm and 0 <= now - c[0] < self.refresh_s and (len(c[2]) >= n or c[3]):
+        if (c is not None and c[1] == lm and 0 <= now - c[0] < self.refresh_s
+                and (len(c[2]) >= n or (c[3] and c[4] == self._writes))):
             return c[2][:n]
         want = max(n, 200)
         cur, prev = await self.store.read([("ztop", self.keys.popularity(lm), want),
@@ -71,7 +78,7 @@ class Popularity:
         f = math.exp(-(now - lm * self.span) / self.tau)
         ranked = [(i, s * f) for i, s in ranked]
         # complete: the store held fewer items than asked for, so a longer read finds no more
-        self._cache = (now, lm, ranked, len(cur) < want and len(prev) < want)
+        self._cache = (now, lm, ranked, len(cur) < want and len(prev) < want, self._writes)
         return ranked[:n]
 
     async def propose(self, ctx: Context, n: int) -> list[tuple[str, float, str]]:
