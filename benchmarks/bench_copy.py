@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import time
 from collections import Counter
 from typing import Any
@@ -33,6 +32,7 @@ from models.features.redis import RedisStore
 from streams import embedded_llm
 from streams.copy_pool import CircuitBreaker, CopyPool
 from streams.embedded import start_redis
+from streams.measure import percentile
 from streams.settings import Settings
 
 CATEGORIES = {
@@ -61,13 +61,6 @@ def make_rec(n: int, items: list[str], recent: list[str]) -> dict:
         recs.append({"item_id": item, "score": round(1.0 - 0.1 * k, 3), "sources": src, "reason": REASONS[src[0]]})
     return {"rec_id": f"bench-{n}", "user_id": f"u{n % 97}", "trigger_event_id": f"e{n}", "ts": time.time(),
             "items": recs, "model_version": "bench", "latency_ms": 1.0, "context": {"recent_item_ids": recent}}
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
 
 
 async def run_pool(settings: Settings, store: RedisStore, keys: Keys, recs: list[dict],
@@ -100,8 +93,8 @@ async def run_pool(settings: Settings, store: RedisStore, keys: Keys, recs: list
     reasons = Counter(e["copy"].get("fallback_reason") for e in sent if e["copy"].get("fallback_reason"))
     llm_lat = [e["copy"]["latency_ms"] for e in sent if e["copy"]["source"] == "llm"]
     return {"n": len(sent), "wall_s": round(wall, 3), "copies_per_s": round(len(sent) / wall, 3),
-            "p50_ms": round(pct(lat, 50), 1), "p99_ms": round(pct(lat, 99), 1),
-            "llm_p50_ms": round(pct(llm_lat, 50), 1) if llm_lat else None,
+            "p50_ms": round(percentile(lat, 50), 1), "p99_ms": round(percentile(lat, 99), 1),
+            "llm_p50_ms": round(percentile(llm_lat, 50), 1) if llm_lat else None,
             "sources": dict(sources), "fallback_reasons": dict(reasons),
             "llm_calls": registry.get_sample_value("streamrec_copy_llm_calls_total"),
             "cache_hits": registry.get_sample_value("streamrec_copy_cache_hits_total"),

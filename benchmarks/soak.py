@@ -51,26 +51,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.embedded import Services, exit_on_sigterm, start_broker, start_redis, start_worker
+from streams.measure import cpu_s, percentile, rss_mb
 from streams.settings import Settings
 from streams.simulate import catalog, simulate_shoppers
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q / 100 * (len(xs) - 1)))] if xs else float("nan")
 
 
 async def soak(bootstrap: str, prefix: str, pids: dict[str, int], minutes: float, rate: float,
@@ -131,9 +114,9 @@ async def soak(bootstrap: str, prefix: str, pids: dict[str, int], minutes: float
             if time.perf_counter() >= minute_end:
                 cpu1 = {name: cpu_s(p) for name, p in pids.items()}
                 rows.append({"minute": len(rows) + 1, "events": n, "rss_mb": round(rss_mb(pid), 1),
-                             "p50_ms": round(pct(window, 50), 1), "p99_ms": round(pct(window, 99), 1),
-                             "worker_p50_ms": round(pct(in_worker, 50), 1),
-                             "worker_p99_ms": round(pct(in_worker, 99), 1),
+                             "p50_ms": round(percentile(window, 50), 1), "p99_ms": round(percentile(window, 99), 1),
+                             "worker_p50_ms": round(percentile(in_worker, 50), 1),
+                             "worker_p99_ms": round(percentile(in_worker, 99), 1),
                              "outputs": len(window), "unanswered": len(sent),
                              **{f"{name}_cpu_pct": round((cpu1[name] - cpu0[name]) / 60 * 100, 1)
                                 for name in pids},

@@ -34,10 +34,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from benchmarks.bench_hotpath import embed_catalog
-from benchmarks.soak import rss_mb
 from models.events import parse_value
 from streams.app import Runtime
-from streams.bench import _pct
+from streams.measure import percentile, rss_mb
 from streams.embedded import start_redis
 from streams.settings import Settings
 from streams.simulate import simulate_shoppers
@@ -104,8 +103,8 @@ async def soak(events: int, segment: int, batch: int, shoppers: int, gap_s: floa
             now_cpu = time.process_time()
             rows.append({"events": done, "rss_mb": round(rss_mb(pid), 1),
                          "lists": len(latencies),
-                         "list_p50_ms": round(_pct(latencies, 50), 2),
-                         "list_p99_ms": round(_pct(latencies, 99), 2),
+                         "list_p50_ms": round(percentile(latencies, 50), 2),
+                         "list_p99_ms": round(percentile(latencies, 99), 2),
                          "list_mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
                          "cpu_ms_per_event": round(1000 * (now_cpu - cpu) / todo, 3),
                          "redis_used_mb": round(info["used_memory"] / 2**20, 1),

@@ -6,7 +6,10 @@ Both run as separate processes on the same embedded broker, with the same batchi
 - throughput: N events produced as fast as possible; events/s = N / (time from the
   first produce to the last output read back);
 - latency: events paced at ``--rate`` per second; latency = time the output is read
-  back minus the time its input was handed to the producer (p50/p95/p99).
+  back minus the time its input was handed to the producer (p50/p95/p99);
+- worker CPU per event: the worker process's user + system CPU time during the
+  throughput run over the events it answered, steadier from run to run on a shared
+  machine than events/s.
 
 Both first receive a 5,000-item catalog; the streamrec worker's measurements start
 once it has embedded every title (content candidates on, as in production).
@@ -19,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -31,19 +34,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.embedded import exit_on_sigterm, start_broker, start_redis, start_worker
+from streams.measure import cpu_s, percentile
 from streams.simulate import catalog, simulate_shoppers
 
 
-def _pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
-
-
 async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dict], rate: float | None,
-                   id_of, timeout_s: float = 300.0) -> dict:
-    """Produce ``events``; read ``out_topic`` until one output per event arrived."""
+                   id_of, worker_pid: int | None = None, timeout_s: float = 300.0) -> dict:
+    """Produce ``events``; read ``out_topic`` until one output per event arrived; with
+    ``worker_pid``, also the CPU time that process spent per event meanwhile."""
     consumer = AIOKafkaConsumer(out_topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
                                 group_id=f"bench-{uuid.uuid4().hex[:6]}", fetch_max_wait_ms=5)
     await consumer.start()
@@ -69,6 +67,7 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
         done.set()
 
     reader = asyncio.create_task(read())
+    cpu0 = cpu_s(worker_pid) if worker_pid else math.nan
     t0 = time.perf_counter()
     for n, e in enumerate(events):
         if rate:
@@ -85,14 +84,16 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
     except asyncio.TimeoutError:
         pass
     elapsed = time.perf_counter() - t0
+    cpu = cpu_s(worker_pid) - cpu0 if worker_pid else math.nan
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
     await producer.stop()
     await consumer.stop()
     return {"events": len(events), "outputs": len(lat), "elapsed_s": round(elapsed, 3),
             "events_per_s": round(len(lat) / elapsed, 1),
-            "p50_ms": round(_pct(lat, 50), 2), "p95_ms": round(_pct(lat, 95), 2),
-            "p99_ms": round(_pct(lat, 99), 2), "max_ms": round(max(lat), 2) if lat else None}
+            "p50_ms": round(percentile(lat, 50), 2), "p95_ms": round(percentile(lat, 95), 2),
+            "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(max(lat), 2) if lat else None,
+            "worker_cpu_ms_per_event": round(cpu * 1000 / max(len(lat), 1), 3) if cpu == cpu else None}
 
 
 def _rec_trigger(value: bytes) -> str:
@@ -163,15 +164,18 @@ def run_bench(events: int = 20000, rate: float = 500.0, redis_url: str | None = 
                 if not module_args:  # measure the recommender, not the catalog's first embedding
                     asyncio.run(_wait_for_vectors(redis_url, prefix, [e["value"]["item_id"] for e in items]))
                 asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, warm, None, id_of))
+                pid = worker.proc.pid
                 results[name] = {
-                    "throughput": asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, thr, None, id_of)),
-                    "latency": asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, lat, rate, id_of)),
+                    "throughput": asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, thr, None, id_of, pid)),
+                    "latency": asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, lat, rate, id_of, pid)),
                 }
             finally:
                 worker.stop()
             print(f"{name:12s} throughput {results[name]['throughput']['events_per_s']:>9,.0f} events/s   "
                   f"at {rate:.0f}/s: p50 {results[name]['latency']['p50_ms']:.1f} ms  "
-                  f"p99 {results[name]['latency']['p99_ms']:.1f} ms", flush=True)
+                  f"p99 {results[name]['latency']['p99_ms']:.1f} ms   "
+                  f"worker CPU {results[name]['throughput']['worker_cpu_ms_per_event'] or math.nan:.2f} ms/event",
+                  flush=True)
     finally:
         broker.stop()
         if redis:

@@ -11,8 +11,6 @@ stopped on exit, Ctrl-C included.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.demo_data import ATTRIBUTION, load_sample
 from streams.embedded import Service, exit_on_sigterm, free_port, start_broker, start_redis, start_worker
+from streams.measure import percentile
 
 
 class Summary:
@@ -42,10 +41,7 @@ class Summary:
         self.sent_at: dict[str, float] = {}
 
     def pct(self, q: float) -> float:
-        if not self.latency_ms:
-            return float("nan")
-        xs = sorted(self.latency_ms)
-        return xs[min(len(xs) - 1, int(q / 100 * (len(xs) - 1)))]
+        return percentile(self.latency_ms, q)
 
     def line(self) -> str:
         el = time.perf_counter() - self.t0
