@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--web-port", type=int, default=6066)
     d.add_argument("--no-llm", action="store_true", help="template copy even if a local LLM is installed")
 
-    b = sub.add_parser("bench", help="throughput, latency and CPU per event of one worker next to a bare Faust pass-through")
+    b = sub.add_parser("bench", help="throughput, latency and CPU per event of one worker "
+                                     "next to a bare Faust pass-through")
     b.add_argument("--events", type=int, default=20000)
     b.add_argument("--rate", type=float, default=500.0, help="paced rate for the latency run")
     b.add_argument("--redis-url", help="use this store instead of an embedded Redis")
