@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import faust
@@ -239,9 +241,18 @@ def _low_latency_transport(fetch_max_wait_ms: int) -> type:
 
 
 class StreamrecApp(faust.App):
-    """``faust.App`` with the low-latency consumer transport."""
+    """``faust.App`` with the low-latency consumer transport.
+
+    Faust's data directory stays empty (tables live in memory; a worker's state is in
+    the feature store), so it goes under the system's temporary folder, not into the
+    directory the worker was started from.
+    """
 
     fetch_max_wait_ms = 100
+
+    def __init__(self, id: str, **options: Any) -> None:  # noqa: A002 - faust's name
+        options.setdefault("datadir", str(Path(tempfile.gettempdir()) / f"faust-{id}-data"))
+        super().__init__(id, **options)
 
     def _new_transport(self) -> Any:
         return _low_latency_transport(self.fetch_max_wait_ms)(self.conf.broker_consumer, self)
