@@ -36,8 +36,8 @@ import redis.asyncio as aioredis
 from benchmarks.bench_hotpath import embed_catalog
 from models.events import parse_value
 from streams.app import Runtime
-from streams.measure import percentile, rss_mb
 from streams.embedded import start_redis
+from streams.measure import percentile, rss_mb
 from streams.settings import Settings
 from streams.simulate import simulate_shoppers
 

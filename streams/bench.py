@@ -93,7 +93,7 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
             "events_per_s": round(len(lat) / elapsed, 1),
             "p50_ms": round(percentile(lat, 50), 2), "p95_ms": round(percentile(lat, 95), 2),
             "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(max(lat), 2) if lat else None,
-            "worker_cpu_ms_per_event": round(cpu * 1000 / max(len(lat), 1), 3) if cpu == cpu else None}
+            "worker_cpu_ms_per_event": None if math.isnan(cpu) else round(cpu * 1000 / max(len(lat), 1), 3)}
 
 
 def _rec_trigger(value: bytes) -> str:
