@@ -38,6 +38,9 @@ from streams.codecs import dead_letter_record, user_key
 from streams.settings import Settings
 
 log = logging.getLogger("streamrec.worker")
+#: Logged when a batch raised as a whole and is redone one event at a time (benchmarks
+#: look for it: a split batch still answers, but at many times the cost).
+BATCH_SPLIT_MARK = "retrying one by one"
 
 
 class Metrics:
@@ -55,6 +58,9 @@ class Metrics:
         self.store_errors = Counter("streamrec_store_errors_total", "Feature-store failures (retried)", registry=r)
         self.internal_errors = Counter("streamrec_internal_errors_total", "Events that raised in processing",
                                        registry=r)
+        self.batch_splits = Counter("streamrec_batch_splits_total",
+                                    "Batches that raised as a whole and were redone one event at a time",
+                                    registry=r)
         self.batch_seconds = Histogram("streamrec_batch_seconds", "Time to process one batch", registry=r,
                                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
         self.rec_latency = Histogram("streamrec_recommendation_latency_seconds",
@@ -146,7 +152,8 @@ class Runtime:
             except StoreError:
                 raise
             except Exception:  # a bug or a poison event: isolate it, keep the others
-                log.exception("batch of %d events failed; retrying one by one", len(events))
+                log.exception("batch of %d events failed; " + BATCH_SPLIT_MARK, len(events))
+                self.metrics.batch_splits.inc()
                 outcome = None
             if outcome is None:
                 for e in events:

@@ -493,16 +493,20 @@ class NewItemsSource:
 
     def _fresh_part(self, why: str, row: _Row) -> list[tuple[int, str, float]]:
         """(position, item, cosine) of the row's items with a positive cosine that were not
-        known to be established. Kept for anchor rows (a taste row serves one list):
-        rebuilt when the row changes, refiltered (a shrinking list) once
-        ``refilter_after`` more items were established; callers skip those established
-        since."""
+        known to be established. Kept for anchor rows: rebuilt when the row changes,
+        refiltered (a shrinking list) once ``refilter_after`` more items were
+        established; callers skip those established since. A taste row serves one list,
+        so it gets no filtering pass: every item with a positive cosine is returned and
+        the caller's skip does the filtering while it reads only the head of the row."""
         established = self._established
         got = self._parts.get(why) if why else None
         if got is not None and got[0] is row:
             if self._adds - got[1] < self.refilter_after:
                 return got[2]
             part = [e for e in got[2] if e[1] not in established]
+        elif not why:  # a taste row serves one list: no filtering pass, ``_pick`` skips
+            ids, cos = row  # the established (rows are best first: cut at cosine <= 0)
+            return list(zip(range(len(ids)), ids, cos[:int(np.count_nonzero(cos > 0.0))].tolist()))
         else:
             ids, cos = row
             part = [(p, i, c) for p, (i, c) in enumerate(zip(ids, cos.tolist()))
