@@ -78,6 +78,43 @@ async def test_looks_past_the_head_when_other_workers_established_it():
     assert list(new._parts) == ["m00"]  # kept per anchor item, never per shopper
 
 
+async def test_taste_row_skips_established_items_like_an_anchor_row():
+    """With a short session the shopper's taste vector is one more query; its row serves
+    one list and is not filtered up front, so items established anywhere in it must be
+    skipped while it is read: the result is the brute-force best fresh items."""
+    rnd = np.random.default_rng(3)
+    names = [f"p{k:02d}" for k in range(40)]
+    vecs = rnd.normal(size=(40, 8)).astype(np.float32)
+    index = ExactIndex(8)
+    index.upsert(names, vecs)
+    store, keys = MemoryStore(), Keys("t:")
+    content = ContentSource(store, keys, index, user_weight=3.0)
+    new = NewItemsSource(content, slots=3, depth=12)
+    for item in ("p05", "p06", "p07"):
+        assert await content.learn("u1", item, T0)  # the shopper's taste: three past items
+    taste = content._taste["u1"][0]
+    unit = index.matrix()[1]
+    cos_taste = unit @ (taste / np.linalg.norm(taste))
+    cos_anchor = unit @ unit[0]  # session: p00
+    taste_order = [names[i] for i in np.argsort(-cos_taste)]
+    # other shoppers touched every other one of the taste's closest items (this process saw it)
+    for item in taste_order[:12:2]:
+        new.observe(ctx(["p00"], user="u2"), item, 1.0, T0)
+    for rnd_ in range(2):  # the second time the anchor row's filtered part is reused
+        got = await new.propose(ctx(["p00"], now=T0 + rnd_), 50)
+        skip = {"p00"} | set(new._established)
+        best = {}
+        for row, w, why in ((cos_anchor, 1.0, "p00"), (cos_taste, 3.0, "")):
+            top = [i for i in np.argsort(-row) if names[i] != "p00"][:12]
+            for i in top:
+                if names[i] not in skip and row[i] > 0 and w * row[i] > best.get(names[i], (-1.0, ""))[0]:
+                    best[names[i]] = (w * row[i], why)
+        want = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:3]
+        assert [(i, why) for i, _, why in got] == [(i, why) for i, (_, why) in want]
+        assert any(why == "" for _, _, why in got)  # the taste row did contribute
+        assert not set(i for i, _, _ in got) & set(new._established)
+
+
 async def test_nothing_without_anchors_index_or_slots():
     store, keys, content, new = axis_shop()
     assert await new.propose(ctx([]), 5) == []
