@@ -650,8 +650,11 @@ def openapi_document(cfg: WebConfig | None = None) -> dict:
            "additionalProperties": True}
     err_resp = lambda d: {"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}  # noqa: E731
     idv = {"anyOf": [idp, {"type": "integer"}], "description": "an id (integers are taken as their digits)"}
-    ts = {"type": "number", "minimum": MIN_TS, "maximum": math.floor(time.time() + MAX_FUTURE_S - 3600),
-          "description": "unix seconds, from 2000-01-01 to a day ahead"}
+    # No "maximum": the upper bound moves with the server's clock (a day ahead of it when
+    # the event arrives), which a fixed number in a document cannot state truthfully.
+    ts = {"type": "number", "minimum": MIN_TS,
+          "description": f"unix seconds, from 2000-01-01 to at most {MAX_FUTURE_S / 3600:.0f} hours "
+                         "ahead of the server's clock when the event arrives"}
     def optional(schema: dict) -> dict:  # the decoders take null as absent
         return {"anyOf": [schema, {"type": "null"}]}
 

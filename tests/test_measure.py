@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 
@@ -16,10 +17,16 @@ def test_cpu_time_grows_with_work_done():
 
 
 def test_resident_memory_follows_an_allocation():
-    before = rss_mb(os.getpid())
-    block = bytearray(64 * 1024 * 1024)
-    block[::4096] = b"x" * len(block[::4096])  # touch every page
-    assert rss_mb(os.getpid()) >= before + 60
+    # a new anonymous mapping: pages the allocator cannot have kept resident from earlier
+    # tests (a bytearray may reuse freed, still-resident heap and leave RSS unchanged)
+    size = 64 * 1024 * 1024
+    block = mmap.mmap(-1, size)
+    try:
+        before = rss_mb(os.getpid())
+        block.write(b"x" * size)  # touch every page
+        assert rss_mb(os.getpid()) >= before + 60
+    finally:
+        block.close()
 
 
 def test_a_missing_process_reads_as_nan():

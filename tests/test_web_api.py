@@ -351,3 +351,24 @@ async def test_unreachable_store_is_a_503_not_a_crash(broker):
                 assert r.status == 202  # events still flow to Kafka
     finally:
         server.stop()
+
+
+def test_the_documented_ts_range_is_the_one_the_server_applies():
+    """The upper bound moves with the server's clock, so the document states it in words,
+    with no fixed maximum that a later request could exceed while the server, rightly,
+    accepts it (a schema fuzzer once found exactly that); the lower bound is fixed and the
+    same on both sides."""
+    from models.events import MAX_FUTURE_S, MIN_TS, Rejected, parse_value
+    from streams.web import openapi_document
+
+    doc = openapi_document()
+    for name in ("ClicksEvent", "CartsEvent", "ReviewsEvent", "FeedbackEvent"):
+        ts_schema = doc["components"]["schemas"][name]["properties"]["ts"]
+        assert "maximum" not in ts_schema and ts_schema["minimum"] == MIN_TS
+        assert f"{MAX_FUTURE_S / 3600:.0f} hours ahead of the server's clock" in ts_schema["description"]
+    now = time.time()
+    click = {"event_id": "e", "user_id": "u", "item_id": "i"}
+    assert not isinstance(parse_value("clicks", {**click, "ts": now + MAX_FUTURE_S - 60}, now=now), Rejected)
+    assert not isinstance(parse_value("clicks", {**click, "ts": MIN_TS}, now=now), Rejected)
+    assert isinstance(parse_value("clicks", {**click, "ts": MIN_TS - 1}, now=now), Rejected)
+    assert isinstance(parse_value("clicks", {**click, "ts": now + MAX_FUTURE_S + 60}, now=now), Rejected)
