@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
 from models.events import Cart, Click, Event
@@ -152,6 +153,7 @@ class Prequential:
         self.case_first_seen: list[int] = []
         self.case_first_time: list[bool] = []
         self.case_cold_user: list[bool] = []
+        self.case_ts: list[float] = []
         self.recommended_counts: Counter[str] = Counter()
 
     def score(self, event: Event, scored: bool = True) -> bool:
@@ -177,6 +179,7 @@ class Prequential:
                 self.case_first_seen.append(self.first_seen[item])
                 self.case_first_time.append(first_time)
                 self.case_cold_user.append(self.user_events[user] < self.cold_user_events)
+                self.case_ts.append(event.ts)
                 self.recommended_counts.update(shown[: self.k])
                 is_case = True
         self.interactions += 1
@@ -213,9 +216,40 @@ class Prequential:
             out.append(part)
         return out
 
+    def periods(self, unit: str | None = None) -> dict:
+        """Metrics per calendar period (UTC) of the cases' event time, to tell drift in
+        the stream from a learner that falls behind (compare with a baseline's periods).
+
+        ``unit`` is ``"month"``, ``"week"`` (ISO) or ``"day"``; by default the coarsest
+        that gives several periods: months when the cases span over 62 days, weeks over
+        14 days, else days. Returns ``{"unit": ..., "rows": [{"period": ..., "cases":
+        ..., "hit_rate@K": ..., ...}, ...]}`` in time order.
+
+        >>> from models.events import Click
+        >>> p = Prequential(k=1)
+        >>> for n, (day, item) in enumerate([(1, "a"), (1, "b"), (40, "a"), (80, "a")]):
+        ...     p.shown("u", ["a"])
+        ...     _ = p.score(Click(f"e{n}", "u", item, 1_700_000_000.0 + day * 86_400))
+        >>> [(r["period"], r["cases"], r["hit_rate@1"]) for r in p.periods()["rows"]]
+        [('2023-11', 2, 0.5), ('2023-12', 1, 1.0), ('2024-02', 1, 1.0)]
+        """
+        ts = self.case_ts
+        if unit is None:
+            span_days = (max(ts) - min(ts)) / 86_400 if ts else 0.0
+            unit = "month" if span_days > 62 else "week" if span_days > 14 else "day"
+        label = {"month": lambda d: d.strftime("%Y-%m"),
+                 "week": lambda d: "%04d-W%02d" % d.isocalendar()[:2],
+                 "day": lambda d: d.strftime("%Y-%m-%d")}[unit]
+        groups: dict[str, list[int]] = {}
+        for rank, t in zip(self.metrics.ranks, ts):
+            groups.setdefault(label(datetime.fromtimestamp(t, timezone.utc)), []).append(rank)
+        rows = [{"period": key, **summarize(ranks, self.k)} for key, ranks in sorted(groups.items())]
+        return {"unit": unit, "rows": rows}
+
     def report(self) -> dict:
-        """``{"metrics": {...}, "test_cases": N, "slices": {...}}``; coverage is relative to
-        every item met in the stream (catalog events included)."""
+        """``{"metrics": {...}, "test_cases": N, "slices": {...}, "periods": {...}}``;
+        coverage is relative to every item met in the stream (catalog events included)."""
         metrics = self.metrics.result(catalog_size=len(self.known))
         cases = int(metrics.pop("cases"))
-        return {"metrics": metrics, "test_cases": cases, "slices": self.slices()}
+        return {"metrics": metrics, "test_cases": cases, "slices": self.slices(),
+                "periods": self.periods()}

@@ -198,13 +198,14 @@ async def replay(recording: Recording, recommender: Recommender, clock: ReplayCl
         bar.close()
     report = ours.report()
     out: dict[str, Any] = {"events": events, "test_cases": report["test_cases"],
-                           "metrics": report["metrics"], "slices": report["slices"]}
+                           "metrics": report["metrics"], "slices": report["slices"],
+                           "periods": report["periods"]}
     if others:
         out["baselines"] = {}
         for name, (_, pq) in others.items():
             r = pq.report()
             out["baselines"][name] = {"metrics": r["metrics"], "test_cases": r["test_cases"],
-                                      "slices": r["slices"]}
+                                      "slices": r["slices"], "periods": r["periods"]}
     out["latency_ms"] = _percentiles(latencies)
     out["_curves"] = {"ours": ours.over_time(), **{n: pq.over_time() for n, (_, pq) in others.items()}}
     out["_latencies"] = latencies
@@ -263,6 +264,7 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
         "cpu_s": round(cpu, 3), "events_per_cpu_s": round(result["events"] / cpu, 1) if cpu > 0 else 0.0,
         "malformed_rows": recording.malformed.count, "skipped_rows": recording.skipped,
         "malformed_examples": recording.malformed.examples, "slices": result["slices"],
+        "periods": result["periods"],
         "profile": profile, "store": url.split("://", 1)[0], "content": "content" in result["sources"],
         "sources": result["sources"],
         "latency_ms": result["latency_ms"],
@@ -304,7 +306,36 @@ def summary_table(report: dict[str, Any]) -> str:
              f"{report['malformed_rows']} malformed rows  (metrics in %)",
              "".ljust(width) + "".join(c.rjust(14) for c in cols)]
     lines += [name.ljust(width) + "".join(v.rjust(14) for v in vals) for name, vals in rows]
+    lines += period_table(report)
     return "\n".join(lines)
+
+
+def period_table(report: dict[str, Any]) -> list[str]:
+    """Lines of HR@K per calendar period, ours beside each baseline (none for one period).
+
+    >>> r = {"k": 1, "periods": {"unit": "month", "rows": [
+    ...     {"period": "2024-01", "cases": 2, "hit_rate@1": 0.5, "mrr@1": 0.5},
+    ...     {"period": "2024-02", "cases": 1, "hit_rate@1": 1.0, "mrr@1": 1.0}]}}
+    >>> print("\\n".join(period_table(r)))
+    by month        cases  streamrec HR@1  streamrec MRR@1
+    2024-01             2           50.00            50.00
+    2024-02             1          100.00           100.00
+    """
+    periods = report.get("periods") or {}
+    rows = periods.get("rows", [])
+    if len(rows) < 2:
+        return []
+    k = report["k"]
+    others = {name: {r["period"]: r for r in b.get("periods", {}).get("rows", [])}
+              for name, b in report.get("baselines", {}).items()}
+    head = ["cases", f"streamrec HR@{k}", f"streamrec MRR@{k}"] + [f"{n} HR@{k}" for n in others]
+    widths = [max(len(h) + 2, 9) for h in head]
+    lines = [f"by {periods['unit']}".ljust(12) + "".join(h.rjust(w) for h, w in zip(head, widths))]
+    for r in rows:
+        vals = [f"{r['cases']:,}", _pct(r[f"hit_rate@{k}"]), _pct(r[f"mrr@{k}"])]
+        vals += [_pct(o.get(r["period"], {}).get(f"hit_rate@{k}")) for o in others.values()]
+        lines.append(r["period"].ljust(12) + "".join(v.rjust(w) for v, w in zip(vals, widths)))
+    return lines
 
 
 def _pct(v: float | None) -> str:

@@ -92,3 +92,33 @@ def test_cold_items_are_measured_against_interactions_not_the_catalog():
     assert p.slices()["cold_users"]["cases"] == 3
     # coverage: of the 4 known items (catalog included), 2 were ever shown
     assert p.report()["metrics"]["coverage@2"] == 0.5
+
+
+def test_periods_split_cases_by_calendar_unit_and_keep_every_case():
+    day = 86_400.0
+    start = 1_704_067_200.0  # 2024-01-01 00:00 UTC, a Monday
+    p = Prequential(k=1)
+    # 30 days, one case a day; the list holds 'a', the target is 'a' on even days only
+    for d in range(30):
+        p.shown("u", ["a"])
+        p.score(Click(f"e{d}", "u", "a" if d % 2 == 0 else "b", start + d * day + 3600))
+    weeks = p.periods()
+    assert weeks["unit"] == "week"                  # 29 days: weeks, not months
+    assert [r["period"] for r in weeks["rows"]] == ["2024-W01", "2024-W02", "2024-W03", "2024-W04", "2024-W05"]
+    assert [r["cases"] for r in weeks["rows"]] == [7, 7, 7, 7, 2]
+    # week 1 holds days 0..6: hits on 0, 2, 4, 6
+    assert weeks["rows"][0]["hit_rate@1"] == 4 / 7
+    assert sum(r["cases"] for r in p.periods("day")["rows"]) == 30
+    months = p.periods("month")["rows"]
+    assert [(r["period"], r["cases"]) for r in months] == [("2024-01", 30)]
+    assert months[0]["hit_rate@1"] == p.report()["metrics"]["hit_rate@1"]
+
+
+def test_periods_of_a_short_stream_are_days_and_empty_without_cases():
+    p = Prequential(k=1)
+    assert p.periods() == {"unit": "day", "rows": []}
+    for n in range(3):
+        p.shown("u", ["a"])
+        p.score(Click(f"e{n}", "u", "a", 1_704_067_200.0 + n * 50_000))
+    assert p.periods()["unit"] == "day"
+    assert [r["cases"] for r in p.periods()["rows"]] == [2, 1]

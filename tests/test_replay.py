@@ -60,6 +60,32 @@ def test_prequential_replay_report_and_baselines(tmp_path: Path, capsys):
     assert r["events_per_s"] > 0 and r["elapsed_s"] > 0
     out = capsys.readouterr().out
     assert "baseline: popularity" in out and "streamrec" in out
+    # the stream spans under a day: one period per day, ours and each baseline's
+    for periods in [r["periods"], *(b["periods"] for b in r["baselines"].values())]:
+        assert periods["unit"] == "day"
+        assert sum(row["cases"] for row in periods["rows"]) == r["test_cases"]
+
+
+def test_replay_breaks_quality_down_by_month(tmp_path: Path, capsys):
+    # the same shoppers, spread over three months: one user starts every two days
+    stream = write_stream(tmp_path / "s.jsonl", users=45)
+    lines = [orjson.loads(line) for line in stream.read_bytes().splitlines() if line.startswith(b'{"')]
+    for line in lines:
+        user = int(line["value"]["user_id"][1:])
+        line["value"]["ts"] += user * 2 * 86_400
+    stream.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n")
+    r = run_replay(stream, "jsonl", k=5, baselines=True, progress=False)
+    rows = r["periods"]["rows"]
+    # from 14 November to 13 February
+    assert r["periods"]["unit"] == "month"
+    assert [row["period"] for row in rows] == ["2023-11", "2023-12", "2024-01", "2024-02"]
+    assert sum(row["cases"] for row in rows) == r["test_cases"]
+    overall = sum(row["hit_rate@5"] * row["cases"] for row in rows) / r["test_cases"]
+    assert overall == pytest.approx(r["metrics"]["hit_rate@5"])
+    assert [row["period"] for row in r["baselines"]["popularity"]["periods"]["rows"]] == \
+        [row["period"] for row in rows]
+    out = capsys.readouterr().out
+    assert "by month" in out and rows[1]["period"] in out and "popularity HR@5" in out
 
 
 def test_replay_is_deterministic(tmp_path: Path):
