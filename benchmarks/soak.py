@@ -14,6 +14,12 @@ first minutes' and the backlog does not grow.
 ``worker_p50_ms``/``worker_p99_ms`` are the lists' own ``latency_ms`` (from the start of
 their batch in the worker to the list): the worker's share of the end-to-end latency.
 
+``--worker passthrough`` runs the control: the bare Faust pass-through agent of
+``streamrec bench`` (same consumer, batching and partitions, no Redis, no recommender)
+under the same load on the same kind of broker. What drifts in both runs over the
+minutes is the broker's and the clients'; what drifts only with streamrec is the
+worker's.
+
 The embedded Tansu broker (memory storage) bounds long runs, measured with plain
 aiokafka clients and a request-counting proxy:
 
@@ -57,13 +63,14 @@ from streams.simulate import catalog, simulate_shoppers
 
 
 async def soak(bootstrap: str, prefix: str, pids: dict[str, int], minutes: float, rate: float,
-               fetch_max_wait_ms: int, rows: list[dict]) -> list[dict]:
+               fetch_max_wait_ms: int, rows: list[dict], out_topic: str = "recommendations",
+               trigger_of: str = "trigger_event_id") -> list[dict]:
     """Run the load; appends one row per minute to ``rows`` (kept when interrupted).
 
     The Kafka clients and the reader are closed on any exit, cancellation included."""
     pid = pids["worker"]
     async with contextlib.AsyncExitStack() as clients:
-        consumer = AIOKafkaConsumer(prefix + "recommendations", bootstrap_servers=bootstrap,
+        consumer = AIOKafkaConsumer(prefix + out_topic, bootstrap_servers=bootstrap,
                                     group_id=f"soak-{uuid.uuid4().hex[:6]}", auto_offset_reset="latest",
                                     fetch_max_wait_ms=fetch_max_wait_ms)
         clients.push_async_callback(consumer.stop)
@@ -86,10 +93,11 @@ async def soak(bootstrap: str, prefix: str, pids: dict[str, int], minutes: float
                 for msgs in batch.values():
                     for m in msgs:
                         rec = orjson.loads(m.value)
-                        t = sent.pop(rec["trigger_event_id"], None)
+                        t = sent.pop(rec[trigger_of], None)
                         if t is not None:
                             window.append((now - t) * 1000)
-                            in_worker.append(rec["latency_ms"])
+                            if "latency_ms" in rec:  # a list (the pass-through forwards the input)
+                                in_worker.append(rec["latency_ms"])
 
         reader = asyncio.create_task(read())
 
@@ -115,8 +123,8 @@ async def soak(bootstrap: str, prefix: str, pids: dict[str, int], minutes: float
                 cpu1 = {name: cpu_s(p) for name, p in pids.items()}
                 rows.append({"minute": len(rows) + 1, "events": n, "rss_mb": round(rss_mb(pid), 1),
                              "p50_ms": round(percentile(window, 50), 1), "p99_ms": round(percentile(window, 99), 1),
-                             "worker_p50_ms": round(percentile(in_worker, 50), 1),
-                             "worker_p99_ms": round(percentile(in_worker, 99), 1),
+                             **({"worker_p50_ms": round(percentile(in_worker, 50), 1),
+                                 "worker_p99_ms": round(percentile(in_worker, 99), 1)} if in_worker else {}),
                              "outputs": len(window), "unanswered": len(sent),
                              **{f"{name}_cpu_pct": round((cpu1[name] - cpu0[name]) / 60 * 100, 1)
                                 for name in pids},
@@ -150,6 +158,8 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=300)
     p.add_argument("--partitions", type=int, default=16,
                    help="partitions per topic (the broker's per-fetch cost grows with batches per partition)")
+    p.add_argument("--worker", choices=("streamrec", "passthrough"), default="streamrec",
+                   help="passthrough: the control run, a bare Faust agent forwarding each event")
     p.add_argument("--report")
     a = p.parse_args()
     exit_on_sigterm()
@@ -164,19 +174,26 @@ def main() -> None:
                "STREAMREC_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0", "STREAMREC_TOPIC_PREFIX": prefix,
                "STREAMREC_WEB_PORT": "0", "STREAMREC_LLM_BASE_URL": "template",
                "STREAMREC_PARTITIONS": str(a.partitions)}
-        worker = services.start(start_worker(env, logdir / "worker.log"))
+        if a.worker == "passthrough":
+            from streams.bench import _start_passthrough
+
+            worker = services.start(_start_passthrough(env, logdir / "worker.log"))
+            out_topic, trigger_of = "passthrough-out", "event_id"
+        else:
+            worker = services.start(start_worker(env, logdir / "worker.log"))
+            out_topic, trigger_of = "recommendations", "trigger_event_id"
         start_rss = rss_mb(worker.proc.pid)
         wait_ms = Settings().kafka_fetch_max_wait_ms  # the worker's (it inherits this environment)
-        print(json.dumps({"logs": str(logdir), "partitions": a.partitions, "rate": a.rate,
+        print(json.dumps({"logs": str(logdir), "worker": a.worker, "partitions": a.partitions, "rate": a.rate,
                           "reader_fetch_max_wait_ms": wait_ms}), flush=True)
         try:
             asyncio.run(_interruptible(soak(f"127.0.0.1:{broker.port}", prefix,
                                             {"worker": worker.proc.pid, "broker": broker.proc.pid},
-                                            a.minutes, a.rate, wait_ms, rows)))
+                                            a.minutes, a.rate, wait_ms, rows, out_topic, trigger_of)))
         except asyncio.CancelledError:
             print(json.dumps({"interrupted_after_minutes": len(rows)}), flush=True)
             raise SystemExit(143) from None
-        out = {"minutes": a.minutes, "rate": a.rate, "partitions": a.partitions,
+        out = {"worker": a.worker, "minutes": a.minutes, "rate": a.rate, "partitions": a.partitions,
                "rss_mb_start": round(start_rss, 1), "rss_mb_end": round(rss_mb(worker.proc.pid), 1),
                "per_minute": rows}
         print(json.dumps({k: v for k, v in out.items() if k != "per_minute"}))
