@@ -26,7 +26,10 @@ Slices count interactions only (clicks, cart adds, purchases): catalog events
 - ``cold_items``: the target's first interaction falls in the last ``cold_fraction``
   of the stream's interactions (the case itself may be that first interaction);
   ``first_interactions`` counts the cases whose target nobody had touched before;
-- ``cold_users``: the user had fewer than ``cold_user_events`` earlier interactions.
+- ``cold_users``: the user had fewer than ``cold_user_events`` earlier interactions;
+- ``bought_before``: the user had already bought the target (a repeat purchase, or a
+  click on something bought). With purchased items excluded for good (the default
+  business rule) these cases are misses by rule, whatever the model.
 
 >>> from models.events import Click
 >>> p = Prequential(k=2)
@@ -153,7 +156,10 @@ class Prequential:
         self.case_first_seen: list[int] = []
         self.case_first_time: list[bool] = []
         self.case_cold_user: list[bool] = []
+        self.case_bought_before: list[bool] = []
         self.case_ts: list[float] = []
+        #: (user, item) pairs bought so far
+        self.bought: set[tuple[str, str]] = set()
         self.recommended_counts: Counter[str] = Counter()
 
     def score(self, event: Event, scored: bool = True) -> bool:
@@ -180,11 +186,14 @@ class Prequential:
                 self.case_first_time.append(first_time)
                 self.case_cold_user.append(self.user_events[user] < self.cold_user_events)
                 self.case_ts.append(event.ts)
+                self.case_bought_before.append((user, item) in self.bought)
                 self.recommended_counts.update(shown[: self.k])
                 is_case = True
         self.interactions += 1
         if user:
             self.user_events[user] += 1
+            if isinstance(event, Cart) and event.action == "purchase":
+                self.bought.add((user, item))
         return is_case
 
     def shown(self, user_id: str, items: Sequence[str]) -> None:
@@ -201,7 +210,9 @@ class Prequential:
         cold_items = summarize((ranks[i] for i in cold), self.k)
         cold_items["first_interactions"] = sum(self.case_first_time[i] for i in cold)
         cold_users = [r for r, c in zip(ranks, self.case_cold_user) if c]
-        return {"cold_items": cold_items, "cold_users": summarize(cold_users, self.k)}
+        bought_before = [r for r, b in zip(ranks, self.case_bought_before) if b]
+        return {"cold_items": cold_items, "cold_users": summarize(cold_users, self.k),
+                "bought_before": summarize(bought_before, self.k)}
 
     def over_time(self, buckets: int = 20) -> list[dict[str, float]]:
         """Metrics per consecutive block of cases (for plots of quality over time)."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ REASONS = {
     "content": "Similar to {anchor}",
     "new_items": "New, and similar to {anchor}",
     "popular": "Popular right now",
+    "buy_again": "You bought this before",
 }
 
 
@@ -75,6 +77,11 @@ REASONS = {
 class RecommenderConfig:
     k: int = 10
     exclude_purchased: bool = True
+    #: With ``exclude_purchased``, how long (event seconds) after its last purchase an
+    #: item stays out of the shopper's lists; infinite: for good (durable goods). Shops
+    #: where people re-order (consumables, groceries, wholesale) set days or weeks, and
+    #: the ``buy_again`` source proposes the item again after that.
+    repurchase_after_s: float = math.inf
     exclude_in_cart: bool = True
     #: Leave out the item the shopper is looking at right now.
     exclude_current: bool = True
@@ -125,20 +132,34 @@ class _User:
     session_last: float
     session_items: list[str]
     cart: dict[str, int]
-    bought: set[str]
+    #: item -> (times bought, event time of the last purchase)
+    bought: dict[str, tuple[int, float]]
     last_rec: dict[str, Any] | None
     dirty: set[str] = field(default_factory=set)
 
     def context(self, now: float, cfg: RecommenderConfig) -> Context:
         exclude: set[str] = set()
         if cfg.exclude_purchased:
-            exclude |= self.bought
+            if cfg.repurchase_after_s == math.inf:
+                exclude |= self.bought.keys()
+            else:
+                exclude |= {i for i, (_, last) in self.bought.items() if now - last < cfg.repurchase_after_s}
         if cfg.exclude_in_cart:
             exclude |= set(self.cart)
         if cfg.exclude_current and self.session_items:
             exclude.add(self.session_items[0])
         return Context(self.user_id, now, list(self.session_items), list(self.recent),
-                       dict(self.cart), set(self.bought), exclude, self.session_id)
+                       dict(self.cart), dict(self.bought), exclude, self.session_id)
+
+
+def _purchase(value: str) -> tuple[int, float]:
+    """A purchase record ``"count|last_ts"`` as ``(count, last_ts)``.
+
+    >>> _purchase("3|1700000000.5")
+    (3, 1700000000.5)
+    """
+    count, _, last = value.partition("|")
+    return int(count), float(last)
 
 
 def _new_session_id() -> str:
@@ -214,7 +235,7 @@ class Recommender:
         per_user = 5 if need_last else 4
         for u in user_ids:
             reads += [("get", k.recent(u)), ("hgetall", k.session(u)),
-                      ("hgetall", k.cart(u)), ("smembers", k.bought(u))]
+                      ("hgetall", k.cart(u)), ("hgetall", k.purchases(u))]
             if need_last:
                 reads.append(("get", k.last_rec(u)))
         got = await self.store.read(reads)
@@ -228,7 +249,8 @@ class Recommender:
             users[u] = _User(u, recent.decode().split(SEP) if recent else [],
                              sess.get("id", ""), float(sess.get("last", 0) or 0),
                              [x for x in sess.get("items", "").split(SEP) if x],
-                             {i: int(float(q)) for i, q in cart.items()}, bought,
+                             {i: int(float(q)) for i, q in cart.items()},
+                             {i: _purchase(v) for i, v in bought.items()},
                              unpack_record(last_rec) if last_rec else None)
 
         forgetters = list(dict.fromkeys(e.user_id for e in dedupable if isinstance(e, Forget)))
@@ -372,8 +394,10 @@ class Recommender:
                 user.cart.pop(e.item_id, None)
         else:  # purchase
             user.cart.pop(e.item_id, None)
-            user.bought.add(e.item_id)
-            writes.append(("sadd", k.bought(user.user_id), e.item_id))
+            count, last = user.bought.get(e.item_id, (0, e.ts))
+            user.bought[e.item_id] = (count + 1, max(last, e.ts))
+            writes.append(("hset", k.purchases(user.user_id),
+                           {e.item_id: f"{count + 1}|{max(last, e.ts)!r}"}))
             self._interact(user, e.item_id, cfg.weight_purchase, e.ts, writes)
         writes.append(("hincr", k.profile(user.user_id), e.action, 1.0))
         user.dirty.add("cart")
@@ -416,7 +440,7 @@ class Recommender:
             forget = getattr(source, "forget", None)
             if forget is not None:
                 forget(u)
-        user.recent, user.session_items, user.cart, user.bought = [], [], {}, set()
+        user.recent, user.session_items, user.cart, user.bought = [], [], {}, {}
         user.session_id, user.session_last, user.last_rec = "", 0.0, None
         user.dirty.clear()
 

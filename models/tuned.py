@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from models.candidates import CandidateSource
+from models.candidates.buy_again import BuyAgain
 from models.candidates.covis import CoVisitation
 from models.candidates.popular import Popularity
 from models.candidates.sequential import Sequential
@@ -65,6 +66,8 @@ def build(profile: str | dict[str, Any], store: FeatureStore, keys: Keys, k: int
             sources.append(CoVisitation(store, keys, **opts))
         elif name == "popular":
             sources.append(Popularity(store, keys, **opts))
+        elif name == "buy_again":
+            sources.append(BuyAgain(**opts))
         elif name == "content":
             source = content(store, keys) if content is not None else None
             if source is not None:  # None: no text encoder installed

@@ -112,12 +112,7 @@ class Runtime:
             source_store = ItemSideCache(self.store, self.keys, ttl_s=settings.item_cache_s)
         cfg, sources, prior, warmup = tuned.build(settings.profile, source_store, self.keys, k=settings.k,
                                                   content=content)
-        if settings.exclude_purchased is not None:
-            cfg.exclude_purchased = settings.exclude_purchased
-        if settings.exclude_in_cart is not None:
-            cfg.exclude_in_cart = settings.exclude_in_cart
-        if settings.exclude_current is not None:
-            cfg.exclude_current = settings.exclude_current
+        settings.apply_business_rules(cfg)
         cfg.session_gap_s, cfg.dedupe_ttl_s = settings.session_gap_s, settings.dedupe_ttl_s
         cfg.rec_ttl_s = settings.rec_ttl_s
         cfg.coalesce_per_user = settings.coalesce_per_user

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -88,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             from streams.replay import run_replay
 
-            settings = load_settings(redis_url=args.redis_url or "memory://") if args.redis_url else None
+            # the environment's business rules (STREAMREC_EXCLUDE_*, _REPURCHASE_AFTER_DAYS)
+            # apply as in the worker; the store is in memory unless a Redis is named
+            settings = load_settings(redis_url=args.redis_url or os.environ.get("STREAMREC_REDIS_URL", "memory://"))
             run_replay(args.path, args.format, k=args.k, report=args.report, baselines=args.baselines,
                        no_content=args.no_content, plot=args.plot, settings=settings, limit=args.limit)
             return 0

@@ -88,9 +88,12 @@ def _open_store(url: str, clock: ReplayClock):
 
 
 def build_recommender(profile: str, k: int, store: Any, keys: Keys, clock: ReplayClock,
-                      content: Callable | None = None) -> Recommender:
-    """A ``Recommender`` with the tuned settings of ``profile`` and deterministic ids."""
+                      content: Callable | None = None, settings: Any = None) -> Recommender:
+    """A ``Recommender`` with the tuned settings of ``profile`` and deterministic ids,
+    and the business rules that ``settings`` sets (as the worker applies them)."""
     cfg, sources, prior, warmup = tuned.build(profile, store, keys, k=k, content=content)
+    if settings is not None:
+        settings.apply_business_rules(cfg)
     ranker = Ranker([s.name for s in sources], prior=prior, warmup=warmup)
     sessions = iter(range(1, 1 << 62))
     recs = iter(range(1, 1 << 62))
@@ -238,7 +241,7 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
         clock = ReplayClock()
         store = _open_store(url, clock)
         try:
-            recommender = build_recommender(profile, k, store, Keys(prefix), clock, content)
+            recommender = build_recommender(profile, k, store, Keys(prefix), clock, content, settings)
             result = await replay(recording, recommender, clock, k=k, baselines=baselines,
                                   limit=limit, progress=progress, total=recording.total)
             result["sources"] = [s.name for s in recommender.sources]

@@ -15,7 +15,7 @@ False
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     exclude_in_cart: bool | None = None
     #: Leave out the item being viewed (unset = profile: events keep it, re-views are common).
     exclude_current: bool | None = None
+    repurchase_after_days: float | None = Field(None, ge=0, description=(
+        "with purchased items excluded, how long after its last purchase an item may be "
+        "recommended to the shopper again (the buy_again source proposes it); unset: never "
+        "again (durable goods). Set it for consumables, groceries or wholesale"))
     session_gap_s: float = Field(1800.0, gt=0, description="inactivity that starts a new session")
     coalesce_per_user: bool = Field(True, description=(
         "a shopper with several clicks/carts in one batch gets one list computed after the "
@@ -110,6 +114,23 @@ class Settings(BaseSettings):
         if not v.split("://", 1)[0] in ("redis", "rediss", "memory", "unix", "valkey", "valkeys"):
             raise ValueError("must start with redis://, rediss://, unix:// or memory://")
         return v
+
+    def apply_business_rules(self, cfg: Any) -> Any:
+        """Put the business rules that are set (``exclude_*``, ``repurchase_after_days``)
+        on a ``RecommenderConfig``, over the tuned profile's; the worker and
+        ``streamrec replay`` both call this, so a replay scores the rules the worker runs.
+
+        >>> from models.pipeline import RecommenderConfig
+        >>> cfg = Settings(repurchase_after_days=14).apply_business_rules(RecommenderConfig())
+        >>> cfg.exclude_purchased, cfg.repurchase_after_s
+        (True, 1209600.0)
+        """
+        for name in ("exclude_purchased", "exclude_in_cart", "exclude_current"):
+            if getattr(self, name) is not None:
+                setattr(cfg, name, getattr(self, name))
+        if self.repurchase_after_days is not None:
+            cfg.repurchase_after_s = self.repurchase_after_days * 86_400.0
+        return cfg
 
     @property
     def kafka_bootstrap(self) -> list[str]:

@@ -170,7 +170,7 @@ async def test_a_never_bought_item_reaches_the_list_through_the_tuned_profile(en
 
     cfg, sources, prior, warmup = tuned.build("events", store, keys, k=8, content=content)
     assert [s.name for s in sources] == ["session_knn", "sequential", "covis", "content", "new_items",
-                                         "popular"]
+                                         "buy_again", "popular"]
     rec = Recommender(store, keys, cfg, sources=sources, ranker=Ranker([s.name for s in sources], prior=prior,
                                                                         warmup=warmup))
     titles = {"mug": "red ceramic coffee mug", "hose": "garden hose with spray nozzle",

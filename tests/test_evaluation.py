@@ -122,3 +122,16 @@ def test_periods_of_a_short_stream_are_days_and_empty_without_cases():
         p.score(Click(f"e{n}", "u", "a", 1_704_067_200.0 + n * 50_000))
     assert p.periods()["unit"] == "day"
     assert [r["cases"] for r in p.periods()["rows"]] == [2, 1]
+
+
+def test_bought_before_counts_cases_whose_target_the_shopper_had_bought():
+    p = Prequential(k=2)
+    for n, (user, item, action) in enumerate([("u", "tea", "purchase"), ("u", "tea", "purchase"),
+                                              ("v", "tea", "purchase"), ("u", "mug", "add"),
+                                              ("u", "tea", "add"), ("u", "mug", "purchase")]):
+        p.shown(user, ["tea", "cup"])
+        p.score(Cart(f"e{n}", user, item, action, float(n)))
+    s = p.slices()["bought_before"]
+    # u's second tea purchase and u's tea cart add; v had never bought tea, and a cart add
+    # of mug makes no purchase
+    assert s["cases"] == 2 and s["hit_rate@2"] == 1.0

@@ -106,6 +106,8 @@ async def test_forget_erases_every_per_user_key_and_restarts_fresh(backend):
     assert any("{u:u3}" in k for k in before)
     u3_sessions = (await store.read([("lrange", keys.session_ids("u3"), 100)]))[0]
     assert u3_sessions
+    assert (await store.read([("hgetall", keys.purchases("u3"))]))[0]
+    await store.write([("sadd", keys.bought("u3"), "i1")])  # the set that releases before kept
     out = await rec.handle([Forget("f1", "u3", T0 + 10_000)])
     assert out.forgotten == ["u3"]
     after = await dump_store(store, keys.prefix, url)
@@ -226,3 +228,43 @@ async def test_concurrent_sources_propose_exactly_what_sequential_ones_do():
         many = await gather_candidates(default_sources(store, keys), ctx, 5, concurrent=True)
         assert list(one) == list(many)
         assert [(c.signals, c.because) for c in one.values()] == [(c.signals, c.because) for c in many.values()]
+
+
+async def test_a_purchase_stays_out_for_good_by_default_and_comes_back_after_the_repurchase_window(backend):
+    """Durable goods (the default): never again. Consumables: after the shop's window,
+    the shopper's own purchases come back through ``buy_again``, truthfully explained."""
+    from models.candidates.buy_again import BuyAgain
+    from models.candidates.popular import Popularity
+
+    store, keys, _ = backend
+    day = 86_400.0
+
+    def shop(**cfg):
+        ids = iter(range(10**9))
+        sources = [BuyAgain(), Popularity(store, keys)]
+        return Recommender(store, keys, RecommenderConfig(k=5, **cfg), sources=sources, clock=lambda: T0,
+                           new_session_id=lambda: f"s{next(ids)}", new_rec_id=lambda: f"r{next(ids)}")
+
+    history = [Cart("p1", "ann", "tea", "purchase", T0), Cart("p2", "ann", "tea", "purchase", T0 + day),
+               Cart("p3", "ann", "soap", "purchase", T0 + day)]
+    forever = shop()
+    await forever.handle(history)
+    [later] = (await forever.handle([Click("c1", "ann", "mug", T0 + 60 * day)])).recommendations
+    assert not {"tea", "soap"} & {i.item_id for i in later.items}
+
+    weekly = shop(repurchase_after_s=7 * day)
+    [soon] = (await weekly.handle([Click("c2", "ann", "mug", T0 + 3 * day)])).recommendations
+    assert not {"tea", "soap"} & {i.item_id for i in soon.items}
+    [after] = (await weekly.handle([Click("c3", "ann", "mug", T0 + 9 * day)])).recommendations
+    again = [i for i in after.items if "buy_again" in i.sources]
+    # bought twice beats bought once at the same age
+    assert [i.item_id for i in again] == ["tea", "soap"]
+    assert all(i.reason == "You bought this before" for i in again)
+    # the purchase record counts each purchase once, redelivery included
+    await weekly.handle(history)
+    [blob] = await store.read([("hgetall", keys.purchases("ann"))])
+    assert blob == {"tea": f"2|{T0 + day!r}", "soap": f"1|{T0 + day!r}"}
+    # bought again on day 9: out for another week
+    await weekly.handle([Cart("p4", "ann", "tea", "purchase", T0 + 9 * day)])
+    [next_day] = (await weekly.handle([Click("c4", "ann", "mug", T0 + 10 * day)])).recommendations
+    assert "tea" not in {i.item_id for i in next_day.items} and "soap" in {i.item_id for i in next_day.items}

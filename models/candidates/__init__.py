@@ -26,7 +26,8 @@ class Context:
     #: The user's recent items across sessions, newest first.
     recent_items: list[str]
     cart: dict[str, int] = field(default_factory=dict)
-    bought: set[str] = field(default_factory=set)
+    #: item -> (times bought, event time of the last purchase)
+    bought: dict[str, tuple[int, float]] = field(default_factory=dict)
     #: Items that business rules keep out of the list.
     exclude: set[str] = field(default_factory=set)
     #: Opaque id of the current session.

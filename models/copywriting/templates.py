@@ -21,6 +21,8 @@ from models.copywriting.prompt import CopyContext, ItemSignal, prompt_items
 
 #: Source name fragment -> (headline lead, "why" phrase). Checked in order; first match wins.
 _SOURCES: list[tuple[tuple[str, ...], str, str]] = [
+    (("buy_again", "reorder", "repurchase"), "Buy it again", "you bought these before"),
+    (("new_items",), "New in the shop", "new items like ones you looked at"),
     (("covis", "co-vis", "together", "also"), "Goes well with what you viewed",
      "shoppers who viewed the same items also viewed these"),
     (("next", "session", "sequence", "sknn"), "Picking up where you left off",

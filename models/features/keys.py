@@ -40,8 +40,13 @@ class Keys:
         """Hash item_id -> quantity in the cart."""
         return self._u(user_id, "cart")
 
+    def purchases(self, user_id: str) -> str:
+        """Hash item_id -> ``"times bought|event time of the last purchase"``."""
+        return self._u(user_id, "purchases")
+
     def bought(self, user_id: str) -> str:
-        """Set of item ids the user purchased."""
+        """Set of item ids the user purchased, as written by releases before the
+        ``purchases`` hash; no longer read or written, still erased with the user."""
         return self._u(user_id, "bought")
 
     def profile(self, user_id: str) -> str:
@@ -67,7 +72,7 @@ class Keys:
     def user_keys(self, user_id: str) -> list[str]:
         """Every per-user key, for erasure."""
         return [self.recent(user_id), self.session(user_id), self.session_ids(user_id),
-                self.cart(user_id), self.bought(user_id), self.profile(user_id),
+                self.cart(user_id), self.purchases(user_id), self.bought(user_id), self.profile(user_id),
                 self.latest_rec(user_id), self.latest_enriched(user_id), self.last_rec(user_id),
                 self.user_vector(user_id)]
 
