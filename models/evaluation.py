@@ -234,15 +234,16 @@ class Prequential:
         ``unit`` is ``"month"``, ``"week"`` (ISO) or ``"day"``; by default the coarsest
         that gives several periods: months when the cases span over 62 days, weeks over
         14 days, else days. Returns ``{"unit": ..., "rows": [{"period": ..., "cases":
-        ..., "hit_rate@K": ..., ...}, ...]}`` in time order.
+        ..., "hit_rate@K": ..., ..., "bought_before": N}, ...]}`` in time order, where
+        ``bought_before`` counts the period's cases whose target the shopper had bought.
 
         >>> from models.events import Click
         >>> p = Prequential(k=1)
         >>> for n, (day, item) in enumerate([(1, "a"), (1, "b"), (40, "a"), (80, "a")]):
         ...     p.shown("u", ["a"])
         ...     _ = p.score(Click(f"e{n}", "u", item, 1_700_000_000.0 + day * 86_400))
-        >>> [(r["period"], r["cases"], r["hit_rate@1"]) for r in p.periods()["rows"]]
-        [('2023-11', 2, 0.5), ('2023-12', 1, 1.0), ('2024-02', 1, 1.0)]
+        >>> [(r["period"], r["cases"], r["hit_rate@1"], r["bought_before"]) for r in p.periods()["rows"]]
+        [('2023-11', 2, 0.5, 0), ('2023-12', 1, 1.0, 0), ('2024-02', 1, 1.0, 0)]
         """
         ts = self.case_ts
         if unit is None:
@@ -252,9 +253,13 @@ class Prequential:
                  "week": lambda d: "%04d-W%02d" % d.isocalendar()[:2],
                  "day": lambda d: d.strftime("%Y-%m-%d")}[unit]
         groups: dict[str, list[int]] = {}
-        for rank, t in zip(self.metrics.ranks, ts):
-            groups.setdefault(label(datetime.fromtimestamp(t, timezone.utc)), []).append(rank)
-        rows = [{"period": key, **summarize(ranks, self.k)} for key, ranks in sorted(groups.items())]
+        repeats: Counter[str] = Counter()
+        for rank, t, before in zip(self.metrics.ranks, ts, self.case_bought_before):
+            key = label(datetime.fromtimestamp(t, timezone.utc))
+            groups.setdefault(key, []).append(rank)
+            repeats[key] += before
+        rows = [{"period": key, **summarize(ranks, self.k), "bought_before": repeats[key]}
+                for key, ranks in sorted(groups.items())]
         return {"unit": unit, "rows": rows}
 
     def report(self) -> dict:

@@ -317,12 +317,12 @@ def period_table(report: dict[str, Any]) -> list[str]:
     """Lines of HR@K per calendar period, ours beside each baseline (none for one period).
 
     >>> r = {"k": 1, "periods": {"unit": "month", "rows": [
-    ...     {"period": "2024-01", "cases": 2, "hit_rate@1": 0.5, "mrr@1": 0.5},
-    ...     {"period": "2024-02", "cases": 1, "hit_rate@1": 1.0, "mrr@1": 1.0}]}}
+    ...     {"period": "2024-01", "cases": 2, "hit_rate@1": 0.5, "mrr@1": 0.5, "bought_before": 1},
+    ...     {"period": "2024-02", "cases": 1, "hit_rate@1": 1.0, "mrr@1": 1.0, "bought_before": 0}]}}
     >>> print("\\n".join(period_table(r)))
-    by month        cases  streamrec HR@1  streamrec MRR@1
-    2024-01             2           50.00            50.00
-    2024-02             1          100.00           100.00
+    by month        cases  bought before  streamrec HR@1  streamrec MRR@1
+    2024-01             2         50.00%           50.00            50.00
+    2024-02             1          0.00%          100.00           100.00
     """
     periods = report.get("periods") or {}
     rows = periods.get("rows", [])
@@ -331,11 +331,12 @@ def period_table(report: dict[str, Any]) -> list[str]:
     k = report["k"]
     others = {name: {r["period"]: r for r in b.get("periods", {}).get("rows", [])}
               for name, b in report.get("baselines", {}).items()}
-    head = ["cases", f"streamrec HR@{k}", f"streamrec MRR@{k}"] + [f"{n} HR@{k}" for n in others]
+    head = ["cases", "bought before", f"streamrec HR@{k}", f"streamrec MRR@{k}"] + [f"{n} HR@{k}" for n in others]
     widths = [max(len(h) + 2, 9) for h in head]
     lines = [f"by {periods['unit']}".ljust(12) + "".join(h.rjust(w) for h, w in zip(head, widths))]
     for r in rows:
-        vals = [f"{r['cases']:,}", _pct(r[f"hit_rate@{k}"]), _pct(r[f"mrr@{k}"])]
+        vals = [f"{r['cases']:,}", _pct(r.get("bought_before", 0) / max(r["cases"], 1)) + "%",
+                _pct(r[f"hit_rate@{k}"]), _pct(r[f"mrr@{k}"])]
         vals += [_pct(o.get(r["period"], {}).get(f"hit_rate@{k}")) for o in others.values()]
         lines.append(r["period"].ljust(12) + "".join(v.rjust(w) for v, w in zip(vals, widths)))
     return lines

@@ -135,3 +135,6 @@ def test_bought_before_counts_cases_whose_target_the_shopper_had_bought():
     # u's second tea purchase and u's tea cart add; v had never bought tea, and a cart add
     # of mug makes no purchase
     assert s["cases"] == 2 and s["hit_rate@2"] == 1.0
+    # the periods count them too (all six events fall on one day)
+    [day] = p.periods()["rows"]
+    assert day["cases"] == 6 and day["bought_before"] == 2
