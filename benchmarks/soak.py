@@ -175,9 +175,9 @@ def main() -> None:
                "STREAMREC_WEB_PORT": "0", "STREAMREC_LLM_BASE_URL": "template",
                "STREAMREC_PARTITIONS": str(a.partitions)}
         if a.worker == "passthrough":
-            from streams.bench import _start_passthrough
+            from streams.bench import start_passthrough
 
-            worker = services.start(_start_passthrough(env, logdir / "worker.log"))
+            worker = services.start(start_passthrough(env, logdir / "worker.log"))
             out_topic, trigger_of = "passthrough-out", "event_id"
         else:
             worker = services.start(start_worker(env, logdir / "worker.log"))

@@ -395,9 +395,9 @@ class Recommender:
         else:  # purchase
             user.cart.pop(e.item_id, None)
             count, last = user.bought.get(e.item_id, (0, e.ts))
-            user.bought[e.item_id] = (count + 1, max(last, e.ts))
-            writes.append(("hset", k.purchases(user.user_id),
-                           {e.item_id: f"{count + 1}|{max(last, e.ts)!r}"}))
+            count, last = count + 1, max(last, e.ts)
+            user.bought[e.item_id] = (count, last)
+            writes.append(("hset", k.purchases(user.user_id), {e.item_id: f"{count}|{last!r}"}))
             self._interact(user, e.item_id, cfg.weight_purchase, e.ts, writes)
         writes.append(("hincr", k.profile(user.user_id), e.action, 1.0))
         user.dirty.add("cart")

@@ -155,7 +155,7 @@ def run_bench(events: int = 20000, rate: float = 500.0, redis_url: str | None = 
                    "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_COPY_IN_WORKER": "false",
                    "STREAMREC_PARTITIONS": "4"}
             if module_args:
-                worker = _start_passthrough(env, logdir / f"{name}.log")
+                worker = start_passthrough(env, logdir / f"{name}.log")
             else:
                 worker = start_worker(env, logdir / f"{name}.log")
             try:
@@ -200,7 +200,8 @@ def _batch_splits(log: Path) -> int:
     return log.read_text(errors="replace").count(BATCH_SPLIT_MARK) if log.exists() else 0
 
 
-def _start_passthrough(env: dict, log: Path):
+def start_passthrough(env: dict, log: Path):
+    """Start the bare pass-through agent (``passthrough_main``) with ``env``; returns once it is ready."""
     from streams.embedded import _spawn, Service
 
     full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
