@@ -5,14 +5,24 @@ Both run as separate processes on the same embedded broker, with the same batchi
 
 - throughput: N events produced as fast as possible; events/s = N / (time from the
   first produce to the last output read back);
-- latency: events paced at ``--rate`` per second; latency = time the output is read
-  back minus the time its input was handed to the producer (p50/p95/p99);
+- latency: events paced at ``--rate`` per second (20 s of them, or ``--events`` if
+  fewer; several rates give one run each, lowest first); latency = time the output
+  is read back minus the time its input was handed to the producer (p50/p95/p99);
+  the summary names the highest rate whose p99 stayed under ``--slo-ms``;
 - worker CPU per event: the worker process's user + system CPU time during the
   throughput run over the events it answered, steadier from run to run on a shared
   machine than events/s.
 
 Both first receive a 5,000-item catalog; the streamrec worker's measurements start
 once it has embedded every title (content candidates on, as in production).
+
+Each paced run reads fresh topics, through a fresh worker process on the same store
+(a restarted worker: its features, models and catalog vectors carry over), after
+``LATENCY_WARM`` unpaced events. The embedded broker's fetches cost more with every
+batch stored in the partition they read (``benchmarks/soak.py`` has the measurements),
+and at these rates every event is a batch of its own; a Kafka broker finds an offset
+through its log index instead. Fresh topics keep one run's history out of the next
+run's figures; the history a run builds during its own 20 seconds stays in them.
 
 The pass-through agent decodes nothing and recommends nothing: it forwards each
 value to an output topic. The ratio between the two is the cost of the recommender.
@@ -21,6 +31,7 @@ value to an output topic. The ratio between the two is the cost of the recommend
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -29,6 +40,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Sequence
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -41,7 +53,9 @@ from streams.simulate import catalog, simulate_shoppers
 async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dict], rate: float | None,
                    id_of, worker_pid: int | None = None, timeout_s: float = 300.0) -> dict:
     """Produce ``events``; read ``out_topic`` until one output per event arrived; with
-    ``worker_pid``, also the CPU time that process spent per event meanwhile."""
+    ``worker_pid``, also the CPU time that process spent per event meanwhile.
+    ``id_of(output)`` is (the input's event id, the worker's own time for it in ms or
+    None): the part of the end-to-end time spent inside the worker's batch."""
     consumer = AIOKafkaConsumer(out_topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
                                 group_id=f"bench-{uuid.uuid4().hex[:6]}", fetch_max_wait_ms=5)
     await consumer.start()
@@ -53,6 +67,7 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
     await producer.start()
     sent_at: dict[str, float] = {}
     lat: list[float] = []
+    inside: list[float] = []
     done = asyncio.Event()
 
     async def read() -> None:
@@ -61,9 +76,12 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
             now = time.perf_counter()
             for msgs in batch.values():
                 for m in msgs:
-                    t = sent_at.pop(id_of(m.value), None)
+                    event_id, worker_ms = id_of(m.value)
+                    t = sent_at.pop(event_id, None)
                     if t is not None:
                         lat.append((now - t) * 1000)
+                        if worker_ms is not None:
+                            inside.append(worker_ms)
         done.set()
 
     reader = asyncio.create_task(read())
@@ -93,15 +111,18 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
             "events_per_s": round(len(lat) / elapsed, 1),
             "p50_ms": round(percentile(lat, 50), 2), "p95_ms": round(percentile(lat, 95), 2),
             "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(max(lat), 2) if lat else None,
+            "worker_p50_ms": round(percentile(inside, 50), 2) if inside else None,
+            "worker_p99_ms": round(percentile(inside, 99), 2) if inside else None,
             "worker_cpu_ms_per_event": None if math.isnan(cpu) else round(cpu * 1000 / max(len(lat), 1), 3)}
 
 
-def _rec_trigger(value: bytes) -> str:
-    return orjson.loads(value)["trigger_event_id"]
+def _rec_trigger(value: bytes) -> tuple[str, float | None]:
+    rec = orjson.loads(value)
+    return rec["trigger_event_id"], rec.get("latency_ms")
 
 
-def _passthrough_id(value: bytes) -> str:
-    return orjson.loads(value)["event_id"]
+def _passthrough_id(value: bytes) -> tuple[str, None]:
+    return orjson.loads(value)["event_id"], None
 
 
 async def _seed(bootstrap: str, prefix: str, events: list[dict]) -> None:
@@ -131,56 +152,82 @@ async def _wait_for_vectors(redis_url: str, prefix: str, item_ids: list[str], ti
         await store.close()
 
 
-def run_bench(events: int = 20000, rate: float = 500.0, redis_url: str | None = None,
-              report: str | None = None, latency_events: int | None = None) -> dict:
-    """Run both workers through both measurements; print a table; return the results."""
+def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_url: str | None = None,
+              report: str | None = None, latency_events: int | None = None, slo_ms: float = 100.0) -> dict:
+    """Run both workers through both measurements; print a table; return the results.
+
+    ``rate`` may be several paced rates: the latency run is repeated at each (lowest
+    first, on fresh events), and the summary names the highest rate whose p99 stayed
+    under ``slo_ms`` (``sustained_rate``). Each paced run reads fresh topics through a
+    fresh worker process (see the module's docstring)."""
     exit_on_sigterm()
+    rates = sorted({float(r) for r in ([rate] if isinstance(rate, (int, float)) else rate)})
     logdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     broker = start_broker(log_dir=logdir)
     redis = None if redis_url else start_redis(log_dir=logdir)
     redis_url = redis_url or f"redis://127.0.0.1:{redis.port}/0"
     bootstrap = f"127.0.0.1:{broker.port}"
-    n_lat = latency_events or int(min(events, rate * 20))
-    stream = list(simulate_shoppers(events + n_lat + 2000, seed=42))
-    warm, thr, lat = stream[:2000], stream[2000:2000 + events], stream[2000 + events:]
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "events": events, "rate": rate}
+    n_lat = [latency_events or int(min(events, r * 20)) for r in rates]
+    stream = iter(simulate_shoppers(2000 + events + sum(n_lat) + LATENCY_WARM * len(rates), seed=42))
+
+    def take(n: int) -> list[dict]:
+        return list(itertools.islice(stream, n))
+
+    warm, thr = take(2000), take(events)
+    lat = [(take(LATENCY_WARM), take(n)) for n in n_lat]
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "events": events, "rates": rates, "slo_ms": slo_ms}
     try:
-        for name, module_args, out_topic, id_of in (
-                ("passthrough", ("-m", "streams.bench", "passthrough"), "passthrough-out", _passthrough_id),
-                ("streamrec", None, "recommendations", _rec_trigger)):
-            prefix = f"b{uuid.uuid4().hex[:6]}-"
-            env = {"STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "STREAMREC_REDIS_URL": redis_url,
-                   "STREAMREC_TOPIC_PREFIX": prefix, "STREAMREC_KEY_PREFIX": prefix,
-                   "STREAMREC_APP_ID": f"bench-{prefix}", "STREAMREC_WEB_PORT": "0",
-                   "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_COPY_IN_WORKER": "false",
-                   "STREAMREC_PARTITIONS": "4"}
-            if module_args:
-                worker = start_passthrough(env, logdir / f"{name}.log")
-            else:
-                worker = start_worker(env, logdir / f"{name}.log")
+        for name, out_topic, id_of in (("passthrough", "passthrough-out", _passthrough_id),
+                                       ("streamrec", "recommendations", _rec_trigger)):
+            keys = f"b{uuid.uuid4().hex[:6]}-"
+            start = start_passthrough if name == "passthrough" else start_worker
+
+            def env(topics: str) -> dict:
+                return {"STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "STREAMREC_REDIS_URL": redis_url,
+                        "STREAMREC_TOPIC_PREFIX": topics, "STREAMREC_KEY_PREFIX": keys,
+                        "STREAMREC_APP_ID": f"bench-{topics}", "STREAMREC_WEB_PORT": "0",
+                        "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_COPY_IN_WORKER": "false",
+                        "STREAMREC_PARTITIONS": "4"}
+
+            def measure(topics: str, part: list[dict], paced: float | None, pid: int | None = None) -> dict:
+                return asyncio.run(_measure(bootstrap, topics, topics + out_topic, part, paced, id_of, pid))
+
+            worker = start(env(keys), logdir / f"{name}.log")
             try:
                 items = catalog(5000)
-                asyncio.run(_seed(bootstrap, prefix, items))
-                if not module_args:  # measure the recommender, not the catalog's first embedding
-                    asyncio.run(_wait_for_vectors(redis_url, prefix, [e["value"]["item_id"] for e in items]))
-                asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, warm, None, id_of))
-                pid = worker.proc.pid
-                results[name] = {
-                    "throughput": asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, thr, None, id_of, pid)),
-                    "latency": asyncio.run(_measure(bootstrap, prefix, prefix + out_topic, lat, rate, id_of, pid)),
-                }
+                asyncio.run(_seed(bootstrap, keys, items))
+                if name == "streamrec":  # measure the recommender, not the catalog's first embedding
+                    asyncio.run(_wait_for_vectors(redis_url, keys, [e["value"]["item_id"] for e in items]))
+                measure(keys, warm, None)
+                results[name] = {"throughput": measure(keys, thr, None, worker.proc.pid), "latency": []}
             finally:
                 worker.stop()
-            results[name]["batch_splits"] = _batch_splits(logdir / f"{name}.log")
-            if results[name]["batch_splits"]:
-                print(f"WARNING: {name} redid {results[name]['batch_splits']} batches one event at a time "
-                      f"(a batch raised; see {logdir / f'{name}.log'}): its figures are not the normal path's",
+            for r, (warm_up, part) in zip(rates, lat):
+                # fresh topics, the same store: a restarted worker on the state built so far
+                topics = f"{keys}r{r:.0f}-"
+                worker = start(env(topics), logdir / f"{name}-{r:.0f}.log")
+                try:
+                    measure(topics, warm_up, None)
+                    results[name]["latency"].append({"rate": r, **measure(topics, part, r, worker.proc.pid)})
+                finally:
+                    worker.stop()
+            res = results[name]
+            res["sustained_rate"] = sustained_rate(res["latency"], slo_ms)
+            res["batch_splits"] = sum(_batch_splits(log) for log in logdir.glob(f"{name}*.log"))
+            if res["batch_splits"]:
+                print(f"WARNING: {name} redid {res['batch_splits']} batches one event at a time "
+                      f"(a batch raised; see the {name}*.log files in {logdir}): its figures are not the normal path's",
                       flush=True)
-            print(f"{name:12s} throughput {results[name]['throughput']['events_per_s']:>9,.0f} events/s   "
-                  f"at {rate:.0f}/s: p50 {results[name]['latency']['p50_ms']:.1f} ms  "
-                  f"p99 {results[name]['latency']['p99_ms']:.1f} ms   "
-                  f"worker CPU {results[name]['throughput']['worker_cpu_ms_per_event'] or math.nan:.2f} ms/event",
-                  flush=True)
+            print(f"{name:12s} throughput {res['throughput']['events_per_s']:>9,.0f} events/s   "
+                  f"worker CPU {res['throughput']['worker_cpu_ms_per_event'] or math.nan:.2f} ms/event", flush=True)
+            for row in res["latency"]:
+                inside = (f"  inside the worker p50 {row['worker_p50_ms']:.1f} ms  p99 {row['worker_p99_ms']:.1f} ms"
+                          if row["worker_p50_ms"] is not None else "")
+                print(f"{'':12s} at {row['rate']:>5.0f}/s: p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  "
+                      f"({row['outputs']}/{row['events']} answered){inside}", flush=True)
+            best = res["sustained_rate"]
+            print(f"{'':12s} p99 under {slo_ms:.0f} ms up to: "
+                  + (f"{best:.0f} events/s of those measured" if best else "none of the rates measured"), flush=True)
     finally:
         broker.stop()
         if redis:
@@ -191,6 +238,30 @@ def run_bench(events: int = 20000, rate: float = 500.0, redis_url: str | None = 
     if report:
         Path(report).write_text(json.dumps(results, indent=2))
     return results
+
+
+#: Events each paced run's fresh worker gets unpaced before its clock starts.
+LATENCY_WARM = 500
+
+
+def sustained_rate(latency: Sequence[dict], slo_ms: float) -> float | None:
+    """The highest paced rate up to which every run answered all its events with p99
+    under ``slo_ms`` (rates above the first miss do not count); None if the lowest missed.
+
+    >>> runs = [{"rate": 100, "p99_ms": 40, "events": 9, "outputs": 9},
+    ...         {"rate": 300, "p99_ms": 90, "events": 9, "outputs": 9},
+    ...         {"rate": 500, "p99_ms": 900, "events": 9, "outputs": 9}]
+    >>> sustained_rate(runs, 100)
+    300
+    >>> sustained_rate(runs, 10) is None
+    True
+    """
+    best = None
+    for row in sorted(latency, key=lambda r: r["rate"]):
+        if row["outputs"] < row["events"] or not row["p99_ms"] < slo_ms:
+            break
+        best = row["rate"]
+    return best
 
 
 def _batch_splits(log: Path) -> int:
@@ -218,9 +289,7 @@ def start_passthrough(env: dict, log: Path):
 
 def passthrough_main() -> None:
     """A bare Faust agent with the worker's batching: forward each value, nothing else."""
-    from faust.worker import Worker
-
-    from streams.app import StreamrecApp
+    from streams.app import StreamrecApp, faust_worker
     from streams.settings import load_settings
 
     s = load_settings()
@@ -241,7 +310,7 @@ def passthrough_main() -> None:
     async def ready() -> None:
         print("passthrough ready", flush=True)
 
-    Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    faust_worker(app, "warning").execute_from_commandline()
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["passthrough"]:

@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="throughput, latency and CPU per event of one worker "
                                      "next to a bare Faust pass-through")
     b.add_argument("--events", type=int, default=20000)
-    b.add_argument("--rate", type=float, default=500.0, help="paced rate for the latency run")
+    b.add_argument("--rate", type=float, nargs="+", default=[500.0],
+                   help="paced rate(s) for the latency run, events/s (several: one run each, lowest first)")
+    b.add_argument("--slo-ms", type=float, default=100.0,
+                   help="report the highest measured rate whose p99 stays under this")
     b.add_argument("--redis-url", help="use this store instead of an embedded Redis")
     b.add_argument("--report", help="write the JSON results here")
 
@@ -117,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             from streams.bench import run_bench
 
-            run_bench(events=args.events, rate=args.rate, redis_url=args.redis_url, report=args.report)
+            run_bench(events=args.events, rate=args.rate, redis_url=args.redis_url, report=args.report,
+                      slo_ms=args.slo_ms)
             return 0
         if args.command == "forget":
             import asyncio
