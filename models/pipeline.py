@@ -136,6 +136,10 @@ class _User:
     bought: dict[str, tuple[int, float]]
     last_rec: dict[str, Any] | None
     dirty: set[str] = field(default_factory=set)
+    #: When the set earlier releases kept purchases in (``Keys.bought``) still exists:
+    #: its items not in the purchase record, moved there by this batch's write (which
+    #: deletes the set). None when there is no such set.
+    legacy_bought: set[str] | None = None
 
     def context(self, now: float, cfg: RecommenderConfig) -> Context:
         exclude: set[str] = set()
@@ -232,10 +236,10 @@ class Recommender:
         # when the ranker does not learn and nothing in the batch refers to a list.
         need_last = cfg.learn_ranker or any(
             isinstance(e, Feedback) or (isinstance(e, Click) and e.rec_id) for e in dedupable)
-        per_user = 5 if need_last else 4
+        per_user = 6 if need_last else 5
         for u in user_ids:
             reads += [("get", k.recent(u)), ("hgetall", k.session(u)),
-                      ("hgetall", k.cart(u)), ("hgetall", k.purchases(u))]
+                      ("hgetall", k.cart(u)), ("hgetall", k.purchases(u)), ("smembers", k.bought(u))]
             if need_last:
                 reads.append(("get", k.last_rec(u)))
         got = await self.store.read(reads)
@@ -243,15 +247,19 @@ class Recommender:
         users: dict[str, _User] = {}
         pos = 1
         for u in user_ids:
-            recent, sess, cart, bought = got[pos:pos + 4]
-            last_rec = got[pos + 4] if need_last else None
+            recent, sess, cart, bought, legacy = got[pos:pos + 5]
+            last_rec = got[pos + 5] if need_last else None
             pos += per_user
+            purchases = {i: _purchase(v) for i, v in bought.items()}
+            # An earlier release's purchases (a set, no count or time): bought once, long
+            # ago. They stay out under the default rule, as they did.
+            legacy = set(legacy) - purchases.keys() if legacy else None
+            purchases.update({i: (1, 0.0) for i in legacy or ()})
             users[u] = _User(u, recent.decode().split(SEP) if recent else [],
                              sess.get("id", ""), float(sess.get("last", 0) or 0),
                              [x for x in sess.get("items", "").split(SEP) if x],
-                             {i: int(float(q)) for i, q in cart.items()},
-                             {i: _purchase(v) for i, v in bought.items()},
-                             unpack_record(last_rec) if last_rec else None)
+                             {i: int(float(q)) for i, q in cart.items()}, purchases,
+                             unpack_record(last_rec) if last_rec else None, legacy_bought=legacy)
 
         forgetters = list(dict.fromkeys(e.user_id for e in dedupable if isinstance(e, Forget)))
         forget_sessions = dict(zip(forgetters, await self.store.read(
@@ -424,6 +432,11 @@ class Recommender:
             writes.append(("delete", k.cart(u)))
             if user.cart:
                 writes.append(("hset", k.cart(u), {i: str(q) for i, q in user.cart.items()}))
+        if user.legacy_bought is not None:
+            moved = {i: user.bought[i] for i in user.legacy_bought if i in user.bought}
+            if moved:  # as recorded now: a purchase in this batch may have counted one more
+                writes.append(("hset", k.purchases(u), {i: f"{n}|{t!r}" for i, (n, t) in moved.items()}))
+            writes.append(("delete", k.bought(u)))
 
     def _forget(self, user: _User, session_ids: list[str], writes: list[WriteOp]) -> None:
         """Erase every per-user key and the items of every session of the user.
@@ -443,6 +456,7 @@ class Recommender:
         user.recent, user.session_items, user.cart, user.bought = [], [], {}, {}
         user.session_id, user.session_last, user.last_rec = "", 0.0, None
         user.dirty.clear()
+        user.legacy_bought = None
 
     # -- feedback --------------------------------------------------------------------------
     def _learn_from_next_click(self, user: _User, item_id: str) -> None:
