@@ -244,6 +244,9 @@ class Recommender:
                 reads.append(("get", k.last_rec(u)))
         got = await self.store.read(reads)
         seen = {e.event_id for e, v in zip(dedupable, got[0]) if v is not None}
+        first_ts: dict[str, float] = {}
+        for e in dedupable:
+            first_ts.setdefault(e.user_id, e.ts)
         users: dict[str, _User] = {}
         pos = 1
         for u in user_ids:
@@ -251,10 +254,10 @@ class Recommender:
             last_rec = got[pos + 5] if need_last else None
             pos += per_user
             purchases = {i: _purchase(v) for i, v in bought.items()}
-            # An earlier release's purchases (a set, no count or time): bought once, long
-            # ago. They stay out under the default rule, as they did.
+            # An earlier release's purchases (a set, no count or time): bought once, as
+            # late as they can have been (now), so that a repurchase window starts over.
             legacy = set(legacy) - purchases.keys() if legacy else None
-            purchases.update({i: (1, 0.0) for i in legacy or ()})
+            purchases.update({i: (1, first_ts[u]) for i in legacy or ()})
             users[u] = _User(u, recent.decode().split(SEP) if recent else [],
                              sess.get("id", ""), float(sess.get("last", 0) or 0),
                              [x for x in sess.get("items", "").split(SEP) if x],

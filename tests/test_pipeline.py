@@ -293,3 +293,11 @@ async def test_purchases_an_earlier_release_kept_in_a_set_stay_out_and_move_into
     assert record == {"tea": f"2|{T0 + 101!r}", "soap": f"2|{T0!r}"} and not legacy
     [later] = (await rec.handle([Click("a4", "ann", "lamp", T0 + 200)])).recommendations
     assert not {"tea", "soap"} & {i.item_id for i in later.items}
+    # under a repurchase window the time is unknown, so the window starts at the upgrade
+    day = 86_400.0
+    weekly = Recommender(store, keys, RecommenderConfig(k=5, repurchase_after_s=day), sources=[Popularity(store, keys)],
+                         clock=lambda: T0, new_session_id=lambda: f"s{next(ids)}", new_rec_id=lambda: f"r{next(ids)}")
+    await store.write([("sadd", keys.bought("bob"), "mug")])
+    [soon] = (await weekly.handle([Click("b1", "bob", "lamp", T0 + 300)])).recommendations
+    [next_day] = (await weekly.handle([Click("b2", "bob", "lamp", T0 + 300 + 2 * day)])).recommendations
+    assert "mug" not in {i.item_id for i in soon.items} and "mug" in {i.item_id for i in next_day.items}

@@ -47,7 +47,7 @@ class Keys:
     def bought(self, user_id: str) -> str:
         """Set of item ids the user purchased, as written by releases before the
         ``purchases`` hash. Read with the shopper's state: its items move into
-        ``purchases`` (bought once, at an unknown time) and the set is deleted, in the
+        ``purchases`` (bought once, at that batch's time) and the set is deleted, in the
         first batch that shopper appears in. Also erased with the user."""
         return self._u(user_id, "bought")
 
