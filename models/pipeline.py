@@ -244,9 +244,6 @@ class Recommender:
                 reads.append(("get", k.last_rec(u)))
         got = await self.store.read(reads)
         seen = {e.event_id for e, v in zip(dedupable, got[0]) if v is not None}
-        first_ts: dict[str, float] = {}
-        for e in dedupable:
-            first_ts.setdefault(e.user_id, e.ts)
         users: dict[str, _User] = {}
         pos = 1
         for u in user_ids:
@@ -257,7 +254,9 @@ class Recommender:
             # An earlier release's purchases (a set, no count or time): bought once, as
             # late as they can have been (now), so that a repurchase window starts over.
             legacy = set(legacy) - purchases.keys() if legacy else None
-            purchases.update({i: (1, first_ts[u]) for i in legacy or ()})
+            if legacy:  # rare (once per shopper): no per-event work for it on the hot path
+                now = next(e.ts for e in dedupable if e.user_id == u)
+                purchases.update({i: (1, now) for i in legacy})
             users[u] = _User(u, recent.decode().split(SEP) if recent else [],
                              sess.get("id", ""), float(sess.get("last", 0) or 0),
                              [x for x in sess.get("items", "").split(SEP) if x],
