@@ -315,8 +315,16 @@ class Recommender:
             await self._attribute(attributions, users, writes)
 
         # 3. one atomic write of every effect and dedupe marker (a remote store gets the
-        # batch's repeated increments summed: fewer commands, the same state)
-        await self.store.write(writes if self.store.kind == "memory" else merge_increments(writes))
+        # batch's repeated increments summed: fewer commands, the same state). A store
+        # that can write ahead sends it with the lists' first reads, which it orders
+        # behind it: one round trip fewer per batch, the same reads.
+        effects = writes if self.store.kind == "memory" else merge_increments(writes)
+        write_ahead = getattr(self.store, "write_ahead", None)
+        if write_ahead is None or not (recommend and triggers) or out.items:
+            await self.store.write(effects)
+            written = None
+        else:
+            written = write_ahead(effects)
         for hook in self.on_items if out.items else ():
             done = hook(out.items)
             if inspect.isawaitable(done):  # e.g. replay embeds the catalog before going on
@@ -324,7 +332,11 @@ class Recommender:
 
         # 4. recommend for every triggering event (candidate reads run concurrently)
         if recommend and triggers:
-            out.recommendations = await self._recommend_all(triggers, t0)
+            try:
+                out.recommendations = await self._recommend_all(triggers, t0)
+            finally:
+                if written is not None:  # its failure is the cause of the reads' (raised first)
+                    await written
         return out
 
     async def _recommend_all(self, triggers: list[tuple[Event, Context]], t0: float) -> list[Recommendation]:

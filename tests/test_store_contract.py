@@ -164,3 +164,81 @@ async def test_on_redis_a_write_is_one_command_however_many_operations(k):
         await store.close()
         await admin.aclose()
         svc.stop()
+
+
+@pytest.fixture(params=["redis", "redis-without-scripts"])
+async def redis_store(request):
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "no_scripting_redis_url")
+    s = open_store(url)
+    yield s
+    await s.close()
+
+
+def count_round_trips(store, monkeypatch) -> list[int]:
+    """Commands per round trip ``store`` makes from now on (a spy on the real connection)."""
+    trips: list[int] = []
+    real = store._roundtrip
+
+    async def spy(commands):
+        trips.append(len(commands))
+        return await real(commands)
+
+    monkeypatch.setattr(store, "_roundtrip", spy)
+    return trips
+
+
+async def test_a_write_ahead_lands_before_the_reads_issued_after_it_in_the_same_round_trip(
+        redis_store, k, monkeypatch):
+    await redis_store.write([("zincr", k("wa"), "a", 1.0)])  # loads the script, opens the connection
+    trips = count_round_trips(redis_store, monkeypatch)
+    before = asyncio.ensure_future(redis_store.read([("zscores", k("wa"), ["a"])]))
+    await asyncio.sleep(0)  # issued first: answered without the write
+    written = redis_store.write_ahead([("zincr", k("wa"), "a", 2.0), ("hset", k("wh"), {"f": "v"})])
+    after = await asyncio.gather(redis_store.read([("zscores", k("wa"), ["a"])]),
+                                 redis_store.read([("hgetall", k("wh"))]))
+    assert await written is None
+    assert await before == [[1.0]]
+    assert after == [[[3.0]], [{"f": "v"}]]
+    assert len(trips) == 1  # the read before, the write and both reads after: one round trip
+
+
+async def test_reads_behind_a_failed_write_fail_with_it_and_the_ones_before_do_not(redis_store, k):
+    from models.features import StoreError
+
+    await redis_store.write([("set", k("str"), b"not a hash", None), ("zincr", k("ok"), "a", 1.0)])
+    before = asyncio.ensure_future(redis_store.read([("zscores", k("ok"), ["a"])]))
+    await asyncio.sleep(0)
+    written = redis_store.write_ahead([("hincr", k("str"), "f", 1.0)])  # WRONGTYPE on the server
+    after = asyncio.ensure_future(redis_store.read([("get", k("str"))]))
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        await written
+    with pytest.raises(StoreError, match="behind a write that failed"):
+        await after
+    assert await before == [[1.0]]
+    assert await redis_store.read([("get", k("str"))]) == [b"not a hash"]  # the store serves on
+
+
+async def test_a_server_that_lost_the_script_gets_it_again_with_the_same_batch(k, monkeypatch):
+    import redis.asyncio as aioredis
+
+    svc = start_redis()
+    url = f"redis://127.0.0.1:{svc.port}/0"
+    store, admin = open_store(url), aioredis.Redis.from_url(url)
+    try:
+        await store.write([("zincr", k("ns"), "a", 1.0)])
+        await admin.script_flush()  # e.g. a restarted or failed-over server
+        await admin.config_resetstat()
+        trips = count_round_trips(store, monkeypatch)
+        written = store.write_ahead([("zincr", k("ns"), "a", 1.0)])
+        got = await store.read([("zscores", k("ns"), ["a"])])
+        await written
+        stats = await admin.info("commandstats")
+        assert got == [[2.0]]  # applied once, and seen by the read sent with it
+        assert stats["cmdstat_eval"]["calls"] == 1 and stats["cmdstat_zincrby"]["calls"] == 1
+        assert trips == [2, 2]  # EVALSHA refused (nothing ran), then EVAL with the read again
+        await store.write([("zincr", k("ns"), "a", 1.0)])
+        assert (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"] == 2  # cached again
+    finally:
+        await store.close()
+        await admin.aclose()
+        svc.stop()

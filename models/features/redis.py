@@ -3,8 +3,9 @@
 A write's operations, however many, go as one ``EVALSHA`` of a small Lua script
 (``WRITE_SCRIPT``) that applies them in order, atomically: one command to pack and
 one reply to parse. Where the server or the ACL user refuses scripts, the store logs
-it once and sends the same operations as a MULTI/EXEC from then on. Reads go as one
-pipeline.
+it once and sends the same operations as a MULTI/EXEC from then on. Reads and writes
+issued in one turn of the event loop share one round trip, in the order issued
+(``RedisStore.write_ahead`` lets a writer go on and read: its reads see the write).
 
 Works with Redis and Valkey. Keys of one user share a hash tag (see
 ``models.features.keys``), but a batch touches many users and items, so one store
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 
 import redis.asyncio as aioredis
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import NoPermissionError, RedisError, ResponseError
+from redis.exceptions import NoPermissionError, NoScriptError, RedisError, ResponseError
 from redis.utils import HIREDIS_AVAILABLE
 
 from models.features.store import ReadOp, StoreError, WriteOp
@@ -119,16 +120,25 @@ def _script_args(ops: Sequence[WriteOp]) -> list[Any]:
 
 
 def _answer(op: ReadOp, v: Any) -> Any:
-    """A read operation's answer in the store protocol's types, from redis-py's."""
+    """A read operation's answer in the store protocol's types, from the server's raw
+    reply (RESP2's flat arrays; RESP3's maps and pairs where a client speaks it).
+
+    >>> _answer(("hgetall", "h"), [b"a", b"1", b"b", b"2"])
+    {'a': '1', 'b': '2'}
+    >>> _answer(("ztop", "z", 2), [b"x", b"3", b"y", b"1.5"])
+    [('x', 3.0), ('y', 1.5)]
+    """
     name = op[0]
     if name in ("get", "mget"):
         return v
     if name == "lrange" or name == "hmget":
         return [_str(x) for x in v]
     if name == "hgetall":
-        return {_str(k): _str(x) for k, x in v.items()}
+        pairs = v.items() if isinstance(v, dict) else zip(v[::2], v[1::2])
+        return {_str(k): _str(x) for k, x in pairs}
     if name == "ztop":
-        return [(_str(m), float(s)) for m, s in v]
+        pairs = v if v and isinstance(v[0], (list, tuple)) else zip(v[::2], v[1::2])
+        return [(_str(m), float(s)) for m, s in pairs]
     if name == "zscores":
         return [None if x is None else float(x) for x in v]
     return {_str(x) for x in v}
@@ -138,27 +148,116 @@ def _str(v: Any) -> Any:
     return v.decode() if isinstance(v, bytes) else v
 
 
+def _read_command(op: ReadOp) -> tuple | None:
+    """The command answering read ``op``; None when there is nothing to ask (the server
+    refuses an MGET of no keys)."""
+    name, key = op[0], op[1]
+    if name in _MANY and not op[-1]:
+        return None
+    if name == "get":
+        return ("GET", key)
+    if name == "hgetall":
+        return ("HGETALL", key)
+    if name == "lrange":
+        return ("LRANGE", key, 0, op[2] - 1)
+    if name == "ztop":
+        return ("ZREVRANGE", key, 0, op[2] - 1, "WITHSCORES")
+    if name == "mget":
+        return ("MGET", *key)
+    if name == "hmget":
+        return ("HMGET", key, *op[2])
+    if name == "zscores":
+        return ("ZMSCORE", key, *op[2])
+    if name == "smembers":
+        return ("SMEMBERS", key)
+    raise StoreError(f"unknown read operation {name!r}")
+
+
+def _write_commands(ops: Sequence[WriteOp]) -> list[tuple]:
+    """``ops`` as plain commands, for servers that refuse scripts (sent inside MULTI/EXEC)."""
+    cmds: list[tuple] = []
+    cmd = cmds.append
+    for op in ops:
+        name, key = op[0], op[1]
+        if name == "zincr":
+            cmd(("ZINCRBY", key, op[3], op[2]))
+        elif name == "lpush":
+            cmd(("LPUSH", key, op[2]))
+            cmd(("LTRIM", key, 0, op[3] - 1))
+        elif name == "hincr":
+            cmd(("HINCRBYFLOAT", key, op[2], op[3]))
+        elif name == "hset":
+            if op[2]:
+                cmd(("HSET", key, *[x for kv in op[2].items() for x in kv]))
+        elif name == "set":
+            cmd(("SET", key, op[2], "EX", _ttl(op[3])) if op[3] else ("SET", key, op[2]))
+        elif name == "ztrim":
+            cmd(("ZREMRANGEBYRANK", key, 0, -(op[2] + 1)))
+        elif name == "lrem":
+            cmd(("LREM", key, 0, op[2]))
+        elif name in _SIMPLE:
+            cmd((_SIMPLE[name], key, op[2]))
+        elif name == "delete":
+            cmd(("DEL", key))
+        elif name == "expire":
+            cmd(("EXPIRE", key, _ttl(op[2])))
+        else:
+            raise StoreError(f"unknown write operation {name!r}")
+    return cmds
+
+
+def _write_error(replies: list[Any]) -> BaseException | None:
+    """The error of a write's replies (EVALSHA's, or MULTI's, QUEUED..., EXEC's), if any."""
+    for r in replies:
+        if isinstance(r, BaseException):
+            return r
+        if isinstance(r, list):
+            bad = next((x for x in r if isinstance(x, BaseException)), None)
+            if bad is not None:
+                return bad
+    return None
+
+
+def _store_error(e: BaseException) -> StoreError:
+    """``e`` (a server's error reply, or the connection's failure) as the store's error;
+    the message never carries the URL (it may hold a password)."""
+    text = f"redis: {type(e).__name__}: {str(e)[:200]}"
+    if isinstance(e, NoPermissionError) or (isinstance(e, ResponseError) and "unknown command" in str(e).lower()):
+        return CommandRefused(text)
+    return StoreError(text)
+
+
 class RedisStore:
-    """Reads issued concurrently (e.g. by ``asyncio.gather`` over a batch's
-    recommendations) are coalesced into one pipeline per event-loop turn, so a batch
-    costs a few round trips and a single connection, however many lists it builds."""
+    """Reads and writes issued in one turn of the event loop (e.g. by ``asyncio.gather``
+    over a batch's recommendations) go to the server together, in the order they were
+    issued, as one pipeline on one connection: a batch costs a few round trips,
+    however many lists it builds. ``write_ahead`` lets a writer go on without waiting:
+    its operations still land before any read issued after it.
+
+    Commands go straight to a pooled connection of redis-py's (packed by hiredis, one
+    deadline for the whole round trip): redis-py's ``Pipeline`` object, its per-reply
+    callbacks and its retry wrapper cost more client CPU than the round trip itself.
+    """
 
     kind = "redis"
-    #: Most operations sent in one coalesced pipeline.
+    #: Most operations sent in one round trip.
     MAX_PIPELINE_OPS = 20_000
 
     def __init__(self, client: aioredis.Redis, timeout_s: float = 2.0) -> None:
         self._r = client
         self.timeout_s = timeout_s
-        self._pending: list[tuple[Sequence[ReadOp], asyncio.Future]] = []
+        #: (kind, operations, read commands or script arguments, future) in the order
+        #: issued; kind is "read" or "write"
+        self._pending: list[tuple[str, Sequence[Any], list, asyncio.Future]] = []
         self._flushing = False
+        #: writes go as EVALSHA of this script; None once the server refused scripts
         self._script: Any = client.register_script(WRITE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 2.0, **kwargs: Any) -> "RedisStore":
         """Connect lazily to ``redis://`` or ``rediss://`` (TLS); extra kwargs go to redis-py."""
-        # One deadline per pipeline (``_execute``) instead of redis-py's per-reply socket
-        # timeout, whose bookkeeping costs more than parsing the reply itself.
+        # One deadline per round trip instead of redis-py's per-reply socket timeout,
+        # whose bookkeeping costs more than parsing the reply itself.
         client = aioredis.Redis.from_url(
             url, socket_timeout=None, socket_connect_timeout=timeout_s,
             health_check_interval=30, protocol=2, **kwargs)
@@ -169,67 +268,7 @@ class RedisStore:
     async def read(self, ops: Sequence[ReadOp]) -> list[Any]:
         if not ops:
             return []
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append((ops, fut))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush_reads()))
-        return await fut
-
-    async def _flush_reads(self) -> None:
-        try:
-            while self._pending:
-                batch, size = [], 0
-                while self._pending and (not batch or size + len(self._pending[0][0]) <= self.MAX_PIPELINE_OPS):
-                    ops, fut = self._pending.pop(0)
-                    batch.append((ops, fut))
-                    size += len(ops)
-                try:
-                    flat = await self._read_now([op for ops, _ in batch for op in ops])
-                except BaseException as e:  # noqa: BLE001 - handed to every waiting reader
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(e if isinstance(e, Exception) else StoreError(repr(e)))
-                    if not isinstance(e, Exception):
-                        raise
-                    continue
-                pos = 0
-                for ops, fut in batch:
-                    if not fut.done():
-                        fut.set_result(flat[pos:pos + len(ops)])
-                    pos += len(ops)
-        finally:
-            self._flushing = False
-
-    async def _read_now(self, ops: Sequence[ReadOp]) -> list[Any]:
-        """Every answer in one round trip (a pipeline: reads with long answers, such as
-        a session index, come back faster than through a script, which would convert
-        every element into Lua and back)."""
-        pipe = self._r.pipeline(transaction=False)
-        for op in ops:
-            name, key = op[0], op[1]
-            if name in _MANY and not op[-1]:
-                continue  # nothing to ask (the server refuses an MGET of no keys)
-            if name == "lrange":
-                pipe.lrange(key, 0, op[2] - 1)
-            elif name == "hgetall":
-                pipe.hgetall(key)
-            elif name == "ztop":
-                pipe.zrevrange(key, 0, op[2] - 1, withscores=True)
-            elif name == "get":
-                pipe.get(key)
-            elif name == "mget":
-                pipe.mget(key)
-            elif name == "hmget":
-                pipe.hmget(key, op[2])
-            elif name == "zscores":
-                pipe.zmscore(key, op[2])
-            elif name == "smembers":
-                pipe.smembers(key)
-            else:
-                raise StoreError(f"unknown read operation {name!r}")
-        raw = iter(await self._execute(pipe))
-        return [_answer(op, [] if op[0] in _MANY and not op[-1] else next(raw)) for op in ops]
+        return await self._issue("read", ops, [_read_command(op) for op in ops])
 
     async def write(self, ops: Sequence[WriteOp]) -> None:
         """Apply ``ops`` in order and atomically: a batch's effects and its dedupe
@@ -237,66 +276,147 @@ class RedisStore:
 
         The whole batch goes as one ``EVALSHA`` of ``WRITE_SCRIPT`` (one command to
         pack and one reply to parse, however many operations); a server without
-        scripting gets the same operations as a MULTI/EXEC pipeline.
+        scripting gets the same operations inside MULTI/EXEC.
         """
+        if ops:
+            await self.write_ahead(ops)
+
+    def write_ahead(self, ops: Sequence[WriteOp]) -> asyncio.Future:
+        """Issue ``write(ops)`` now and return its future instead of waiting: the
+        operations land before any read issued after this call, in the same round trip
+        as reads issued in this turn of the event loop. Await the future to know they
+        landed (it raises ``StoreError`` like ``write``; so does every read that was
+        sent behind a failed write)."""
         if not ops:
-            return
-        if self._script is not None:
-            try:
-                await self._guard(self._script(args=_script_args(ops)))
-                return
-            except CommandRefused as e:  # no scripting on this server, or not for this user
-                log.warning("%s; writes go as MULTI/EXEC pipelines from now on", e)
-                self._script = None
-        pipe = self._r.pipeline(transaction=True)
-        cmd = pipe.execute_command  # raw: redis-py's per-command wrappers cost more than packing
-        for op in ops:
-            name, key = op[0], op[1]
-            if name == "zincr":
-                cmd("ZINCRBY", key, op[3], op[2])
-            elif name == "lpush":
-                cmd("LPUSH", key, op[2])
-                cmd("LTRIM", key, 0, op[3] - 1)
-            elif name == "hincr":
-                cmd("HINCRBYFLOAT", key, op[2], op[3])
-            elif name == "hset":
-                if op[2]:
-                    cmd("HSET", key, *[x for kv in op[2].items() for x in kv])
-            elif name == "set":
-                if op[3]:
-                    cmd("SET", key, op[2], "EX", _ttl(op[3]))
-                else:
-                    cmd("SET", key, op[2])
-            elif name == "ztrim":
-                cmd("ZREMRANGEBYRANK", key, 0, -(op[2] + 1))
-            elif name == "lrem":
-                cmd("LREM", key, 0, op[2])
-            elif name in _SIMPLE:
-                cmd(_SIMPLE[name], key, op[2])
-            elif name == "delete":
-                cmd("DEL", key)
-            elif name == "expire":
-                cmd("EXPIRE", key, _ttl(op[2]))
-            else:
-                raise StoreError(f"unknown write operation {name!r}")
-        await self._execute(pipe)
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self._issue("write", ops, _script_args(ops))  # an unknown operation raises here
 
-    async def _execute(self, pipe: Any) -> list[Any]:
-        return await self._guard(pipe.execute())
+    def _issue(self, kind: str, ops: Sequence[Any], payload: list) -> asyncio.Future:
+        """Queue ``ops`` (with their read commands, or script arguments) for the next round trip."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._pending.append((kind, ops, payload, fut))
+        if not self._flushing:
+            self._flushing = True
+            # two hops: tasks started in this turn issue theirs before the flush runs
+            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
+        return fut
 
-    async def _guard(self, call: Any) -> Any:
-        """Await a call to Redis within the deadline, its failures as ``StoreError``."""
+    async def _flush(self) -> None:
         try:
-            return await asyncio.wait_for(call, self.timeout_s)
-        except asyncio.TimeoutError:
+            while self._pending:
+                batch, size = [], 0
+                while self._pending and (not batch or size + len(self._pending[0][1]) <= self.MAX_PIPELINE_OPS):
+                    entry = self._pending.pop(0)
+                    batch.append(entry)
+                    size += len(entry[1])
+                try:
+                    answers = await self._send(batch)
+                except BaseException as e:  # noqa: BLE001 - handed to every waiting caller
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e if isinstance(e, Exception) else StoreError(repr(e)))
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for (*_, fut), answer in zip(batch, answers):
+                    if not fut.done():
+                        if isinstance(answer, Exception):
+                            fut.set_exception(answer)
+                        else:
+                            fut.set_result(answer)
+                failed = next((a for (kind, *_), a in zip(batch, answers)
+                               if kind == "write" and isinstance(a, Exception)), None)
+                if failed is not None:  # what waits for the next round trip was issued behind it
+                    behind, self._pending = self._pending, []
+                    for *_, fut in behind:
+                        if not fut.done():
+                            fut.set_exception(StoreError(f"sent behind a write that failed ({failed})"))
+        finally:
+            self._flushing = False
+
+    async def _send(self, batch: list[tuple[str, Sequence[Any], list, asyncio.Future]]) -> list[Any]:
+        """Every entry's answer (a read's values, a write's None, or the ``StoreError``
+        it gets) from one round trip. A server that does not have the script yet gets
+        it with the same batch again (``EVAL``); one that refuses scripts gets the
+        batch again with MULTI/EXEC, and every batch after it."""
+        evalsha = True
+        while True:
+            commands, spans = [], []
+            for kind, ops, payload, _ in batch:
+                start = len(commands)
+                if kind == "read":
+                    commands += [c for c in payload if c is not None]
+                elif self._script is not None:
+                    args = payload
+                    commands.append(("EVALSHA", self._script.sha, 0, *args) if evalsha
+                                    else ("EVAL", WRITE_SCRIPT, 0, *args))
+                else:
+                    commands += [("MULTI",), *_write_commands(ops), ("EXEC",)]
+                spans.append((start, len(commands)))
+            replies = await self._roundtrip(commands)
+            answers: list[Any] = []
+            behind: StoreError | None = None  # set once a write failed: later reads saw without it
+            retry = applied = False
+            for (kind, ops, asked, _), (a, b) in zip(batch, spans):
+                part = replies[a:b]
+                if kind == "read":
+                    error = next((r for r in part if isinstance(r, ResponseError)), None)
+                    if behind is not None or error is not None:
+                        answers.append(behind or _store_error(error))
+                        continue
+                    got = iter(part)
+                    answers.append([[] if c is None else _answer(op, next(got)) for op, c in zip(ops, asked)])
+                    continue
+                error = _write_error(part)
+                if error is None:
+                    answers.append(None)
+                    applied = True
+                    continue
+                first = behind is None and not applied  # nothing of the batch was written yet
+                if isinstance(error, NoScriptError) and evalsha and first:
+                    evalsha, retry = False, True  # nothing of this write ran: send it all again
+                    break
+                failure = _store_error(error)
+                if isinstance(failure, CommandRefused) and self._script is not None and first:
+                    log.warning("%s; writes go as MULTI/EXEC from now on", failure)
+                    self._script, retry = None, True
+                    break
+                answers.append(failure)
+                behind = StoreError(f"sent behind a write that failed ({failure})")
+            if not retry:
+                return answers
+
+    async def _roundtrip(self, commands: list[tuple]) -> list[Any]:
+        """Send ``commands`` on one pooled connection and read every reply (error replies
+        as exceptions in the list), within ``timeout_s``. A connection that failed or
+        timed out mid-way is closed, never handed to the next caller half read."""
+        if not commands:
+            return []
+        pool = self._r.connection_pool
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                conn = await pool.get_connection()
+                try:
+                    await conn.send_packed_command(conn.pack_commands(commands))
+                    replies = []
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response())
+                        except ResponseError as e:
+                            replies.append(e)
+                except BaseException:
+                    await conn.disconnect(nowait=True)
+                    raise
+                finally:
+                    await pool.release(conn)
+        except TimeoutError:
             raise StoreError(f"redis: no answer within {self.timeout_s}s") from None
-        except (NoPermissionError, ResponseError) as e:
-            if isinstance(e, NoPermissionError) or "unknown command" in str(e).lower():
-                raise CommandRefused(f"redis: {type(e).__name__}: {str(e)[:200]}") from None
-            raise StoreError(f"redis: {type(e).__name__}: {str(e)[:200]}") from None
         except (RedisError, OSError) as e:
-            # The message never carries the URL (it may hold a password).
-            raise StoreError(f"redis: {type(e).__name__}: {str(e)[:200]}") from None
+            raise _store_error(e) from None
+        return replies
 
     async def ping(self) -> bool:
         try:
