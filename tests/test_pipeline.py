@@ -301,3 +301,58 @@ async def test_purchases_an_earlier_release_kept_in_a_set_stay_out_and_move_into
     [soon] = (await weekly.handle([Click("b1", "bob", "lamp", T0 + 300)])).recommendations
     [next_day] = (await weekly.handle([Click("b2", "bob", "lamp", T0 + 300 + 2 * day)])).recommendations
     assert "mug" not in {i.item_id for i in soon.items} and "mug" in {i.item_id for i in next_day.items}
+
+
+@pytest.mark.parametrize("batch", [1, 25])
+async def test_on_redis_the_lists_are_the_ones_the_in_memory_store_gives(redis_url, prefix, batch):
+    """On Redis a batch's effects go ahead of the lists' reads in one round trip; the
+    lists still see them, exactly as on the in-memory store, where they land first."""
+    events = shop_stream(n=300)
+    redis = open_store(redis_url)
+    try:
+        on_redis = await feed(recommender(redis, Keys(prefix)), events, batch)
+    finally:
+        await redis.close()
+    in_memory = await feed(recommender(MemoryStore(), Keys(prefix)), events, batch)
+    assert len(on_redis) == len(in_memory) > 200
+    assert [[i.item_id for i in r.items] for r in on_redis] == [[i.item_id for i in r.items] for r in in_memory]
+    assert [[i.sources for i in r.items] for r in on_redis] == [[i.sources for i in r.items] for r in in_memory]
+
+
+class WithoutWriteAhead:
+    """The same store, seen as one that cannot write ahead (every write awaited alone)."""
+
+    def __init__(self, store):
+        self.store, self.kind = store, store.kind
+
+    async def read(self, ops):
+        return await self.store.read(ops)
+
+    async def write(self, ops):
+        await self.store.write(ops)
+
+
+async def test_on_redis_a_batch_goes_in_one_round_trip_fewer_with_its_effects_written_ahead(
+        redis_url, prefix, monkeypatch):
+    store = open_store(redis_url)
+    try:
+        await feed(recommender(store, Keys(prefix)), shop_stream(n=100), 10)
+        trips = []
+        real = store._roundtrip
+
+        async def spy(commands):
+            trips.append(len(commands))
+            return await real(commands)
+
+        monkeypatch.setattr(store, "_roundtrip", spy)
+        counts = {}
+        for user, ahead in (("u-ahead", True), ("u-plain", False)):
+            # fresh caches: the same reads for both
+            rec = recommender(store if ahead else WithoutWriteAhead(store), Keys(prefix))
+            trips.clear()
+            out = await rec.handle([Click(f"one-{user}", user, "i3", T0 + 10_000)])
+            assert len(out.recommendations) == 1 and out.recommendations[0].items
+            counts[ahead] = len(trips)
+        assert counts[True] == counts[False] - 1
+    finally:
+        await store.close()
