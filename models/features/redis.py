@@ -357,37 +357,38 @@ class RedisStore:
                     commands += [("MULTI",), *_write_commands(ops), ("EXEC",)]
                 spans.append((start, len(commands)))
             replies = await self._roundtrip(commands)
+            parts = [replies[a:b] for a, b in spans]
+            errors = [_write_error(part) if kind == "write" else None
+                      for (kind, *_), part in zip(batch, parts)]
+            failed = [e for e in errors if e is not None]
+            # Send it all again only when no write of the batch ran: reads are harmless
+            # to repeat, a write that ran is not.
+            if failed and not any(kind == "write" and e is None for (kind, *_), e in zip(batch, errors)):
+                if evalsha and self._script is not None and all(isinstance(e, NoScriptError) for e in failed):
+                    evalsha = False  # the server lost the script (restart, failover, SCRIPT FLUSH)
+                    continue
+                refused = _store_error(failed[0])
+                if self._script is not None and isinstance(refused, CommandRefused):
+                    log.warning("%s; writes go as MULTI/EXEC from now on", refused)
+                    self._script = None
+                    continue
             answers: list[Any] = []
             behind: StoreError | None = None  # set once a write failed: later reads saw without it
-            retry = applied = False
-            for (kind, ops, asked, _), (a, b) in zip(batch, spans):
-                part = replies[a:b]
-                if kind == "read":
-                    error = next((r for r in part if isinstance(r, ResponseError)), None)
-                    if behind is not None or error is not None:
-                        answers.append(behind or _store_error(error))
-                        continue
-                    got = iter(part)
-                    answers.append([[] if c is None else _answer(op, next(got)) for op, c in zip(ops, asked)])
+            for (kind, ops, asked, _), part, error in zip(batch, parts, errors):
+                if kind == "write":
+                    if error is not None:
+                        answers.append(_store_error(error))
+                        behind = behind or StoreError(f"sent behind a write that failed ({answers[-1]})")
+                    else:
+                        answers.append(None)
                     continue
-                error = _write_error(part)
-                if error is None:
-                    answers.append(None)
-                    applied = True
+                error = next((r for r in part if isinstance(r, ResponseError)), None)
+                if behind is not None or error is not None:
+                    answers.append(behind or _store_error(error))
                     continue
-                first = behind is None and not applied  # nothing of the batch was written yet
-                if isinstance(error, NoScriptError) and evalsha and first:
-                    evalsha, retry = False, True  # nothing of this write ran: send it all again
-                    break
-                failure = _store_error(error)
-                if isinstance(failure, CommandRefused) and self._script is not None and first:
-                    log.warning("%s; writes go as MULTI/EXEC from now on", failure)
-                    self._script, retry = None, True
-                    break
-                answers.append(failure)
-                behind = StoreError(f"sent behind a write that failed ({failure})")
-            if not retry:
-                return answers
+                got = iter(part)
+                answers.append([[] if c is None else _answer(op, next(got)) for op, c in zip(ops, asked)])
+            return answers
 
     async def _roundtrip(self, commands: list[tuple]) -> list[Any]:
         """Send ``commands`` on one pooled connection and read every reply (error replies
