@@ -166,6 +166,15 @@ def _purchase(value: str) -> tuple[int, float]:
     return int(count), float(last)
 
 
+def _purchase_field(count: int, last: float) -> str:
+    """``(count, last_ts)`` as the stored purchase record ``_purchase`` reads.
+
+    >>> _purchase(_purchase_field(3, 1700000000.5))
+    (3, 1700000000.5)
+    """
+    return f"{count}|{last!r}"
+
+
 def _new_session_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -419,7 +428,7 @@ class Recommender:
             count, last = user.bought.get(e.item_id, (0, e.ts))
             count, last = count + 1, max(last, e.ts)
             user.bought[e.item_id] = (count, last)
-            writes.append(("hset", k.purchases(user.user_id), {e.item_id: f"{count}|{last!r}"}))
+            writes.append(("hset", k.purchases(user.user_id), {e.item_id: _purchase_field(count, last)}))
             self._interact(user, e.item_id, cfg.weight_purchase, e.ts, writes)
         writes.append(("hincr", k.profile(user.user_id), e.action, 1.0))
         user.dirty.add("cart")
@@ -449,7 +458,7 @@ class Recommender:
         if user.legacy_bought is not None:
             moved = {i: user.bought[i] for i in user.legacy_bought if i in user.bought}
             if moved:  # as recorded now: a purchase in this batch may have counted one more
-                writes.append(("hset", k.purchases(u), {i: f"{n}|{t!r}" for i, (n, t) in moved.items()}))
+                writes.append(("hset", k.purchases(u), {i: _purchase_field(n, t) for i, (n, t) in moved.items()}))
             writes.append(("delete", k.bought(u)))
 
     def _forget(self, user: _User, session_ids: list[str], writes: list[WriteOp]) -> None:

@@ -349,10 +349,9 @@ class RedisStore:
                 start = len(commands)
                 if kind == "read":
                     commands += [c for c in payload if c is not None]
-                elif self._script is not None:
-                    args = payload
-                    commands.append(("EVALSHA", self._script.sha, 0, *args) if evalsha
-                                    else ("EVAL", WRITE_SCRIPT, 0, *args))
+                elif self._script is not None:  # payload: the script's arguments
+                    commands.append(("EVALSHA", self._script.sha, 0, *payload) if evalsha
+                                    else ("EVAL", WRITE_SCRIPT, 0, *payload))
                 else:
                     commands += [("MULTI",), *_write_commands(ops), ("EXEC",)]
                 spans.append((start, len(commands)))
