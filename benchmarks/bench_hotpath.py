@@ -1,12 +1,16 @@
 """The worker's processing path without the broker: CPU per event by batch size.
 
-    python -m benchmarks.bench_hotpath --batches 1 10 100 [--no-content]
+    python -m benchmarks.bench_hotpath --batches 1 10 100 [--no-content] [--gc-gen0-threshold 0]
 
 Runs ``Runtime.handle`` (what the Faust agent calls for each batch) against an
 embedded Redis over simulated shoppers: a 5,000-item catalog embedded first, 3,000
 events to warm up, then the measured events in batches of each size. Outputs are
 dropped instead of produced, so the figures are the recommender's own cost: CPU
 milliseconds per event (all threads of this process) and events per wall second.
+The garbage collector is settled as the worker settles it once started
+(``streams.app.settle_gc``; ``--gc-gen0-threshold 0`` for Python's defaults), and
+its pauses during the measured events are reported: the longest one stops the event
+loop, and every list in the batch it lands in waits for it.
 ``streamrec bench`` measures the same path through the broker.
 """
 
@@ -14,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import time
 
 from models.events import parse_value
-from streams.app import Runtime
+from streams.app import Runtime, settle_gc
 from streams.embedded import start_redis
 from streams.settings import Settings
 from streams.simulate import catalog, simulate_shoppers
@@ -33,7 +38,23 @@ async def embed_catalog(rt: Runtime, n_items: int = 5000) -> None:
         await rt.catalog.flush()
 
 
-async def measure(batch: int, content: bool, events: int, redis_url: str) -> dict:
+class GcPauses:
+    """Every garbage collection's pause while recording, in ms (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.ms: list[float] = []
+        self.recording = False
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self.recording:
+            self.ms.append((time.perf_counter() - self._start) * 1000)
+
+
+async def measure(batch: int, content: bool, events: int, redis_url: str,
+                  gc_gen0_threshold: int = Settings.model_fields["gc_gen0_threshold"].default) -> dict:
     rt = Runtime(Settings(redis_url=redis_url, content=content, copy_in_worker=False,
                           key_prefix=f"hot{batch}{int(content)}:", _env_file=None))
 
@@ -43,15 +64,23 @@ async def measure(batch: int, content: bool, events: int, redis_url: str) -> dic
     rt.send_recommendation = drop  # type: ignore[method-assign]
     stream = [parse_value(e["topic"], e["value"], now=2e9)
               for e in simulate_shoppers(3000 + events, n_users=20_000, n_items=5000, seed=5)]
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     try:
         await embed_catalog(rt)
+        settle_gc(gc_gen0_threshold)  # the worker does it once started, before traffic
         for i in range(0, 3000, 100):
             await rt.handle(stream[i:i + 100])
+        pauses.recording = True
         cpu, wall = time.process_time(), time.perf_counter()
         for i in range(3000, 3000 + events, batch):
             await rt.handle(stream[i:i + batch])
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        pauses.recording = False
     finally:
+        gc.callbacks.remove(pauses)
+        gc.unfreeze()
+        gc.set_threshold(*DEFAULT_GC_THRESHOLDS)
         if rt.catalog is not None:
             await rt.catalog.close()
         await rt.store.close()
@@ -60,7 +89,12 @@ async def measure(batch: int, content: bool, events: int, redis_url: str) -> dic
         print(f"WARNING: {splits} batches raised and were redone one event at a time: "
               "these figures are not the normal path's", flush=True)
     return {"batch": batch, "content": content, "events": events, "batch_splits": splits,
-            "cpu_ms_per_event": round(1000 * cpu / events, 2), "events_per_s": round(events / wall, 1)}
+            "cpu_ms_per_event": round(1000 * cpu / events, 2), "events_per_s": round(events / wall, 1),
+            "gc_gen0_threshold": gc_gen0_threshold, "gc_pauses": len(pauses.ms),
+            "gc_ms_total": round(sum(pauses.ms), 1), "gc_ms_max": round(max(pauses.ms, default=0.0), 1)}
+
+
+DEFAULT_GC_THRESHOLDS = gc.get_threshold()
 
 
 def main() -> None:
@@ -68,15 +102,20 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 10, 100])
     p.add_argument("--events", type=int, default=3000)
     p.add_argument("--no-content", action="store_true", help="content and new-item sources off")
+    p.add_argument("--gc-gen0-threshold", type=int, default=Settings.model_fields["gc_gen0_threshold"].default,
+                   help="as the worker's setting (0: Python's defaults, nothing frozen)")
     p.add_argument("--report")
     a = p.parse_args()
     redis = start_redis()
     try:
         rows = []
         for b in a.batches:
-            rows.append(asyncio.run(measure(b, not a.no_content, a.events, f"redis://127.0.0.1:{redis.port}/0")))
-            print(f"batch {b:>4}: {rows[-1]['cpu_ms_per_event']:.2f} ms CPU per event, "
-                  f"{rows[-1]['events_per_s']:,.0f} events/s", flush=True)
+            rows.append(asyncio.run(measure(b, not a.no_content, a.events, f"redis://127.0.0.1:{redis.port}/0",
+                                            a.gc_gen0_threshold)))
+            r = rows[-1]
+            print(f"batch {b:>4}: {r['cpu_ms_per_event']:.2f} ms CPU per event, {r['events_per_s']:,.0f} events/s, "
+                  f"{r['gc_pauses']} GC pauses ({r['gc_ms_total']:.0f} ms in all, longest {r['gc_ms_max']:.1f} ms)",
+                  flush=True)
     finally:
         redis.stop()
     if a.report:

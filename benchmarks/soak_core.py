@@ -12,9 +12,12 @@ recommendation's JSON) against an embedded Redis, over simulated shoppers (a
 ``--gap-s`` per event), in batches of ``--batch`` events, as fast as one core runs it.
 Outputs are dropped after their latency is read.
 
-Every ``--segment`` events it prints this process's RSS, the lists' own
+The garbage collector is settled once the catalog is embedded, as a started worker
+settles it (``streams.app.settle_gc``; ``--gc-gen0-threshold 0`` keeps Python's
+defaults). Every ``--segment`` events it prints this process's RSS, the lists' own
 ``latency_ms`` percentiles in that segment (from the start of their batch to the
-list), CPU milliseconds per event, and Redis's ``used_memory`` and key count. Memory is
+list), CPU milliseconds per event, the collector's pauses (count, longest), and
+Redis's ``used_memory`` and key count. Memory is
 flat when the RSS of the last segments stays within a few MB of the segments before:
 every in-process cache is bounded, so RSS has to level off once they are full.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import json
 import os
@@ -33,9 +37,9 @@ import time
 import orjson
 import redis.asyncio as aioredis
 
-from benchmarks.bench_hotpath import embed_catalog
+from benchmarks.bench_hotpath import GcPauses, embed_catalog
 from models.events import parse_value
-from streams.app import Runtime
+from streams.app import Runtime, settle_gc
 from streams.embedded import start_redis
 from streams.measure import percentile, rss_mb
 from streams.settings import Settings
@@ -75,7 +79,8 @@ async def redis_by_family(server: aioredis.Redis, sample: int = 300) -> dict[str
 
 
 async def soak(events: int, segment: int, batch: int, shoppers: int, gap_s: float, redis_url: str,
-               content: bool = True) -> list[dict]:
+               content: bool = True,
+               gc_gen0_threshold: int = Settings.model_fields["gc_gen0_threshold"].default) -> list[dict]:
     rt = Runtime(Settings(redis_url=redis_url, content=content, copy_in_worker=False, _env_file=None))
     latencies: list[float] = []
 
@@ -85,8 +90,12 @@ async def soak(events: int, segment: int, batch: int, shoppers: int, gap_s: floa
     rt.send_recommendation = keep_latency  # type: ignore[method-assign]
     server = aioredis.from_url(redis_url)
     rows: list[dict] = []
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     try:
         await embed_catalog(rt)
+        settle_gc(gc_gen0_threshold)
+        pauses.recording = True
         pid, start = os.getpid(), time.perf_counter()
         print(f"catalog embedded: RSS {rss_mb(pid):.0f} MB", flush=True)
         stream = simulate_shoppers(events, n_users=shoppers, n_items=5000, seed=11, gap_s=gap_s)
@@ -109,18 +118,22 @@ async def soak(events: int, segment: int, batch: int, shoppers: int, gap_s: floa
                          "cpu_ms_per_event": round(1000 * (now_cpu - cpu) / todo, 3),
                          "redis_used_mb": round(info["used_memory"] / 2**20, 1),
                          "redis_keys": await server.dbsize(), "caches": cache_sizes(rt),
+                         "gc_pauses": len(pauses.ms), "gc_ms_max": round(max(pauses.ms, default=0.0), 1),
                          "elapsed_s": round(time.perf_counter() - start, 1)})
             latencies.clear()
+            pauses.ms.clear()
             cpu = now_cpu
             r = rows[-1]
             print(f"{r['events']:>9,} events  RSS {r['rss_mb']:6.1f} MB  lists p50/p99 "
                   f"{r['list_p50_ms']:.2f}/{r['list_p99_ms']:.2f} ms  CPU {r['cpu_ms_per_event']:.2f} ms/event  "
+                  f"GC {r['gc_pauses']} pauses, longest {r['gc_ms_max']:.1f} ms  "
                   f"Redis {r['redis_used_mb']:.0f} MB, {r['redis_keys']:,} keys  ({r['elapsed_s']:.0f} s)\n    caches "
                   + " ".join(f"{k} {v:,}" for k, v in r["caches"].items()), flush=True)
         rows[-1]["redis_by_family"] = await redis_by_family(server)
         print("Redis by key family (keys, estimated MB): " + ", ".join(
             f"{fam} {v['keys']:,} {v['mb']}" for fam, v in list(rows[-1]["redis_by_family"].items())[:8]), flush=True)
     finally:
+        gc.callbacks.remove(pauses)
         await server.aclose()
         if rt.catalog is not None:
             await rt.catalog.close()
@@ -136,12 +149,15 @@ def main() -> None:
     p.add_argument("--shoppers", type=int, default=20_000)
     p.add_argument("--gap-s", type=float, default=0.05, help="event time between events (0.05: a 20 events/s shop)")
     p.add_argument("--no-content", action="store_true", help="content and new-item sources off")
+    p.add_argument("--gc-gen0-threshold", type=int, default=Settings.model_fields["gc_gen0_threshold"].default,
+                   help="as the worker's setting (0: Python's defaults, nothing frozen)")
     p.add_argument("--report")
     a = p.parse_args()
     server = start_redis()
     try:
         rows = asyncio.run(soak(a.events, a.segment, a.batch, a.shoppers, a.gap_s,
-                                f"redis://127.0.0.1:{server.port}/0", content=not a.no_content))
+                                f"redis://127.0.0.1:{server.port}/0", content=not a.no_content,
+                                gc_gen0_threshold=a.gc_gen0_threshold))
     finally:
         server.stop()
     if a.report:

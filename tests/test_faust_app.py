@@ -39,3 +39,22 @@ def test_a_quiet_worker_keeps_the_root_logger_at_its_level():
     app = StreamrecApp("shop-c", broker="kafka://127.0.0.1:1")
     assert root_level_after_setup(Worker(app, loglevel="warning", quiet=True)) == logging.DEBUG  # Faust's own
     assert root_level_after_setup(faust_worker(app, "warning")) == logging.WARNING
+
+
+def test_a_started_worker_freezes_what_it_built_out_of_the_collectors_reach():
+    """``settle_gc`` (called once a worker has started): the objects built so far leave
+    every later collection, and the youngest generation waits for the threshold given.
+    Run in a child process: freezing is process-wide."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import gc, json; from streams.app import settle_gc; import streams.cli; "
+            "built = len(gc.get_objects()); settle_gc({n}); "
+            "print(json.dumps([built, gc.get_freeze_count(), len(gc.get_objects()), gc.get_threshold()[0]]))")
+    built, frozen, tracked, gen0 = json.loads(subprocess.run(
+        [sys.executable, "-c", code.format(n=10_000)], capture_output=True, text=True, check=True).stdout)
+    assert frozen >= 0.9 * built > 10_000 and tracked < 0.01 * built and gen0 == 10_000
+    built, frozen, tracked, gen0 = json.loads(subprocess.run(
+        [sys.executable, "-c", code.format(n=0)], capture_output=True, text=True, check=True).stdout)
+    assert frozen == 0 and tracked >= built and gen0 == 700  # 0: Python's defaults
