@@ -413,7 +413,8 @@ def settle_gc(gen0_threshold: int) -> None:
     with the event loop stopped, every few seconds at 500 events/s) and now walks only
     what came after. The youngest generation is collected after ``gen0_threshold`` new
     objects instead of 700 (most die young and are freed by reference counting, never
-    reaching a collection): a few collections of about 5 ms where there were hundreds.
+    reaching a collection): a few collections where there were hundreds, of a few ms,
+    growing to about 25 ms as the worker's bounded caches fill.
     ``python -m benchmarks.bench_hotpath`` reports the pauses; ``--gc-gen0-threshold 0``
     there, like 0 here, keeps Python's defaults.
 

@@ -84,8 +84,8 @@ class Settings(BaseSettings):
     gc_gen0_threshold: int = Field(10_000, ge=0, description=(
         "once started, the worker freezes what it has built (modules, app, catalog) out of "
         "the garbage collector's reach and collects its youngest generation after this many "
-        "new objects instead of 700: pauses of a few ms instead of 70-90 ms (0 = Python's "
-        "defaults, nothing frozen)"))
+        "new objects instead of 700: pauses of a few to about 25 ms instead of 75-90 ms "
+        "(0 = Python's defaults, nothing frozen)"))
     item_cache_s: float = Field(1.0, ge=0, le=60, description=(
         "seconds the candidate sources reuse an item's co-visitation, next-item and session "
         "lists and the popularity ranking read from Redis (0 = read every time)"))
