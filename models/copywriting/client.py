@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import openai
 
 from models.copywriting.prompt import MAX_TOKENS, RESPONSE_FORMAT
@@ -83,7 +82,7 @@ class LLMClient:
         self.temperature = temperature
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key or "unused", max_retries=0,
-            timeout=httpx.Timeout(30.0, connect=5.0))
+            timeout=openai.Timeout(30.0, connect=5.0))  # the HTTP library's own type, whichever openai uses
 
     @classmethod
     def from_settings(cls, settings: Any) -> "LLMClient":
