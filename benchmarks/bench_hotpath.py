@@ -25,7 +25,7 @@ import time
 from models.events import parse_value
 from streams.app import Runtime, settle_gc
 from streams.embedded import start_redis
-from streams.settings import Settings
+from streams.settings import GC_GEN0_THRESHOLD, Settings
 from streams.simulate import catalog, simulate_shoppers
 
 
@@ -36,6 +36,10 @@ async def embed_catalog(rt: Runtime, n_items: int = 5000) -> None:
     if rt.catalog is not None:
         await rt.catalog.ingest(items)
         await rt.catalog.flush()
+
+
+#: Python's collector thresholds, restored after each measurement
+DEFAULT_GC_THRESHOLDS = gc.get_threshold()
 
 
 class GcPauses:
@@ -54,7 +58,7 @@ class GcPauses:
 
 
 async def measure(batch: int, content: bool, events: int, redis_url: str,
-                  gc_gen0_threshold: int = Settings.model_fields["gc_gen0_threshold"].default) -> dict:
+                  gc_gen0_threshold: int = GC_GEN0_THRESHOLD) -> dict:
     rt = Runtime(Settings(redis_url=redis_url, content=content, copy_in_worker=False,
                           key_prefix=f"hot{batch}{int(content)}:", _env_file=None))
 
@@ -94,15 +98,12 @@ async def measure(batch: int, content: bool, events: int, redis_url: str,
             "gc_ms_total": round(sum(pauses.ms), 1), "gc_ms_max": round(max(pauses.ms, default=0.0), 1)}
 
 
-DEFAULT_GC_THRESHOLDS = gc.get_threshold()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 10, 100])
     p.add_argument("--events", type=int, default=3000)
     p.add_argument("--no-content", action="store_true", help="content and new-item sources off")
-    p.add_argument("--gc-gen0-threshold", type=int, default=Settings.model_fields["gc_gen0_threshold"].default,
+    p.add_argument("--gc-gen0-threshold", type=int, default=GC_GEN0_THRESHOLD,
                    help="as the worker's setting (0: Python's defaults, nothing frozen)")
     p.add_argument("--report")
     a = p.parse_args()

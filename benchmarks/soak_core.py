@@ -42,7 +42,7 @@ from models.events import parse_value
 from streams.app import Runtime, settle_gc
 from streams.embedded import start_redis
 from streams.measure import percentile, rss_mb
-from streams.settings import Settings
+from streams.settings import GC_GEN0_THRESHOLD, Settings
 from streams.simulate import simulate_shoppers
 
 
@@ -80,7 +80,7 @@ async def redis_by_family(server: aioredis.Redis, sample: int = 300) -> dict[str
 
 async def soak(events: int, segment: int, batch: int, shoppers: int, gap_s: float, redis_url: str,
                content: bool = True,
-               gc_gen0_threshold: int = Settings.model_fields["gc_gen0_threshold"].default) -> list[dict]:
+               gc_gen0_threshold: int = GC_GEN0_THRESHOLD) -> list[dict]:
     rt = Runtime(Settings(redis_url=redis_url, content=content, copy_in_worker=False, _env_file=None))
     latencies: list[float] = []
 
@@ -149,7 +149,7 @@ def main() -> None:
     p.add_argument("--shoppers", type=int, default=20_000)
     p.add_argument("--gap-s", type=float, default=0.05, help="event time between events (0.05: a 20 events/s shop)")
     p.add_argument("--no-content", action="store_true", help="content and new-item sources off")
-    p.add_argument("--gc-gen0-threshold", type=int, default=Settings.model_fields["gc_gen0_threshold"].default,
+    p.add_argument("--gc-gen0-threshold", type=int, default=GC_GEN0_THRESHOLD,
                    help="as the worker's setting (0: Python's defaults, nothing frozen)")
     p.add_argument("--report")
     a = p.parse_args()

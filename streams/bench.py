@@ -52,7 +52,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from streams.app import settle_gc
 from streams.embedded import exit_on_sigterm, start_broker, start_redis, start_worker
 from streams.measure import cpu_s, percentile
-from streams.settings import Settings
+from streams.settings import GC_GEN0_THRESHOLD
 from streams.simulate import catalog, simulate_shoppers
 
 
@@ -183,7 +183,7 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     lat = [(take(LATENCY_WARM), take(n)) for n in n_lat]
     # the events built above live to the end: keep the collector's walks over them (tens
     # of ms with this process's clock stopped) out of the latencies it measures
-    settle_gc(Settings.model_fields["gc_gen0_threshold"].default)
+    settle_gc(GC_GEN0_THRESHOLD)
     results: dict = {"machine": {"cpus": os.cpu_count()}, "events": events, "rates": rates, "slo_ms": slo_ms}
     try:
         for name, out_topic, id_of in (("passthrough", "passthrough-out", _passthrough_id),
