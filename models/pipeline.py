@@ -203,6 +203,9 @@ class Recommender:
             hook = getattr(source, "on_items", None)
             if hook is not None:
                 self.on_items.append(hook)
+        #: Sources told when a batch begins (what they kept for the last one is stale).
+        self.on_batch: list[Callable[[], Any]] = [
+            s.begin_batch for s in self.sources if getattr(s, "begin_batch", None) is not None]
         #: Availability, category and title of candidates, cached in-process.
         self.item_meta = ItemMetaCache(store, self.keys)
 
@@ -236,6 +239,8 @@ class Recommender:
         if not events:
             return out
         k, cfg = self.keys, self.config
+        for begin in self.on_batch:
+            begin()
 
         # 1. one read: dedupe markers and every shopper's state
         dedupable = [e for e in events if not isinstance(e, Item)]

@@ -151,6 +151,21 @@ def test_exact_search_is_the_same_with_any_blas_threads():
     assert [[i for i, _ in h] for h in one.search(q, 7)] == [[i for i, _ in h] for h in many.search(q, 7)]
 
 
+@pytest.mark.parametrize("few", [1, 2, 3])
+def test_exact_search_of_a_few_queries_answers_as_in_a_larger_batch(few):
+    """A few queries are multiplied one at a time, more as one product: same answers."""
+    assert ExactIndex.GEMV_BELOW == 3
+    vecs = clustered(3000, dim=32, seed=3)
+    ids = [f"i{i}" for i in range(len(vecs))]
+    ix = ExactIndex(32)
+    ix.upsert(ids, vecs)
+    q = clustered(8, dim=32, seed=4)
+    alone, batched = ix.search(q[:few], 20, exclude={"i1"}), ix.search(q, 20, exclude={"i1"})[:few]
+    assert [[i for i, _ in h] for h in alone] == [[i for i, _ in h] for h in batched]
+    assert np.allclose([[c for _, c in h] for h in alone], [[c for _, c in h] for h in batched], atol=1e-6)
+    assert [[i for i, _ in h] for h in alone] == [brute(ids, vecs, q[j:j + 1], 20, {"i1"}) for j in range(few)]
+
+
 def test_wrong_dimension_is_refused():
     with pytest.raises(ValueError, match="dimensions"):
         ExactIndex(4).upsert(["a"], np.ones((1, 3), dtype=np.float32))

@@ -138,11 +138,42 @@ async def test_observe_returns_the_write_and_follows_the_store(shop, encoder):
     mean, weight, _ = unpack_user_vector(ops[0][2], encoder.dim)
     np.testing.assert_allclose(mean, ((cup + 0.5 * mug) + hose) / 2.5, atol=1e-5)
     # propose refreshes the cache from the store: an erased user starts afresh
+    src.begin_batch()  # (within one batch the lists use what observe just wrote)
     await store.write([("delete", k) for k in keys.user_keys("u5")])
     await src.propose(ctx(["mug"], user="u5"), 3)
     ops = src.observe(ctx(["hose"], ["hose"], user="u5"), "socks", 1.0, T0 + 1)
     assert unpack_user_vector(ops[0][2], encoder.dim)[1] == pytest.approx(1.0 + 1.0)  # hose + socks only
     assert src.observe(ctx(user="u5"), "no-such-item", 1.0, T0) == []
+
+
+async def test_a_batch_lists_use_the_taste_vector_it_just_wrote_and_the_next_batch_reads_it(shop):
+    store, keys, catalog, src = shop
+    reads = []
+
+    class ReadSpy:
+        """The real store, the keys it is asked to read recorded."""
+
+        kind = store.kind
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        async def read(self, ops):
+            reads.extend(op[1] for op in ops)
+            return await store.read(ops)
+
+    src.store = ReadSpy()
+    src.begin_batch()
+    await store.write(src.observe(ctx(user="u7"), "mug", 1.0, T0))
+    first = await src.propose(ctx(["mug"], user="u7"), 8)
+    assert keys.user_vector("u7") not in reads  # what observe wrote is what a read returns
+    # the next batch: the stored vector may have changed since (here: another worker)
+    src.begin_batch()
+    other = ContentSource(store, keys, catalog.index)
+    await store.write(other.observe(ctx(user="u7"), "hose", 1.0, T0))
+    second = await src.propose(ctx(["mug"], user="u7"), 8)
+    assert keys.user_vector("u7") in reads
+    assert first[0][0] == "cup" and second[0] == ("hose", 0.6, "")  # the taste read: hose
 
 
 async def test_plugs_into_the_recommender(encoder):

@@ -63,7 +63,9 @@ class CandidateSource(Protocol):
         A source may also define ``async prepare(contexts, n)``: the recommender calls it
         once before computing the lists of a batch, so the source can do their shared
         work at once (one round trip, one batched search); ``propose`` must answer the
-        same with or without it."""
+        same with or without it. And ``begin_batch()``: called as each batch begins,
+        before its ``observe`` calls (e.g. to drop what was kept for the last batch's
+        lists)."""
 
 
 async def gather_candidates(sources: Sequence[CandidateSource], ctx: Context, k: int,

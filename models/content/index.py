@@ -119,6 +119,10 @@ class ExactIndex:
     """
 
     kind = "exact"
+    #: Up to this many queries are multiplied one at a time: OpenBLAS's matrix product
+    #: for 2 or 3 queries took longer than as many matrix-vector products (0.39 against
+    #: 0.23 ms for 2 at 5,000 x 384); from 4 on, one product is as fast or faster.
+    GEMV_BELOW = 3
 
     def __init__(self, dim: int, capacity: int = 1024, blas_threads: int | None = 1) -> None:
         self.dim = int(dim)
@@ -181,10 +185,13 @@ class ExactIndex:
         size = len(self._ids)
         if size == 0 or n <= 0:
             return [[] for _ in range(len(q))]
-        # [size, q] then transposed: OpenBLAS streams the big matrix once this way round
+        m = self._m[:size]
         with (self._blas.limit(limits=self._blas_threads, user_api="blas") if self._blas
               else contextlib.nullcontext()):
-            scores = np.ascontiguousarray((self._m[:size] @ q.T).T)
+            if len(q) <= self.GEMV_BELOW:  # a product per query: faster than one for few
+                scores = np.stack([m @ v for v in q])
+            else:  # [size, q] then transposed: OpenBLAS streams the big matrix once this way round
+                scores = np.ascontiguousarray((m @ q.T).T)
         want = min(size, n + sum(1 for e in exclude if e in self._row))
         # every query's top ``want`` at once, best first
         top = np.argpartition(-scores, want - 1, axis=1)[:, :want] if want < size else \

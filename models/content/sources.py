@@ -103,6 +103,9 @@ class ContentSource:
         self.taste_cache = 1024  # a batch's shoppers
         #: taste vectors ``prepare`` read for the lists about to be made (each used once)
         self._prefetched: dict[str, bytes | None] = {}
+        #: user -> the taste vector's bytes ``observe`` wrote in this batch: its lists use
+        #: them instead of reading them back (the batch's writes land before its reads)
+        self._folded: dict[str, bytes] = {}
         #: neighbours searched per anchor at least (``NewItemsSource`` asks for more)
         self.search_depth = 0
 
@@ -129,8 +132,14 @@ class ContentSource:
             return
         now_of = {c.user_id: c.now for c in contexts if self._use_taste(c)}
         if now_of:
-            raws = await self.store.read([("get", self.keys.user_vector(u)) for u in now_of])
-            self._prefetched = dict(zip(now_of, raws))
+            for u in now_of:
+                folded = self._just_folded(u)
+                if folded is not _UNREAD:
+                    self._prefetched[u] = folded
+            unread = [u for u in now_of if u not in self._prefetched]
+            if unread:
+                raws = await self.store.read([("get", self.keys.user_vector(u)) for u in unread])
+                self._prefetched.update(zip(unread, raws))
         need = n + self.max_anchors
         depth = max(need, self.search_depth)
         todo: list[tuple[str, float, np.ndarray | None]] = []  # (anchor or user, now, taste vector)
@@ -178,6 +187,8 @@ class ContentSource:
         if read_store:
             ops: list[tuple] = [("get", self.keys.item_vector(a)) for a in missing]
             prefetched = self._prefetched.pop(ctx.user_id, _UNREAD) if use_taste else _UNREAD
+            if use_taste and prefetched is _UNREAD:
+                prefetched = self._just_folded(ctx.user_id)
             if use_taste and prefetched is _UNREAD:
                 ops.append(("get", self.keys.user_vector(ctx.user_id)))
             res = await self.store.read(ops) if ops else []
@@ -303,8 +314,18 @@ class ContentSource:
             old = self._from_history(ctx.recent_items, ts)
         mean, total, last = _fold(old, v, weight, ts, self.half_life_s)
         self._remember(ctx.user_id, (mean, total, last))
-        return [("set", self.keys.user_vector(ctx.user_id), pack_user_vector(mean, total, last),
-                 self.user_vector_ttl_s)]
+        packed = self._folded[ctx.user_id] = pack_user_vector(mean, total, last)
+        return [("set", self.keys.user_vector(ctx.user_id), packed, self.user_vector_ttl_s)]
+
+    def begin_batch(self) -> None:
+        """A new batch: taste vectors folded before it may have changed in the store since."""
+        self._folded.clear()
+
+    def _just_folded(self, user_id: str) -> bytes | object:
+        """The taste vector ``observe`` wrote in this batch (the recommender stores a
+        batch's writes before its lists read): what a read would return, without the
+        read; ``_UNREAD`` when there is none."""
+        return self._folded.get(user_id, _UNREAD)
 
     async def learn(self, user_id: str, item_id: str, ts: float, weight: float = 1.0) -> bool:
         """``observe`` for callers outside the recommender: reads the stored vector (and the
@@ -333,6 +354,7 @@ class ContentSource:
         self._taste.pop(user_id, None)
         self._taste_hits.pop(user_id, None)
         self._prefetched.pop(user_id, None)
+        self._folded.pop(user_id, None)
 
     def _from_history(self, recent: Sequence[str], ts: float) -> tuple[np.ndarray, float, float] | None:
         vecs, weights = [], []

@@ -38,6 +38,21 @@ def _hiredis_packing(connection_class: type) -> type:
                 {"pack_command": lambda self, *args: packer.pack(*args)})
 
 
+def _packed(conn: Any, commands: list[tuple]) -> list[bytes]:
+    """``commands`` in the wire protocol, one hiredis call each (this store's commands
+    hold only names without spaces, str, bytes, int and float: nothing for redis-py's
+    per-argument checks to convert); redis-py's packing without hiredis."""
+    if _pack_command is None:
+        return conn.pack_commands(commands)
+    return [_pack_command(c) for c in commands]
+
+
+if HIREDIS_AVAILABLE:
+    from hiredis import pack_command as _pack_command
+else:  # pragma: no cover - hiredis is a dependency
+    _pack_command = None
+
+
 log = logging.getLogger("streamrec.store")
 
 #: Applies a batch of write operations in order, as one atomic command. ARGV is the
@@ -400,7 +415,7 @@ class RedisStore:
             async with asyncio.timeout(self.timeout_s):
                 conn = await pool.get_connection()
                 try:
-                    await conn.send_packed_command(conn.pack_commands(commands))
+                    await conn.send_packed_command(_packed(conn, commands))
                     replies = []
                     for _ in commands:
                         try:
