@@ -202,6 +202,26 @@ async def test_a_write_ahead_lands_before_the_reads_issued_after_it_in_the_same_
     assert len(trips) == 1  # the read before, the write and both reads after: one round trip
 
 
+async def test_reads_of_tasks_started_by_tasks_join_the_round_trip_of_the_write_ahead(
+        redis_store, k, monkeypatch):
+    """A batch's lists run as tasks that start a task per candidate source: their first
+    reads go with the batch's effects, in one round trip."""
+    await redis_store.write([("zincr", k("nt"), "a", 1.0)])
+    trips = count_round_trips(redis_store, monkeypatch)
+    written = redis_store.write_ahead([("zincr", k("nt"), "a", 2.0)])
+
+    async def source():
+        return await redis_store.read([("zscores", k("nt"), ["a"])])
+
+    async def one_list():
+        return await asyncio.gather(source(), source())
+
+    got = await asyncio.gather(one_list(), one_list())
+    assert await written is None
+    assert got == [[[[3.0]], [[3.0]]]] * 2
+    assert len(trips) == 1  # the write and the four reads
+
+
 async def test_reads_behind_a_failed_write_fail_with_it_and_the_ones_before_do_not(redis_store, k):
     from models.features import StoreError
 

@@ -257,6 +257,8 @@ class RedisStore:
     kind = "redis"
     #: Most operations sent in one round trip.
     MAX_PIPELINE_OPS = 20_000
+    #: Most turns of the event loop a round trip waits for more operations to join it.
+    GATHER_TURNS = 4
 
     def __init__(self, client: aioredis.Redis, timeout_s: float = 2.0) -> None:
         self._r = client
@@ -315,12 +317,20 @@ class RedisStore:
         self._pending.append((kind, ops, payload, fut))
         if not self._flushing:
             self._flushing = True
-            # two hops: tasks started in this turn issue theirs before the flush runs
+            # tasks started in this turn issue theirs before the flush sends (see _flush)
             loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
         return fut
 
     async def _flush(self) -> None:
         try:
+            # Tasks started in the turn that issued first may start tasks of their own
+            # (the candidate sources of each list) before they issue: wait while each
+            # turn of the event loop adds to the round trip, a few turns at most.
+            for _ in range(self.GATHER_TURNS):
+                issued = len(self._pending)
+                await asyncio.sleep(0)
+                if len(self._pending) == issued:
+                    break
             while self._pending:
                 batch, size = [], 0
                 while self._pending and (not batch or size + len(self._pending[0][1]) <= self.MAX_PIPELINE_OPS):
