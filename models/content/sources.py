@@ -132,10 +132,8 @@ class ContentSource:
             return
         now_of = {c.user_id: c.now for c in contexts if self._use_taste(c)}
         if now_of:
-            for u in now_of:
-                folded = self._just_folded(u)
-                if folded is not _UNREAD:
-                    self._prefetched[u] = folded
+            # what this batch's events just wrote is what a read would return
+            self._prefetched = {u: self._folded[u] for u in now_of if u in self._folded}
             unread = [u for u in now_of if u not in self._prefetched]
             if unread:
                 raws = await self.store.read([("get", self.keys.user_vector(u)) for u in unread])
@@ -187,8 +185,8 @@ class ContentSource:
         if read_store:
             ops: list[tuple] = [("get", self.keys.item_vector(a)) for a in missing]
             prefetched = self._prefetched.pop(ctx.user_id, _UNREAD) if use_taste else _UNREAD
-            if use_taste and prefetched is _UNREAD:
-                prefetched = self._just_folded(ctx.user_id)
+            if prefetched is _UNREAD and use_taste:  # what this batch just wrote, if it did
+                prefetched = self._folded.get(ctx.user_id, _UNREAD)
             if use_taste and prefetched is _UNREAD:
                 ops.append(("get", self.keys.user_vector(ctx.user_id)))
             res = await self.store.read(ops) if ops else []
@@ -320,12 +318,6 @@ class ContentSource:
     def begin_batch(self) -> None:
         """A new batch: taste vectors folded before it may have changed in the store since."""
         self._folded.clear()
-
-    def _just_folded(self, user_id: str) -> bytes | object:
-        """The taste vector ``observe`` wrote in this batch (the recommender stores a
-        batch's writes before its lists read): what a read would return, without the
-        read; ``_UNREAD`` when there is none."""
-        return self._folded.get(user_id, _UNREAD)
 
     async def learn(self, user_id: str, item_id: str, ts: float, weight: float = 1.0) -> bool:
         """``observe`` for callers outside the recommender: reads the stored vector (and the

@@ -38,6 +38,12 @@ def _hiredis_packing(connection_class: type) -> type:
                 {"pack_command": lambda self, *args: packer.pack(*args)})
 
 
+if HIREDIS_AVAILABLE:
+    from hiredis import pack_command as _pack_command
+else:  # pragma: no cover - hiredis is a dependency
+    _pack_command = None
+
+
 def _packed(conn: Any, commands: list[tuple]) -> list[bytes]:
     """``commands`` in the wire protocol, one hiredis call each (this store's commands
     hold only names without spaces, str, bytes, int and float: nothing for redis-py's
@@ -45,12 +51,6 @@ def _packed(conn: Any, commands: list[tuple]) -> list[bytes]:
     if _pack_command is None:
         return conn.pack_commands(commands)
     return [_pack_command(c) for c in commands]
-
-
-if HIREDIS_AVAILABLE:
-    from hiredis import pack_command as _pack_command
-else:  # pragma: no cover - hiredis is a dependency
-    _pack_command = None
 
 
 log = logging.getLogger("streamrec.store")
