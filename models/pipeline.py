@@ -585,14 +585,14 @@ class Recommender:
 
         While the ranker is still warming up, the prior blend orders everything and
         features (stored to label the list) are built only for the head."""
-        by_source: dict[str, list[str]] = {}
+        by_source: dict[str, list[tuple[float, str]]] = {}
         for c in cands.values():
-            for s in c.signals:
-                by_source.setdefault(s, []).append(c.item_id)
+            for s, v in c.signals.items():
+                by_source.setdefault(s, []).append((-v, c.item_id))
         rank: dict[tuple[str, str], int] = {}
-        for s, ids in by_source.items():
-            ids.sort(key=lambda i: (-cands[i].signals[s], i))
-            for r, i in enumerate(ids):
+        for s, pairs in by_source.items():
+            pairs.sort()  # best first, ties by item id
+            for r, (_, i) in enumerate(pairs):
                 rank[(s, i)] = r
         ranker = self.ranker
         features = ranker.features
@@ -603,12 +603,11 @@ class Recommender:
                 f["cat_affinity"] = affinity.get(c.item_id, 0.0)
             return f
 
-        if not ranker.active:
-            prior = ranker.prior_score
-            order = sorted(((prior(c.signals), c) for c in cands.values()),
-                           key=lambda t: (-t[0], t[1].item_id))[:head]
-            return [(score, c, feats(c)) for score, c in order]
         cs = list(cands.values())
+        if not ranker.active:
+            order = sorted(zip([-p for p in ranker.prior_scores([c.signals for c in cs])],
+                               [c.item_id for c in cs], cs))[:head]  # best first, ties by item id
+            return [(-neg, c, feats(c)) for neg, _, c in order]
         fs = [feats(c) for c in cs]
         scored = list(zip(ranker.score_many(fs, [c.signals for c in cs]), cs, fs))
         scored.sort(key=lambda t: (-t[0], t[1].item_id))

@@ -47,7 +47,23 @@ class Ranker:
         return f
 
     def prior_score(self, signals: Mapping[str, float]) -> float:
-        return sum(self.prior.get(s, 0.1) * v for s, v in signals.items())
+        return self.prior_scores([signals])[0]
+
+    def prior_scores(self, signals: list[Mapping[str, float]]) -> list[float]:
+        """The fixed prior blend of each candidate's signals (a weight per source, 0.1
+        for a source the prior does not name).
+
+        >>> Ranker(["covis"]).prior_scores([{"session_knn": 1.0, "popular": 2.0}, {"new": 1.0}, {}])
+        [1.1, 0.1, 0.0]
+        """
+        weight = self.prior.get
+        out = []
+        for sig in signals:
+            p = 0.0
+            for s, v in sig.items():
+                p += weight(s, 0.1) * v
+            out.append(p)
+        return out
 
     @property
     def active(self) -> bool:
@@ -68,7 +84,7 @@ class Ranker:
         >>> round(r.score_many([f], [{"covis": 1.0}])[0], 9) == round(r.model.predict_proba_one(f)[True] + 1e-3 * math.tanh(0.7), 9)
         True
         """
-        priors = [self.prior_score(s) for s in signals]
+        priors = self.prior_scores(signals)
         if not self.active:
             return priors
         scaler, lr = self.model.steps["StandardScaler"], self.model.steps["LogisticRegression"]

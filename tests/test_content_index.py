@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from models.content.index import AnnIndex, AutoIndex, ExactIndex, VectorIndex, normalise
+from models.content.index import AnnIndex, AutoIndex, ExactIndex, VectorIndex, best_per_row, normalise
 
 
 def clustered(n: int, dim: int = 64, clusters: int = 50, seed: int = 0) -> np.ndarray:
@@ -164,6 +164,36 @@ def test_exact_search_of_a_few_queries_answers_as_in_a_larger_batch(few):
     assert [[i for i, _ in h] for h in alone] == [[i for i, _ in h] for h in batched]
     assert np.allclose([[c for _, c in h] for h in alone], [[c for _, c in h] for h in batched], atol=1e-6)
     assert [[i for i, _ in h] for h in alone] == [brute(ids, vecs, q[j:j + 1], 20, {"i1"}) for j in range(few)]
+
+
+def full_sort(scores: np.ndarray, want: int) -> tuple[list, list]:
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :want]
+    return order.tolist(), np.take_along_axis(scores, order, 1).tolist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.integers(1, 12), size=st.integers(1, 4000), want=st.integers(1, 150),
+       ties=st.sampled_from(["none", "rounded", "half equal"]), seed=st.integers(0, 2**16))
+def test_best_per_row_is_a_full_stable_sort_cut_short(rows, size, want, ties, seed):
+    """The thresholded selection gives each row's best exactly as sorting every column
+    would, equal values in column order, however the values tie."""
+    rng = np.random.default_rng(seed)
+    scores = (rng.standard_normal((rows, size)) / 3).astype(np.float32)
+    if ties == "rounded":
+        scores = np.round(scores, 1)
+    elif ties == "half equal":
+        scores[:, ::2] = 0.25
+    assert best_per_row(scores, want) == full_sort(scores, want)
+
+
+def test_best_per_row_sorts_a_row_in_full_when_its_sample_misleads():
+    """The sampled columns high, every other one low: too few pass the sample's
+    threshold, and that row (only) is sorted in full: the answer is still exact."""
+    scores = np.full((2, 5000), 0.1, dtype=np.float32)
+    scores[0, ::10] = np.linspace(0.9, 0.5, 500)
+    scores[1] = np.linspace(1.0, -1.0, 5000)[::-1]
+    assert 0 < np.count_nonzero(scores[0] >= np.sort(scores[0, ::10])[-30]) < 100
+    assert best_per_row(scores, 100) == full_sort(scores, 100)
 
 
 def test_wrong_dimension_is_refused():

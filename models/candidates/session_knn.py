@@ -37,7 +37,6 @@ Scores are returned normalised to the best one (1.0), so sources blend on one sc
 
 from __future__ import annotations
 
-import heapq
 import math
 import operator
 import sys
@@ -100,8 +99,9 @@ class SessionKNN:
         sim.pop(ctx.session_id, None)
         if not sim:
             return []
-        # ties keep first-seen order (nlargest is stable), so the choice is deterministic
-        top = heapq.nlargest(self.neighbours, sim.items(), key=_score)
+        # ties keep first-seen order (the sort is stable), so the choice is deterministic;
+        # sorting all (a few hundred) is faster than heapq.nlargest, with the same answer
+        top = sorted(sim.items(), key=_score, reverse=True)[:self.neighbours]
         sessions = await self._session_items([sid for sid, _ in top], ctx.now)
         scores: dict[str, float] = {}
         get = scores.get
@@ -118,7 +118,7 @@ class SessionKNN:
                 scores[item] = get(item, 0.0) + s * near
         if not scores:
             return []
-        ranked = heapq.nlargest(n, scores.items(), key=_score)
+        ranked = sorted(scores.items(), key=_score, reverse=True)[:n]
         top_score = ranked[0][1] or 1.0
         return [(item, v / top_score, "") for item, v in ranked]
 

@@ -103,6 +103,64 @@ def _blas_controller():
     return ctl if ctl.select(user_api="blas").lib_controllers else None
 
 
+def best_per_row(scores: np.ndarray, want: int) -> tuple[list[list[int]], list[list[float]]]:
+    """Each row's ``want`` largest values as (columns, values), best first; equal values
+    in column order (an item added earlier first).
+
+    A full selection over every column (``argpartition``) cost about 50 us per row of
+    5,000, as much as the matrix product that made the row. Instead a threshold from
+    every ``SAMPLE_STEP``-th column (its ``3 * want / SAMPLE_STEP``-th largest) keeps
+    about three times ``want`` columns, which are sorted; a row where fewer than ``want``
+    pass (unlikely) is sorted in full. The result is the same either way.
+
+    >>> s = np.array([[0.1, 0.9, 0.5, 0.9], [0.3, 0.2, 0.1, 0.0]], dtype=np.float32)
+    >>> cols, vals = best_per_row(s, 3)
+    >>> cols, [[round(v, 1) for v in r] for r in vals]
+    ([[1, 3, 2], [0, 1, 2]], [[0.9, 0.9, 0.5], [0.3, 0.2, 0.1]])
+    """
+    rows, size = scores.shape
+    want = min(want, size)
+    if want <= 0:
+        return [[] for _ in range(rows)], [[] for _ in range(rows)]
+    step = SAMPLE_STEP
+    sample = scores[:, ::step]
+    rank = -(-3 * want // step)  # the threshold's rank in the sample, from the top
+    if size < 8 * want or rank >= sample.shape[1]:  # small: sort every column
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :want]
+        return order.tolist(), np.take_along_axis(scores, order, 1).tolist()
+    cut = sample.shape[1] - rank
+    threshold = np.partition(sample, cut, axis=1)[:, cut]
+    passed = scores >= threshold[:, None]
+    counts = np.count_nonzero(passed, axis=1)
+    flat = np.flatnonzero(passed)  # row by row, columns ascending
+    r = flat // size
+    values = scores.ravel()[flat].astype(np.float64)
+    # by row, then best first; a stable sort keeps equal values in column order (the
+    # row offset keeps rows apart: cosines lie in [-1, 1])
+    span = 2.0 * (float(np.abs(values).max(initial=0.0)) + 1.0)
+    order = np.argsort(r * span - values, kind="stable")
+    within = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = order[within < want]
+    taken = np.minimum(counts, want).tolist()
+    cols, vals = (flat[keep] - r[keep] * size).tolist(), scores.ravel()[flat[keep]].tolist()
+    out_cols, out_vals = [], []
+    start = 0
+    for i, n in enumerate(taken):
+        if n == want:
+            out_cols.append(cols[start:start + n])
+            out_vals.append(vals[start:start + n])
+        else:  # the sample set the threshold too high for this row: sort it in full
+            full = np.argsort(-scores[i], kind="stable")[:want]
+            out_cols.append(full.tolist())
+            out_vals.append(scores[i, full].tolist())
+        start += n
+    return out_cols, out_vals
+
+
+#: ``best_per_row`` reads every this-many-th column to set its threshold.
+SAMPLE_STEP = 10
+
+
 class ExactIndex:
     """Brute-force cosine search over a growing numpy matrix.
 
@@ -193,12 +251,7 @@ class ExactIndex:
             else:  # [size, q] then transposed: OpenBLAS streams the big matrix once this way round
                 scores = np.ascontiguousarray((m @ q.T).T)
         want = min(size, n + sum(1 for e in exclude if e in self._row))
-        # every query's top ``want`` at once, best first
-        top = np.argpartition(-scores, want - 1, axis=1)[:, :want] if want < size else \
-            np.broadcast_to(np.arange(size), scores.shape)
-        best = np.take_along_axis(scores, top, 1)
-        order = np.argsort(-best, axis=1, kind="stable")
-        top, best = np.take_along_axis(top, order, 1).tolist(), np.take_along_axis(best, order, 1).tolist()
+        top, best = best_per_row(scores, want)
         ids = self._ids
         out: list[Hits] = []
         for rows, cos in zip(top, best):
