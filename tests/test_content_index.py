@@ -216,3 +216,15 @@ def test_ann_index_then_encoder_in_one_process():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("dim")
+
+
+def test_search_benchmark_runs_and_checks_its_choice_against_a_full_selection(capsys, monkeypatch):
+    """``benchmarks.bench_search`` (the README's figures for the choice of each query's
+    best) asserts, before timing, that ``best_per_row`` chose what a full selection does."""
+    from benchmarks import bench_search
+
+    monkeypatch.setattr("sys.argv", ["bench_search", "--items", "2000", "--dim", "32", "--n", "50",
+                                     "--queries", "1", "5", "--repeat", "3"])
+    bench_search.main()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["1", "5"] and all(float(x) > 0 for r in rows for x in r[1:])
