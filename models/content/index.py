@@ -108,7 +108,8 @@ def best_per_row(scores: np.ndarray, want: int) -> tuple[list[list[int]], list[l
     in column order (an item added earlier first).
 
     A full selection over every column (``argpartition``) cost about 50 us per row of
-    5,000, as much as the matrix product that made the row. Instead a threshold from
+    5,000, more than half the cost of the matrix product that made the row (see
+    ``python -m benchmarks.bench_search``). Instead a threshold from
     every ``SAMPLE_STEP``-th column (its ``3 * want / SAMPLE_STEP``-th largest) keeps
     about three times ``want`` columns, which are sorted; a row where fewer than ``want``
     pass (unlikely) is sorted in full. The result is the same either way.
@@ -129,31 +130,15 @@ def best_per_row(scores: np.ndarray, want: int) -> tuple[list[list[int]], list[l
         order = np.argsort(-scores, axis=1, kind="stable")[:, :want]
         return order.tolist(), np.take_along_axis(scores, order, 1).tolist()
     cut = sample.shape[1] - rank
-    threshold = np.partition(sample, cut, axis=1)[:, cut]
-    passed = scores >= threshold[:, None]
-    counts = np.count_nonzero(passed, axis=1)
-    flat = np.flatnonzero(passed)  # row by row, columns ascending
-    r = flat // size
-    values = scores.ravel()[flat].astype(np.float64)
-    # by row, then best first; a stable sort keeps equal values in column order (the
-    # row offset keeps rows apart: cosines lie in [-1, 1])
-    span = 2.0 * (float(np.abs(values).max(initial=0.0)) + 1.0)
-    order = np.argsort(r * span - values, kind="stable")
-    within = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
-    keep = order[within < want]
-    taken = np.minimum(counts, want).tolist()
-    cols, vals = (flat[keep] - r[keep] * size).tolist(), scores.ravel()[flat[keep]].tolist()
+    passed = scores >= np.partition(sample, cut, axis=1)[:, cut][:, None]
     out_cols, out_vals = [], []
-    start = 0
-    for i, n in enumerate(taken):
-        if n == want:
-            out_cols.append(cols[start:start + n])
-            out_vals.append(vals[start:start + n])
-        else:  # the sample set the threshold too high for this row: sort it in full
-            full = np.argsort(-scores[i], kind="stable")[:want]
-            out_cols.append(full.tolist())
-            out_vals.append(scores[i, full].tolist())
-        start += n
+    for row, ok in zip(scores, passed):
+        cols = np.flatnonzero(ok)  # ascending
+        if len(cols) < want:  # the sample set the threshold too high here: every column
+            cols = np.arange(size)
+        best = cols[np.argsort(-row[cols], kind="stable")[:want]]  # stable: ties in column order
+        out_cols.append(best.tolist())
+        out_vals.append(row[best].tolist())
     return out_cols, out_vals
 
 
