@@ -46,9 +46,6 @@ class Ranker:
             f[f"{s}_rank"] = 1.0 / (1 + rank.get(s, 0))
         return f
 
-    def prior_score(self, signals: Mapping[str, float]) -> float:
-        return self.prior_scores([signals])[0]
-
     def prior_scores(self, signals: list[Mapping[str, float]]) -> list[float]:
         """The fixed prior blend of each candidate's signals (a weight per source, 0.1
         for a source the prior does not name).

@@ -185,10 +185,10 @@ class ContentSource:
         if read_store:
             ops: list[tuple] = [("get", self.keys.item_vector(a)) for a in missing]
             prefetched = self._prefetched.pop(ctx.user_id, _UNREAD) if use_taste else _UNREAD
-            if prefetched is _UNREAD and use_taste:  # what this batch just wrote, if it did
+            if use_taste and prefetched is _UNREAD:  # what this batch just wrote, if it did
                 prefetched = self._folded.get(ctx.user_id, _UNREAD)
-            if use_taste and prefetched is _UNREAD:
-                ops.append(("get", self.keys.user_vector(ctx.user_id)))
+                if prefetched is _UNREAD:
+                    ops.append(("get", self.keys.user_vector(ctx.user_id)))
             res = await self.store.read(ops) if ops else []
             for a, raw in zip(missing, res):
                 v = vector_from_bytes(raw, index.dim)
