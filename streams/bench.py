@@ -1,14 +1,18 @@
 """``streamrec bench``: one worker's throughput and latency, next to a bare Faust pass-through.
 
-Both run as separate processes on the same embedded broker, with the same batching
-(``take_events``), over the same simulated shopper stream:
+Both run as separate processes against the embedded broker (a fresh one for every
+measurement, see below), with the same batching (``take_events``), over the same
+simulated shopper stream:
 
 - throughput: N events produced as fast as possible; events/s = N / (time from the
   first produce to the last output read back);
 - latency: events paced at ``--rate`` per second (20 s of them, or ``--events`` if
   fewer; several rates give one run each, lowest first); latency = time the output
   is read back minus the time its input was handed to the producer (p50/p95/p99);
-  the summary names the highest rate whose p99 stayed under ``--slo-ms``;
+  the summary names the highest rate whose p99 stayed under ``--slo-ms``; it splits
+  at the worker's send (the output record's Kafka timestamp, stamped by the worker's
+  producer): before it (fetch, queue, batch; with the part inside the worker's batch,
+  the recommendation's ``latency_ms``) and after it (delivery to the reader);
 - worker CPU per event: the worker process's user + system CPU time during the
   throughput run over the events it answered, steadier from run to run on a shared
   machine than events/s.
@@ -16,13 +20,16 @@ Both run as separate processes on the same embedded broker, with the same batchi
 Both first receive a 5,000-item catalog; the streamrec worker's measurements start
 once it has embedded every title (content candidates on, as in production).
 
-Each paced run reads fresh topics, through a fresh worker process on the same store
-(a restarted worker: its features, models and catalog vectors carry over), after
-``LATENCY_WARM`` unpaced events. The embedded broker's fetches cost more with every
-batch stored in the partition they read (``benchmarks/soak.py`` has the measurements),
-and at these rates every event is a batch of its own; a Kafka broker finds an offset
-through its log index instead. Fresh topics keep one run's history out of the next
-run's figures; the history a run builds during its own 20 seconds stays in them.
+Every measurement runs on an embedded broker of its own: each worker's throughput run
+(after 2,000 unpaced events) and each paced run, which reads fresh topics through a
+fresh worker process on the same store (a restarted worker: its features, models and
+catalog vectors carry over) after ``LATENCY_WARM`` unpaced events. The embedded
+broker's fetches cost more with every batch it holds (``benchmarks/soak.py`` has the
+measurements), and at these rates every event is a batch of its own; a Kafka broker
+finds an offset through its log index instead. Fresh topics on one broker did not keep
+one run's history out of the next run's figures (the broker's CPU kept growing from run
+to run, and the pass-through, measured first, met a broker that held less); a broker per
+measurement does. The history a run builds during its own 20 seconds stays in its figures.
 
 The bench's own process settles its garbage collector as a worker does
 (``streams.app.settle_gc``) once it has built its events, so that its collections'
@@ -35,6 +42,7 @@ value to an output topic. The ratio between the two is the cost of the recommend
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -44,10 +52,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.app import settle_gc
 from streams.embedded import exit_on_sigterm, start_broker, start_redis, start_worker
@@ -62,30 +70,37 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
     ``worker_pid``, also the CPU time that process spent per event meanwhile.
     ``id_of(output)`` is (the input's event id, the worker's own time for it in ms or
     None): the part of the end-to-end time spent inside the worker's batch."""
-    consumer = AIOKafkaConsumer(out_topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
-                                group_id=f"bench-{uuid.uuid4().hex[:6]}", fetch_max_wait_ms=5)
+    # the reader takes every partition of the output itself (no group to join), from its end
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=5)
     await consumer.start()
-    await asyncio.sleep(1.0)
-    while not consumer.assignment():
-        await asyncio.sleep(0.1)
+    if out_topic not in await consumer.topics():  # as the worker would on its first send
+        await _create_topic(bootstrap, out_topic)
+    consumer.assign([TopicPartition(out_topic, p) for p in range(PARTITIONS)])
     await consumer.seek_to_end()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1 if rate else 5)
     await producer.start()
-    sent_at: dict[str, float] = {}
+    sent_at: dict[str, tuple[float, float]] = {}  # event id -> (perf_counter, wall clock) at hand-over
     lat: list[float] = []
     inside: list[float] = []
+    # the output's Kafka timestamp is the worker's send (its producer stamps the record):
+    # the end-to-end time splits into before it (fetch, queue, batch) and after (delivery)
+    to_send: list[float] = []
+    after_send: list[float] = []
     done = asyncio.Event()
 
     async def read() -> None:
         while len(lat) < len(events):
             batch = await consumer.getmany(timeout_ms=100)
-            now = time.perf_counter()
+            now, wall = time.perf_counter(), time.time()
             for msgs in batch.values():
                 for m in msgs:
                     event_id, worker_ms = id_of(m.value)
                     t = sent_at.pop(event_id, None)
                     if t is not None:
-                        lat.append((now - t) * 1000)
+                        lat.append((now - t[0]) * 1000)
+                        to_send.append(m.timestamp - t[1] * 1000)
+                        after_send.append(wall * 1000 - m.timestamp)
                         if worker_ms is not None:
                             inside.append(worker_ms)
         done.set()
@@ -100,7 +115,7 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
             if delay > 0:
                 await asyncio.sleep(delay)
         v = e["value"]
-        sent_at[v["event_id"]] = time.perf_counter()
+        sent_at[v["event_id"]] = (time.perf_counter(), time.time())
         await producer.send(prefix + e["topic"], orjson.dumps(v), key=v["user_id"].encode())
     await producer.flush()
     try:
@@ -119,7 +134,25 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
             "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(max(lat), 2) if lat else None,
             "worker_p50_ms": round(percentile(inside, 50), 2) if inside else None,
             "worker_p99_ms": round(percentile(inside, 99), 2) if inside else None,
+            "to_send_p50_ms": round(percentile(to_send, 50), 1) if to_send else None,
+            "to_send_p99_ms": round(percentile(to_send, 99), 1) if to_send else None,
+            "after_send_p50_ms": round(percentile(after_send, 50), 1) if after_send else None,
+            "after_send_p99_ms": round(percentile(after_send, 99), 1) if after_send else None,
             "worker_cpu_ms_per_event": None if math.isnan(cpu) else round(cpu * 1000 / max(len(lat), 1), 3)}
+
+
+async def _create_topic(bootstrap: str, topic: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        await admin.close()
 
 
 def _rec_trigger(value: bytes) -> tuple[str, float | None]:
@@ -159,7 +192,8 @@ async def _wait_for_vectors(redis_url: str, prefix: str, item_ids: list[str], ti
 
 
 def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_url: str | None = None,
-              report: str | None = None, latency_events: int | None = None, slo_ms: float = 100.0) -> dict:
+              report: str | None = None, latency_events: int | None = None, slo_ms: float = 100.0,
+              catalog_items: int = 5000) -> dict:
     """Run both workers through both measurements; print a table; return the results.
 
     ``rate`` may be several paced rates: the latency run is repeated at each (lowest
@@ -169,10 +203,8 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     exit_on_sigterm()
     rates = sorted({float(r) for r in ([rate] if isinstance(rate, (int, float)) else rate)})
     logdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
-    broker = start_broker(log_dir=logdir)
     redis = None if redis_url else start_redis(log_dir=logdir)
     redis_url = redis_url or f"redis://127.0.0.1:{redis.port}/0"
-    bootstrap = f"127.0.0.1:{broker.port}"
     n_lat = [latency_events or int(min(events, r * 20)) for r in rates]
     stream = iter(simulate_shoppers(2000 + events + sum(n_lat) + LATENCY_WARM * len(rates), seed=42))
 
@@ -191,35 +223,44 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
             keys = f"b{uuid.uuid4().hex[:6]}-"
             start = start_passthrough if name == "passthrough" else start_worker
 
-            def env(topics: str) -> dict:
+            def env(bootstrap: str, topics: str) -> dict:
                 return {"STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "STREAMREC_REDIS_URL": redis_url,
                         "STREAMREC_TOPIC_PREFIX": topics, "STREAMREC_KEY_PREFIX": keys,
                         "STREAMREC_APP_ID": f"bench-{topics}", "STREAMREC_WEB_PORT": "0",
                         "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_COPY_IN_WORKER": "false",
-                        "STREAMREC_PARTITIONS": "4"}
+                        "STREAMREC_PARTITIONS": str(PARTITIONS),
+                        # a new group's first join takes half the session timeout on the
+                        # embedded broker; nothing here needs a slow failure detection
+                        "STREAMREC_KAFKA_SESSION_TIMEOUT_S": "6"}
 
-            def measure(topics: str, part: list[dict], paced: float | None, pid: int | None = None) -> dict:
+            def measure(bootstrap: str, topics: str, part: list[dict], paced: float | None,
+                        pid: int | None = None) -> dict:
                 return asyncio.run(_measure(bootstrap, topics, topics + out_topic, part, paced, id_of, pid))
 
-            worker = start(env(keys), logdir / f"{name}.log")
-            try:
-                items = catalog(5000)
-                asyncio.run(_seed(bootstrap, keys, items))
-                if name == "streamrec":  # measure the recommender, not the catalog's first embedding
-                    asyncio.run(_wait_for_vectors(redis_url, keys, [e["value"]["item_id"] for e in items]))
-                measure(keys, warm, None)
-                results[name] = {"throughput": measure(keys, thr, None, worker.proc.pid), "latency": []}
-            finally:
-                worker.stop()
-            for r, (warm_up, part) in zip(rates, lat):
-                # fresh topics, the same store: a restarted worker on the state built so far
-                topics = f"{keys}r{r:.0f}-"
-                worker = start(env(topics), logdir / f"{name}-{r:.0f}.log")
+            # every measurement on a broker of its own (see the module's docstring)
+            with _fresh_broker(logdir) as bootstrap:
+                worker = start(env(bootstrap, keys), logdir / f"{name}.log")
                 try:
-                    measure(topics, warm_up, None)
-                    results[name]["latency"].append({"rate": r, **measure(topics, part, r, worker.proc.pid)})
+                    items = catalog(catalog_items)
+                    asyncio.run(_seed(bootstrap, keys, items))
+                    if name == "streamrec":  # measure the recommender, not the catalog's first embedding
+                        asyncio.run(_wait_for_vectors(redis_url, keys, [e["value"]["item_id"] for e in items]))
+                    measure(bootstrap, keys, warm, None)
+                    results[name] = {"throughput": measure(bootstrap, keys, thr, None, worker.proc.pid),
+                                     "latency": []}
                 finally:
                     worker.stop()
+            for r, (warm_up, part) in zip(rates, lat):
+                # a fresh broker, the same store: a restarted worker on the state built so far
+                topics = f"{keys}r{r:.0f}-"
+                with _fresh_broker(logdir) as bootstrap:
+                    worker = start(env(bootstrap, topics), logdir / f"{name}-{r:.0f}.log")
+                    try:
+                        measure(bootstrap, topics, warm_up, None)
+                        results[name]["latency"].append(
+                            {"rate": r, **measure(bootstrap, topics, part, r, worker.proc.pid)})
+                    finally:
+                        worker.stop()
             res = results[name]
             res["sustained_rate"] = sustained_rate(res["latency"], slo_ms)
             res["batch_splits"] = sum(_batch_splits(log) for log in logdir.glob(f"{name}*.log"))
@@ -234,11 +275,14 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                           if row["worker_p50_ms"] is not None else "")
                 print(f"{'':12s} at {row['rate']:>5.0f}/s: p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  "
                       f"({row['outputs']}/{row['events']} answered){inside}", flush=True)
+                if row["to_send_p50_ms"] is not None:
+                    print(f"{'':12s}   to the worker's send p50 {row['to_send_p50_ms']:.1f} ms  p99 "
+                          f"{row['to_send_p99_ms']:.1f} ms; from it to the reader p50 {row['after_send_p50_ms']:.1f} ms"
+                          f"  p99 {row['after_send_p99_ms']:.1f} ms", flush=True)
             best = res["sustained_rate"]
             print(f"{'':12s} p99 under {slo_ms:.0f} ms up to: "
                   + (f"{best:.0f} events/s of those measured" if best else "none of the rates measured"), flush=True)
     finally:
-        broker.stop()
         if redis:
             redis.stop()
     sr, pt = results["streamrec"], results["passthrough"]
@@ -249,6 +293,18 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     return results
 
 
+@contextlib.contextmanager
+def _fresh_broker(logdir: Path) -> Iterator[str]:
+    """An embedded broker for one measurement; yields its bootstrap address."""
+    broker = start_broker(log_dir=logdir)
+    try:
+        yield f"127.0.0.1:{broker.port}"
+    finally:
+        broker.stop()
+
+
+#: Partitions of every topic in the bench.
+PARTITIONS = 4
 #: Events each paced run's fresh worker gets unpaced before its clock starts.
 LATENCY_WARM = 500
 
@@ -304,7 +360,9 @@ def passthrough_main() -> None:
     s = load_settings()
     app = StreamrecApp(f"{s.app_id}-pt", broker=s.kafka_url, store="memory://", key_serializer="raw",
                     value_serializer="raw", topic_partitions=s.partitions, web_enabled=False,
-                    consumer_auto_offset_reset="earliest", broker_commit_interval=1.0, producer_acks=-1)
+                    consumer_auto_offset_reset="earliest", broker_commit_interval=1.0, producer_acks=-1,
+                    broker_session_timeout=s.kafka_session_timeout_s,
+                    broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_s / 3))
     app.fetch_max_wait_ms = s.kafka_fetch_max_wait_ms
     inputs = app.topic(s.topic("clicks"), s.topic("carts"), key_type=bytes, value_type=bytes)
     out = app.topic(s.topic("passthrough-out"), key_type=bytes, value_type=bytes, partitions=s.partitions)

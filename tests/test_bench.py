@@ -1,0 +1,39 @@
+"""``streamrec bench`` end to end, small: both workers answer every event, each
+measurement meets a broker of its own, and the latency split at the worker's send
+adds up to what the reader measured."""
+
+from __future__ import annotations
+
+from streams import bench
+
+
+def test_bench_runs_small_and_every_measurement_gets_a_fresh_broker(monkeypatch, capsys):
+    started: list[int] = []
+    real_start = bench.start_broker
+
+    def counting_start(*args, **kwargs):  # the real broker, counted
+        svc = real_start(*args, **kwargs)
+        started.append(svc.port)
+        return svc
+
+    monkeypatch.setattr(bench, "start_broker", counting_start)
+    res = bench.run_bench(events=300, rate=[40, 80], latency_events=120, catalog_items=200)
+
+    # per worker: the throughput run and one paced run per rate, each on its own broker
+    assert len(started) == 2 * (1 + 2) and len(set(started)) == len(started)
+    for name in ("passthrough", "streamrec"):
+        r = res[name]
+        assert r["batch_splits"] == 0
+        assert r["throughput"]["outputs"] == 300 and r["throughput"]["events_per_s"] > 0
+        assert [row["rate"] for row in r["latency"]] == [40.0, 80.0]
+        for row in r["latency"]:
+            assert row["outputs"] == row["events"] == 120
+            # the two sides of the worker's send (ms-resolution timestamps: 1 ms slack each)
+            assert row["to_send_p50_ms"] >= -1 and row["after_send_p50_ms"] >= -1
+            assert row["to_send_p50_ms"] + row["after_send_p50_ms"] <= row["p99_ms"] + 2
+    inside = [row["worker_p50_ms"] for row in res["streamrec"]["latency"]]
+    assert all(v is not None and v > 0 for v in inside)
+    assert all(row["worker_p50_ms"] is None for row in res["passthrough"]["latency"])
+    assert 0 < res["ratio_to_passthrough"]
+    out = capsys.readouterr().out
+    assert "to the worker's send" in out and "streamrec / pass-through throughput" in out
