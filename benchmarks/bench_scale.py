@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_scale [--events 5000] [--partitions 4] [--workers 1 2] [--report out.json]
 
-Starts an embedded broker and Redis, then for each worker count: creates fresh topics
+Starts an embedded Redis, then for each worker count: a fresh embedded broker, fresh topics
 (``--partitions`` each), starts that many ``streamrec worker`` processes in one group
 (copy pool, content source and web API as in a lean deployment: copy off, content
 off, web on for health), waits until every partition is assigned and the assignment
@@ -158,14 +158,19 @@ async def measure(broker: Service, redis: Service, n_workers: int, n_events: int
 async def main_async(args: argparse.Namespace) -> list[dict]:
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-scale-"))
     os.chdir(workdir)  # the workers' Faust data folders go here
-    broker = start_broker(log_dir=workdir)
-    STARTED.append(broker)
     redis = start_redis(log_dir=workdir)
     STARTED.append(redis)
     results = []
     try:
         for n in args.workers:
-            r = await measure(broker, redis, n, args.events, args.partitions, workdir)
+            # a broker per worker count: the embedded broker's fetches cost more with every
+            # batch it holds, so a shared one would slow each later count by the earlier runs
+            broker = start_broker(log_dir=workdir)
+            STARTED.append(broker)
+            try:
+                r = await measure(broker, redis, n, args.events, args.partitions, workdir)
+            finally:
+                broker.stop()
             print(f"{n} worker(s): {r['events_per_s']:>8.0f} events/s  ({r['events']} events in {r['elapsed_s']:.1f}s;"
                   f" partitions per worker {r['assigned_partitions']}, lists per worker"
                   f" {r['recommendations_per_worker']}; CPU s: workers {r['cpu_s']['workers']},"
@@ -173,7 +178,6 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                   f" {r['events_per_worker_cpu_s']:.0f} events per worker CPU-second)", flush=True)
             results.append(r)
     finally:
-        broker.stop()
         redis.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     return results
