@@ -14,16 +14,19 @@ import asyncio
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.demo_data import ATTRIBUTION, load_sample
-from streams.embedded import Service, exit_on_sigterm, free_port, start_broker, start_redis, start_worker
+from streams.embedded import (Service, create_topics, exit_on_sigterm, free_port, start_broker, start_redis,
+                              start_worker)
 from streams.measure import percentile
+
+#: Partitions of every demo topic.
+PARTITIONS = 4
 
 
 class Summary:
@@ -54,14 +57,15 @@ class Summary:
 
 async def _play(bootstrap: str, prefix: str, records: list[dict], triggers: int, rate: float,
                 live: bool, s: Summary) -> None:
-    consumer = AIOKafkaConsumer(prefix + "recommendations", prefix + "recommendations-enriched",
-                                bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                group_id=f"demo-{uuid.uuid4().hex[:6]}", fetch_max_wait_ms=5)
+    # the reader takes every partition of both outputs itself: no group to join (a join
+    # takes seconds on the embedded broker, and Ctrl-C during one left the demo waiting)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=5)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     await consumer.start()
     await producer.start()
-    while not consumer.assignment():  # join the group before the clock starts
-        await asyncio.sleep(0.1)
+    consumer.assign([TopicPartition(prefix + t, p) for t in ("recommendations", "recommendations-enriched")
+                     for p in range(PARTITIONS)])
     s.t0 = time.perf_counter()
 
     async def read() -> None:
@@ -148,6 +152,7 @@ def run_demo(events: int | None = None, headless: bool = False, rate: float = 50
         say("streamrec demo - everything runs on this machine, from the installed package")
         broker = start_broker(log_dir=logdir)
         services.append(broker)
+        asyncio.run(create_topics(f"127.0.0.1:{broker.port}", prefix, PARTITIONS))
         say(f"  broker    Tansu (Kafka-compatible, in memory) on 127.0.0.1:{broker.port}")
         redis = start_redis(log_dir=logdir)
         services.append(redis)
@@ -174,8 +179,11 @@ def run_demo(events: int | None = None, headless: bool = False, rate: float = 50
         env = {"STREAMREC_KAFKA_URL": f"kafka://127.0.0.1:{broker.port}",
                "STREAMREC_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0", "STREAMREC_TOPIC_PREFIX": prefix,
                "STREAMREC_WEB_PORT": str(port), "STREAMREC_WEB_HOST": "127.0.0.1",
-               "STREAMREC_APP_ID": "streamrec-demo", "STREAMREC_PARTITIONS": "4", **llm_env}
-        say("  worker    starting (joins its consumer group; this takes a little while) ...")
+               "STREAMREC_APP_ID": "streamrec-demo", "STREAMREC_PARTITIONS": str(PARTITIONS),
+               # a new group's first join takes half the session timeout on the embedded
+               # broker (15 s at the default 30); one worker needs no slow failure detection
+               "STREAMREC_KAFKA_SESSION_TIMEOUT_S": "6", **llm_env}
+        say("  worker    starting (joins its consumer group) ...")
         worker = start_worker(env, logdir / "worker.log")
         services.append(worker)
         records, triggers = _records(events)
