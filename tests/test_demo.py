@@ -37,8 +37,11 @@ def test_headless_demo_prints_a_summary_with_recommendations_and_copy():
 
 def test_ctrl_c_stops_every_child():
     web = free_port()
+    # as from a terminal: a suite started in the background (``cmd &`` in a script) passes
+    # SIGINT down ignored, and a Python started that way never sees Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", "--no-llm", "--rate", "20",
-                             "--web-port", str(web)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--web-port", str(web)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ports, lines = [], []
     try:
         deadline = time.monotonic() + 300
@@ -55,8 +58,12 @@ def test_ctrl_c_stops_every_child():
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # SIGTERM first: the demo stops its children on it
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     assert len(ports) >= 2  # broker and store
     time.sleep(1)
     assert not [p for p in ports + [web] if _listening(p)], "a child outlived the demo"
