@@ -58,7 +58,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.app import settle_gc
-from streams.embedded import exit_on_sigterm, start_broker, start_redis, start_worker
+from streams.embedded import create_topics, exit_on_sigterm, start_broker, start_redis, start_worker
 from streams.measure import cpu_s, percentile
 from streams.settings import GC_GEN0_THRESHOLD
 from streams.simulate import catalog, simulate_shoppers
@@ -74,8 +74,7 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None,
                                 enable_auto_commit=False, fetch_max_wait_ms=5)
     await consumer.start()
-    if out_topic not in await consumer.topics():  # as the worker would on its first send
-        await _create_topic(bootstrap, out_topic)
+    await create_topics(bootstrap, "", PARTITIONS, names=[out_topic])  # as the worker would on its first send
     consumer.assign([TopicPartition(out_topic, p) for p in range(PARTITIONS)])
     await consumer.seek_to_end()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1 if rate else 5)
@@ -139,20 +138,6 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
             "after_send_p50_ms": round(percentile(after_send, 50), 1) if after_send else None,
             "after_send_p99_ms": round(percentile(after_send, 99), 1) if after_send else None,
             "worker_cpu_ms_per_event": None if math.isnan(cpu) else round(cpu * 1000 / max(len(lat), 1), 3)}
-
-
-async def _create_topic(bootstrap: str, topic: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        await admin.close()
 
 
 def _rec_trigger(value: bytes) -> tuple[str, float | None]:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 
 def exit_on_sigterm() -> None:
@@ -214,8 +215,9 @@ def start_worker(env: dict[str, str], log: Path, ready_timeout_s: float = 120.0,
         raise
 
 
-async def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
-    """Create every streamrec topic (with ``prefix``) up front with ``partitions`` partitions."""
+async def create_topics(bootstrap: str, prefix: str, partitions: int, names: Sequence[str] | None = None) -> None:
+    """Create every streamrec topic (or ``names``), with ``prefix``, up front with
+    ``partitions`` partitions; topics that exist already are left as they are."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from streams.settings import TOPICS
@@ -223,6 +225,10 @@ async def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(prefix + t, partitions, 1) for t in TOPICS])
+        existing = set(await admin.list_topics())
+        new = [NewTopic(prefix + t, partitions, 1) for t in (TOPICS if names is None else names)
+               if prefix + t not in existing]
+        if new:
+            await admin.create_topics(new)
     finally:
         await admin.close()

@@ -8,19 +8,22 @@ from streams import bench
 
 
 def test_bench_runs_small_and_every_measurement_gets_a_fresh_broker(monkeypatch, capsys):
-    started: list[int] = []
+    started = []
     real_start = bench.start_broker
 
     def counting_start(*args, **kwargs):  # the real broker, counted
+        assert all(svc.proc.poll() is not None for svc in started), "an earlier broker still runs"
         svc = real_start(*args, **kwargs)
-        started.append(svc.port)
+        started.append(svc)
         return svc
 
     monkeypatch.setattr(bench, "start_broker", counting_start)
     res = bench.run_bench(events=300, rate=[40, 80], latency_events=120, catalog_items=200)
 
-    # per worker: the throughput run and one paced run per rate, each on its own broker
-    assert len(started) == 2 * (1 + 2) and len(set(started)) == len(started)
+    # per worker: the throughput run and one paced run per rate, each on its own broker,
+    # started after the one before was stopped, and none left running
+    assert len(started) == 2 * (1 + 2)
+    assert all(svc.proc.poll() is not None for svc in started)
     for name in ("passthrough", "streamrec"):
         r = res[name]
         assert r["batch_splits"] == 0
