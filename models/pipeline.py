@@ -331,14 +331,15 @@ class Recommender:
         # 3. one atomic write of every effect and dedupe marker (a remote store gets the
         # batch's repeated increments summed: fewer commands, the same state). A store
         # that can write ahead sends it with the lists' first reads, which it orders
-        # behind it: one round trip fewer per batch, the same reads.
+        # behind it, or, when caches answer every read, with the lists' records: one
+        # round trip fewer per batch, the same reads.
         effects = writes if self.store.kind == "memory" else merge_increments(writes)
         write_ahead = getattr(self.store, "write_ahead", None)
         if write_ahead is None or not (recommend and triggers) or out.items:
             await self.store.write(effects)
             written = None
         else:
-            written = write_ahead(effects)
+            written = write_ahead(effects, lazy=True)
         for hook in self.on_items if out.items else ():
             done = hook(out.items)
             if inspect.isawaitable(done):  # e.g. replay embeds the catalog before going on

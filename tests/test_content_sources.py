@@ -285,3 +285,54 @@ async def test_prepare_runs_a_batch_of_lists_as_one_search_with_the_same_answers
     later = Context("host", T0 + 61, ["lantern"], ["lantern"])
     await batched.prepare([later], 5)
     assert batched_calls == [6, 2]
+
+
+async def test_a_session_searches_with_the_taste_it_began_with(shop):
+    """While the session is short its lists add the shopper's taste as it was when the
+    session began: the session's own items are anchors already. A first-time shopper
+    has none (no taste search at all); a returning one gets one search for the session."""
+    store, keys, catalog, src = shop
+    searched = []
+    search = catalog.index.search
+
+    def counting(q, n, exclude=()):
+        searched.append(len(q))
+        return search(q, n, exclude)
+
+    catalog.index.search = counting
+    src.search_depth = 20  # rows of the whole catalog: a kept row serves every later list
+
+    def click(user, sid, session, recent, item, dt):
+        c = Context(user, T0 + dt, list(session), list(recent), session_id=sid)
+        return src.observe(c, item, 1.0, T0 + dt)
+
+    def now(user, sid, session, dt=1):
+        return Context(user, T0 + dt, list(session), list(session), session_id=sid)
+
+    # a first-time shopper: the session's anchors alone, one search per new anchor
+    await store.write(click("new", "s1", [], [], "mug", 0))
+    first = await src.propose(now("new", "s1", ["mug"]), 5)
+    assert searched == [1] and all(why == "mug" for _, _, why in first)
+    await store.write(click("new", "s1", ["mug"], ["mug"], "lantern", 1))
+    await src.propose(now("new", "s1", ["lantern", "mug"], 2), 5)
+    assert searched == [1, 1]  # the lantern's row; no taste vector
+
+    # a returning gardener starts a session on a mug: the garden taste joins the anchor,
+    # searched once for the session although each click moves the stored vector
+    for item in ("hose", "sprinkler"):
+        await src.learn("gardener", item, T0)
+    history = ["sprinkler", "hose"]
+    searched.clear()
+    await store.write(click("gardener", "s2", [], history, "socks", 10))
+    out = await src.propose(Context("gardener", T0 + 10, ["socks"], ["socks", *history], session_id="s2"), 8)
+    assert {"hose", "sprinkler"} <= {i for i, _, why in out if why == ""}
+    await store.write(click("gardener", "s2", ["socks"], ["socks", *history], "bauble", 11))
+    again = await src.propose(Context("gardener", T0 + 11, ["bauble", "socks"],
+                                      ["bauble", "socks", *history], session_id="s2"), 8)
+    assert searched == [2, 1]  # socks + taste, then the bauble only: the taste row is kept
+    taste_then = {i: s for i, s, why in out if why == ""}
+    assert {i: s for i, s, why in again if why == ""}.items() <= taste_then.items()
+    # a process that did not see the session begin reads the stored vector instead
+    other = ContentSource(store, keys, catalog.index)
+    later = await other.propose(Context("gardener", T0 + 11, ["bauble", "socks"], [], session_id="s2"), 8)
+    assert any(why == "" for _, _, why in later)

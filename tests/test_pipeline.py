@@ -8,9 +8,10 @@ import pytest
 
 from models.events import Cart, Click, Feedback, Forget, Item
 from models.features import open_store
+from models.features.cache import ItemSideCache
 from models.features.keys import Keys
 from models.features.memory import MemoryStore
-from models.pipeline import Recommender, RecommenderConfig
+from models.pipeline import Recommender, RecommenderConfig, default_sources
 from tests.support.dump import dump_store
 
 T0 = 1_700_000_000.0
@@ -354,5 +355,18 @@ async def test_on_redis_a_batch_goes_in_one_round_trip_fewer_with_its_effects_wr
             assert len(out.recommendations) == 1 and out.recommendations[0].items
             counts[ahead] = len(trips)
         assert counts[True] == counts[False] - 1
+        # caches warm: every read of the list is answered in process, so the batch's
+        # effects go with the list's records, after its state read: two round trips
+        keys = Keys(prefix)
+        ids = iter(range(10**9))
+        rec = Recommender(store, keys, sources=default_sources(ItemSideCache(store, keys, ttl_s=60.0), keys),
+                          clock=lambda: T0, new_session_id=lambda: f"w{next(ids)}",
+                          new_rec_id=lambda: f"wr{next(ids)}")
+        await rec.handle([Click("warm-1", "u-warm", "i3", T0 + 10_000)])
+        trips.clear()
+        out = await rec.handle([Click("warm-2", "u-warm", "i3", T0 + 10_000)])
+        assert len(out.recommendations) == 1 and out.recommendations[0].items
+        assert len(trips) == 2
+        assert (await store.read([("get", keys.seen("warm-2"))]))[0] is not None
     finally:
         await store.close()

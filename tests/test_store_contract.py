@@ -262,3 +262,19 @@ async def test_a_server_that_lost_the_script_gets_it_again_with_the_same_batch(k
         await store.close()
         await admin.aclose()
         svc.stop()
+
+
+async def test_a_lazy_write_ahead_goes_with_the_next_operation_or_when_awaited(redis_store, k, monkeypatch):
+    await redis_store.write([("zincr", k("lz"), "a", 1.0)])
+    trips = count_round_trips(redis_store, monkeypatch)
+    written = redis_store.write_ahead([("zincr", k("lz"), "a", 2.0)], lazy=True)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert trips == []  # waiting for company
+    assert await redis_store.read([("zscores", k("lz"), ["a"])]) == [[3.0]]  # it went first
+    await written
+    assert len(trips) == 1
+    alone = redis_store.write_ahead([("zincr", k("lz"), "a", 1.0)], lazy=True)
+    await alone  # nothing else came: awaiting sends it
+    assert len(trips) == 2
+    assert await redis_store.read([("zscores", k("lz"), ["a"])]) == [[4.0]]

@@ -7,7 +7,11 @@ trip, and runs one batched index search:
 
 - each distinct session item (newest first, at most ``max_anchors``; the recent items
   when the session is empty) is an anchor with weight ``recency_decay ** rank``;
-- the user's preference vector is one more anchor, weight ``user_weight``;
+- the user's preference vector is one more anchor, weight ``user_weight``, while the
+  session is short (``taste_max_session`` items at most). Within a session it is the
+  vector as it was when the session began: the session's own items are anchors
+  already, so a shopper's taste adds what they liked before (nothing for a first-time
+  shopper), and one search serves the session's first lists instead of one per click;
 - a candidate scores the best ``weight * cosine`` over the anchors, and ``because``
   names the anchor item (empty for the preference vector).
 
@@ -108,6 +112,9 @@ class ContentSource:
         self._folded: dict[str, bytes] = {}
         #: neighbours searched per anchor at least (``NewItemsSource`` asks for more)
         self.search_depth = 0
+        #: user -> (session id, the taste vector when that session began, or None): what
+        #: ``observe`` saw at a session's first interaction
+        self._session_taste: OrderedDict[str, tuple[str, np.ndarray | None]] = OrderedDict()
 
     # -- candidates ------------------------------------------------------------------
     async def propose(self, ctx: Context, n: int) -> list[tuple[str, float, str]]:
@@ -130,7 +137,15 @@ class ContentSource:
         index = self.index
         if index is None or len(index) == 0 or not contexts:
             return
-        now_of = {c.user_id: c.now for c in contexts if self._use_taste(c)}
+        known: dict[str, tuple[float, np.ndarray]] = {}  # users whose session taste is known
+        now_of: dict[str, float] = {}  # users whose taste vector must be read
+        for c in contexts:
+            if self._use_taste(c):
+                taste = self._taste_of_session(c)
+                if taste is _UNREAD:
+                    now_of[c.user_id] = c.now
+                elif taste is not None:
+                    known[c.user_id] = (c.now, taste)
         if now_of:
             # what this batch's events just wrote is what a read would return
             self._prefetched = {u: self._folded[u] for u in now_of if u in self._folded}
@@ -153,9 +168,12 @@ class ContentSource:
                         queries.append(v)
         for u, now in now_of.items():
             got = unpack_user_vector(self._prefetched[u], index.dim)
-            if got is not None and np.any(got[0]) and self._cached(u, now, need, got[0]) is None:
-                todo.append((u, now, got[0]))
-                queries.append(got[0])
+            if got is not None:
+                known[u] = (now, got[0])
+        for u, (now, taste) in known.items():
+            if np.any(taste) and self._cached(u, now, need, taste) is None:
+                todo.append((u, now, taste))
+                queries.append(taste)
         if queries:
             for (key, now, taste), row in zip(todo, index.search(np.stack(queries), depth)):
                 self._keep(key, now, row, len(row) < depth, taste)
@@ -164,6 +182,13 @@ class ContentSource:
         # The taste vector matters when the session says little (cold start); a longer
         # session speaks for itself and saves the per-user search.
         return self.use_user_vector and len(ctx.session_items) <= self.taste_max_session
+
+    def _taste_of_session(self, ctx: Context) -> np.ndarray | None | object:
+        """The taste vector ``ctx``'s session began with (None: the shopper had none), or
+        ``_UNREAD`` when this process did not see the session begin (then the stored
+        vector serves)."""
+        got = self._session_taste.get(ctx.user_id) if ctx.session_id else None
+        return got[1] if got is not None and got[0] == ctx.session_id else _UNREAD
 
     async def _queries(self, ctx: Context, read_store: bool = True
                        ) -> tuple[list[np.ndarray], list[float], list[str], list[str]]:
@@ -182,6 +207,10 @@ class ContentSource:
                 vecs[a] = v
         use_taste = self._use_taste(ctx)
         user = None
+        session_taste = self._taste_of_session(ctx) if use_taste else _UNREAD
+        if session_taste is not _UNREAD:  # known in process: nothing to read
+            use_taste = False
+            user = None if session_taste is None else (session_taste, 0.0, 0.0)
         if read_store:
             ops: list[tuple] = [("get", self.keys.item_vector(a)) for a in missing]
             prefetched = self._prefetched.pop(ctx.user_id, _UNREAD) if use_taste else _UNREAD
@@ -310,6 +339,11 @@ class ContentSource:
         old = self._taste.get(ctx.user_id) if ctx.recent_items else None
         if old is None and ctx.recent_items:
             old = self._from_history(ctx.recent_items, ts)
+        if ctx.session_id and not ctx.session_items:  # the session's first interaction
+            self._session_taste[ctx.user_id] = (ctx.session_id, None if old is None else old[0])
+            self._session_taste.move_to_end(ctx.user_id)
+            while len(self._session_taste) > self.cache_users:
+                self._session_taste.popitem(last=False)
         mean, total, last = _fold(old, v, weight, ts, self.half_life_s)
         self._remember(ctx.user_id, (mean, total, last))
         packed = self._folded[ctx.user_id] = pack_user_vector(mean, total, last)
@@ -347,6 +381,7 @@ class ContentSource:
         self._taste_hits.pop(user_id, None)
         self._prefetched.pop(user_id, None)
         self._folded.pop(user_id, None)
+        self._session_taste.pop(user_id, None)
 
     def _from_history(self, recent: Sequence[str], ts: float) -> tuple[np.ndarray, float, float] | None:
         vecs, weights = [], []

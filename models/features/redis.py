@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Sequence
+from typing import Any, Awaitable, Sequence
 
 import redis.asyncio as aioredis
 from redis.connection import HiredisRespSerializer
@@ -242,6 +242,20 @@ def _store_error(e: BaseException) -> StoreError:
     return StoreError(text)
 
 
+class _SentWhenAwaited:
+    """A lazy ``write_ahead``'s future: awaiting it sends the write if nothing took it yet."""
+
+    __slots__ = ("_store", "_future")
+
+    def __init__(self, store: "RedisStore", future: asyncio.Future) -> None:
+        self._store, self._future = store, future
+
+    def __await__(self):
+        if not self._future.done():
+            self._store._start_flush()
+        return self._future.__await__()
+
+
 class RedisStore:
     """Reads and writes issued in one turn of the event loop (e.g. by ``asyncio.gather``
     over a batch's recommendations) go to the server together, in the order they were
@@ -298,28 +312,39 @@ class RedisStore:
         if ops:
             await self.write_ahead(ops)
 
-    def write_ahead(self, ops: Sequence[WriteOp]) -> asyncio.Future:
+    def write_ahead(self, ops: Sequence[WriteOp], *, lazy: bool = False) -> Awaitable[None]:
         """Issue ``write(ops)`` now and return its future instead of waiting: the
         operations land before any read issued after this call, in the same round trip
         as reads issued in this turn of the event loop. Await the future to know they
         landed (it raises ``StoreError`` like ``write``; so does every read that was
-        sent behind a failed write)."""
+        sent behind a failed write).
+
+        ``lazy``: start no round trip for them; they go with the next operation issued
+        after this call, or when the returned awaitable is awaited, whichever comes
+        first (a batch's effects then share a round trip with its lists' records when
+        every read of the lists was answered from a cache)."""
         if not ops:
             done = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
-        return self._issue("write", ops, _script_args(ops))  # an unknown operation raises here
+        fut = self._issue("write", ops, _script_args(ops), start=not lazy)  # an unknown operation raises here
+        return _SentWhenAwaited(self, fut) if lazy else fut
 
-    def _issue(self, kind: str, ops: Sequence[Any], payload: list) -> asyncio.Future:
-        """Queue ``ops`` (with their read commands, or script arguments) for the next round trip."""
+    def _issue(self, kind: str, ops: Sequence[Any], payload: list, start: bool = True) -> asyncio.Future:
+        """Queue ``ops`` (with their read commands, or script arguments) for the next
+        round trip, which ``start`` begins unless one is under way."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending.append((kind, ops, payload, fut))
-        if not self._flushing:
+        if start:
+            self._start_flush()
+        return fut
+
+    def _start_flush(self) -> None:
+        if not self._flushing and self._pending:
             self._flushing = True
             # tasks started in this turn issue theirs before the flush sends (see _flush)
-            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
-        return fut
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
 
     async def _flush(self) -> None:
         try:
