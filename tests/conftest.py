@@ -40,6 +40,9 @@ def worker_env(broker, redis_url, prefix) -> dict[str, str]:
             "STREAMREC_TOPIC_PREFIX": prefix, "STREAMREC_KEY_PREFIX": prefix,
             "STREAMREC_APP_ID": f"streamrec-{prefix}", "STREAMREC_WEB_PORT": "0",
             "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_PARTITIONS": "4",
+            # on the embedded broker a new group's first join takes half the session
+            # timeout: 3 s instead of 15 before each worker starts consuming
+            "STREAMREC_KAFKA_SESSION_TIMEOUT_S": "6",
             "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "")}
 
 
