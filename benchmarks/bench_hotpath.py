@@ -10,7 +10,9 @@ milliseconds per event (all threads of this process) and events per wall second.
 The garbage collector is settled as the worker settles it once started
 (``streams.app.settle_gc``; ``--gc-gen0-threshold 0`` for Python's defaults), and
 its pauses during the measured events are reported: the longest one stops the event
-loop, and every list in the batch it lands in waits for it.
+loop, and every list in the batch it lands in waits for it. So are the catalog
+searches the content sources made (calls, and queries in them: anchors and taste
+vectors not found among the kept rows).
 ``streamrec bench`` measures the same path through the broker.
 """
 
@@ -70,8 +72,19 @@ async def measure(batch: int, content: bool, events: int, redis_url: str,
               for e in simulate_shoppers(3000 + events, n_users=20_000, n_items=5000, seed=5)]
     pauses = GcPauses()
     gc.callbacks.append(pauses)
+    searches = {"calls": 0, "queries": 0}
     try:
         await embed_catalog(rt)
+        if rt.catalog is not None:  # count the searches (a wrapper on the index the sources share)
+            index, search = rt.catalog.index, rt.catalog.index.search
+
+            def counted(queries, n, exclude=()):
+                if pauses.recording:
+                    searches["calls"] += 1
+                    searches["queries"] += len(queries)
+                return search(queries, n, exclude)
+
+            index.search = counted
         settle_gc(gc_gen0_threshold)  # the worker does it once started, before traffic
         for i in range(0, 3000, 100):
             await rt.handle(stream[i:i + 100])
@@ -95,7 +108,8 @@ async def measure(batch: int, content: bool, events: int, redis_url: str,
     return {"batch": batch, "content": content, "events": events, "batch_splits": splits,
             "cpu_ms_per_event": round(1000 * cpu / events, 2), "events_per_s": round(events / wall, 1),
             "gc_gen0_threshold": gc_gen0_threshold, "gc_pauses": len(pauses.ms),
-            "gc_ms_total": round(sum(pauses.ms), 1), "gc_ms_max": round(max(pauses.ms, default=0.0), 1)}
+            "gc_ms_total": round(sum(pauses.ms), 1), "gc_ms_max": round(max(pauses.ms, default=0.0), 1),
+            "catalog_searches": searches["calls"], "catalog_queries": searches["queries"]}
 
 
 def main() -> None:
@@ -115,8 +129,8 @@ def main() -> None:
                                             a.gc_gen0_threshold)))
             r = rows[-1]
             print(f"batch {b:>4}: {r['cpu_ms_per_event']:.2f} ms CPU per event, {r['events_per_s']:,.0f} events/s, "
-                  f"{r['gc_pauses']} GC pauses ({r['gc_ms_total']:.0f} ms in all, longest {r['gc_ms_max']:.1f} ms)",
-                  flush=True)
+                  f"{r['gc_pauses']} GC pauses ({r['gc_ms_total']:.0f} ms in all, longest {r['gc_ms_max']:.1f} ms), "
+                  f"{r['catalog_searches']:,} catalog searches ({r['catalog_queries']:,} queries)", flush=True)
     finally:
         redis.stop()
     if a.report:

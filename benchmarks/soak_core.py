@@ -53,7 +53,7 @@ def cache_sizes(rt: Runtime) -> dict[str, int]:
     for source in rec.sources:
         if isinstance(getattr(getattr(source, "store", None), "_cache", None), dict):
             sizes["item_side"] = len(source.store._cache)
-        for attr in ("_sessions", "_taste", "_neighbours", "_taste_hits", "_parts", "_established", "_fresh"):
+        for attr in ("_sessions", "_taste", "_neighbours", "_taste_hits", "_session_taste", "_parts", "_established", "_fresh"):
             if isinstance(getattr(source, attr, None), dict):
                 sizes[f"{source.name}.{attr.lstrip('_')}"] = len(getattr(source, attr))
     return sizes

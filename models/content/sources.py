@@ -344,6 +344,8 @@ class ContentSource:
             self._session_taste.move_to_end(ctx.user_id)
             while len(self._session_taste) > self.cache_users:
                 self._session_taste.popitem(last=False)
+        elif len(ctx.session_items) >= self.taste_max_session:  # too long for the taste now
+            self._session_taste.pop(ctx.user_id, None)
         mean, total, last = _fold(old, v, weight, ts, self.half_life_s)
         self._remember(ctx.user_id, (mean, total, last))
         packed = self._folded[ctx.user_id] = pack_user_vector(mean, total, last)
