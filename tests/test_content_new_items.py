@@ -13,6 +13,7 @@ from models.content.sources import ContentSource, NewItemsSource
 from models.events import Cart, Click, Item
 from models.features.keys import Keys
 from models.features.memory import MemoryStore
+from tests.support.spies import count_searches
 
 T0 = 1_700_000_000.0
 
@@ -129,14 +130,7 @@ async def test_nothing_without_anchors_index_or_slots():
 async def test_one_search_per_anchor_serves_both_sources(concurrent: bool):
     store, keys, content, new = axis_shop(slots=2)
     content.use_user_vector = True  # a store read in content's propose: the sources interleave
-    calls = []
-    search = content.index.search
-
-    def counting(q, n, exclude=()):
-        calls.append(len(q))
-        return search(q, n, exclude)
-
-    content.index.search = counting
+    calls = count_searches(content.index)
     c = ctx(["mug", "lamp"])
     got = await gather_candidates([content, new], c, k=2, depth=2, concurrent=concurrent)
     assert sum(calls) == 2  # mug and lamp, searched once each

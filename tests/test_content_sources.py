@@ -14,6 +14,7 @@ from models.content.sources import ContentSource, unpack_user_vector
 from models.events import Item
 from models.features.keys import Keys
 from models.features.memory import MemoryStore
+from tests.support.spies import count_searches
 
 T0 = 1_700_000_000.0
 CATALOG = {
@@ -292,14 +293,7 @@ async def test_a_session_searches_with_the_taste_it_began_with(shop):
     session began: the session's own items are anchors already. A first-time shopper
     has none (no taste search at all); a returning one gets one search for the session."""
     store, keys, catalog, src = shop
-    searched = []
-    search = catalog.index.search
-
-    def counting(q, n, exclude=()):
-        searched.append(len(q))
-        return search(q, n, exclude)
-
-    catalog.index.search = counting
+    searched = count_searches(catalog.index)
     src.search_depth = 20  # rows of the whole catalog: a kept row serves every later list
 
     def click(user, sid, session, recent, item, dt):
