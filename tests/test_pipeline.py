@@ -7,7 +7,7 @@ import random
 import pytest
 
 from models.events import Cart, Click, Feedback, Forget, Item
-from models.features import open_store
+from models.features import StoreError, open_store
 from models.features.cache import ItemSideCache
 from models.features.keys import Keys
 from models.features.memory import MemoryStore
@@ -368,5 +368,9 @@ async def test_on_redis_a_batch_goes_in_one_round_trip_fewer_with_its_effects_wr
         assert len(out.recommendations) == 1 and out.recommendations[0].items
         assert len(trips) == 2
         assert (await store.read([("get", keys.seen("warm-2"))]))[0] is not None
+        # effects that fail in that shared round trip fail the batch (it is retried, not lost)
+        await store.write([("set", keys.profile("u-warm"), b"not a hash", None)])  # WRONGTYPE for hincr
+        with pytest.raises(StoreError, match="WRONGTYPE"):
+            await rec.handle([Click("warm-3", "u-warm", "i3", T0 + 10_000)])
     finally:
         await store.close()
