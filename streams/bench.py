@@ -58,7 +58,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.app import settle_gc
-from streams.embedded import create_topics, exit_on_sigterm, start_broker, start_redis, start_worker
+from streams.embedded import (QUICK_JOIN_ENV, create_topics, exit_on_sigterm, start_broker, start_redis,
+                              start_worker)
 from streams.measure import cpu_s, percentile
 from streams.settings import GC_GEN0_THRESHOLD
 from streams.simulate import catalog, simulate_shoppers
@@ -213,10 +214,7 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                         "STREAMREC_TOPIC_PREFIX": topics, "STREAMREC_KEY_PREFIX": keys,
                         "STREAMREC_APP_ID": f"bench-{topics}", "STREAMREC_WEB_PORT": "0",
                         "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_COPY_IN_WORKER": "false",
-                        "STREAMREC_PARTITIONS": str(PARTITIONS),
-                        # a new group's first join takes half the session timeout on the
-                        # embedded broker; nothing here needs a slow failure detection
-                        "STREAMREC_KAFKA_SESSION_TIMEOUT_S": "6"}
+                        "STREAMREC_PARTITIONS": str(PARTITIONS), **QUICK_JOIN_ENV}
 
             def measure(bootstrap: str, topics: str, part: list[dict], paced: float | None,
                         pid: int | None = None) -> dict:

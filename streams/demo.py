@@ -21,8 +21,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.demo_data import ATTRIBUTION, load_sample
-from streams.embedded import (Service, create_topics, exit_on_sigterm, free_port, start_broker, start_redis,
-                              start_worker)
+from streams.embedded import (QUICK_JOIN_ENV, Service, create_topics, exit_on_sigterm, free_port, start_broker,
+                              start_redis, start_worker)
 from streams.measure import percentile
 
 #: Partitions of every demo topic.
@@ -180,9 +180,7 @@ def run_demo(events: int | None = None, headless: bool = False, rate: float = 50
                "STREAMREC_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0", "STREAMREC_TOPIC_PREFIX": prefix,
                "STREAMREC_WEB_PORT": str(port), "STREAMREC_WEB_HOST": "127.0.0.1",
                "STREAMREC_APP_ID": "streamrec-demo", "STREAMREC_PARTITIONS": str(PARTITIONS),
-               # a new group's first join takes half the session timeout on the embedded
-               # broker (15 s at the default 30); one worker needs no slow failure detection
-               "STREAMREC_KAFKA_SESSION_TIMEOUT_S": "6", **llm_env}
+               **QUICK_JOIN_ENV, **llm_env}
         say("  worker    starting (joins its consumer group) ...")
         worker = start_worker(env, logdir / "worker.log")
         services.append(worker)

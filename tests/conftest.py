@@ -6,7 +6,7 @@ import os
 import uuid
 import pytest
 
-from streams.embedded import start_broker, start_redis
+from streams.embedded import QUICK_JOIN_ENV, start_broker, start_redis
 
 @pytest.fixture(scope="session")
 def broker():
@@ -39,10 +39,7 @@ def worker_env(broker, redis_url, prefix) -> dict[str, str]:
     return {"STREAMREC_KAFKA_URL": f"kafka://{broker}", "STREAMREC_REDIS_URL": redis_url,
             "STREAMREC_TOPIC_PREFIX": prefix, "STREAMREC_KEY_PREFIX": prefix,
             "STREAMREC_APP_ID": f"streamrec-{prefix}", "STREAMREC_WEB_PORT": "0",
-            "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_PARTITIONS": "4",
-            # on the embedded broker a new group's first join takes half the session
-            # timeout: 3 s instead of 15 before each worker starts consuming
-            "STREAMREC_KAFKA_SESSION_TIMEOUT_S": "6",
+            "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_PARTITIONS": "4", **QUICK_JOIN_ENV,
             "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "")}
 
 

@@ -205,16 +205,14 @@ class ContentSource:
                 missing.append(a)
             else:
                 vecs[a] = v
-        use_taste = self._use_taste(ctx)
-        user = None
-        session_taste = self._taste_of_session(ctx) if use_taste else _UNREAD
-        if session_taste is not _UNREAD:  # known in process: nothing to read
-            use_taste = False
-            user = None if session_taste is None else (session_taste, 0.0, 0.0)
+        taste = self._taste_of_session(ctx) if self._use_taste(ctx) else None
+        read_taste = taste is _UNREAD  # the session began elsewhere: the stored vector serves
+        if read_taste:
+            taste = None
         if read_store:
             ops: list[tuple] = [("get", self.keys.item_vector(a)) for a in missing]
-            prefetched = self._prefetched.pop(ctx.user_id, _UNREAD) if use_taste else _UNREAD
-            if use_taste and prefetched is _UNREAD:  # what this batch just wrote, if it did
+            prefetched = self._prefetched.pop(ctx.user_id, _UNREAD) if read_taste else _UNREAD
+            if read_taste and prefetched is _UNREAD:  # what this batch just wrote, if it did
                 prefetched = self._folded.get(ctx.user_id, _UNREAD)
                 if prefetched is _UNREAD:
                     ops.append(("get", self.keys.user_vector(ctx.user_id)))
@@ -223,22 +221,24 @@ class ContentSource:
                 v = vector_from_bytes(raw, index.dim)
                 if v is not None:
                     vecs[a] = v
-            if use_taste:
+            if read_taste:
                 user = unpack_user_vector(res[-1] if prefetched is _UNREAD else prefetched, index.dim)
                 if user is None:
                     self._taste.pop(ctx.user_id, None)
                 else:
                     self._remember(ctx.user_id, user)
-        elif use_taste:
+                    taste = user[0]
+        elif read_taste:
             user = self._taste.get(ctx.user_id)
+            taste = None if user is None else user[0]
         queries, weights, because = [], [], []
         for rank, a in enumerate(anchors):
             if a in vecs:
                 queries.append(vecs[a])
                 weights.append(self.recency_decay ** rank)
                 because.append(a)
-        if user is not None and np.any(user[0]):
-            queries.append(user[0])
+        if taste is not None and np.any(taste):
+            queries.append(taste)
             weights.append(self.user_weight)
             because.append("")
         return queries, weights, because, anchors
