@@ -15,7 +15,16 @@ simulated shopper stream:
   the recommendation's ``latency_ms``) and after it (delivery to the reader);
 - worker CPU per event: the worker process's user + system CPU time during the
   throughput run over the events it answered, steadier from run to run on a shared
-  machine than events/s.
+  machine than events/s;
+- where the machine's cores went in every run: the CPU the worker, the broker, the
+  embedded Redis and the bench's own process (producer and reader) used, in cores;
+- whether a paced run's tail is spread out or made in a short stretch: in how many of
+  its seconds the slowest 1 % were sent; with ``--latency-log FILE``, every paced output's latency
+  as JSON lines (worker, rate, send time, latency, the part before the worker's send
+  and inside its batch).
+
+Topics have ``--partitions`` partitions (4 unless given; one run with 16 gave the
+streamrec worker a p99 of 430 ms at 500 events/s against 198 ms with 4, right after).
 
 Both first receive a 5,000-item catalog; the streamrec worker's measurements start
 once it has embedded every title (content candidates on, as in production).
@@ -58,25 +67,30 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.app import settle_gc
-from streams.embedded import (QUICK_JOIN_ENV, create_topics, exit_on_sigterm, start_broker, start_redis,
-                              start_worker)
+from streams.embedded import (QUICK_JOIN_ENV, Service, create_topics, exit_on_sigterm, start_broker,
+                              start_redis, start_worker)
 from streams.measure import cpu_s, percentile
 from streams.settings import GC_GEN0_THRESHOLD
 from streams.simulate import catalog, simulate_shoppers
 
 
 async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dict], rate: float | None,
-                   id_of, worker_pid: int | None = None, timeout_s: float = 300.0) -> dict:
-    """Produce ``events``; read ``out_topic`` until one output per event arrived; with
-    ``worker_pid``, also the CPU time that process spent per event meanwhile.
+                   id_of, watch: dict[str, int] | None = None, timeout_s: float = 300.0,
+                   latency_log: list[dict] | None = None, partitions: int = 4) -> dict:
+    """Produce ``events``; read ``out_topic`` until one output per event arrived.
+
     ``id_of(output)`` is (the input's event id, the worker's own time for it in ms or
-    None): the part of the end-to-end time spent inside the worker's batch."""
+    None): the part of the end-to-end time spent inside the worker's batch. ``watch``
+    names processes (name -> pid) whose CPU use meanwhile is reported, in cores (CPU
+    seconds per second of the run); the one named ``worker`` also per event.
+    ``latency_log`` gets one row per output: when its input was sent (Unix time), its
+    latency and that latency's split, to find when in a run the tail happened."""
     # the reader takes every partition of the output itself (no group to join), from its end
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None,
                                 enable_auto_commit=False, fetch_max_wait_ms=5)
     await consumer.start()
-    await create_topics(bootstrap, "", PARTITIONS, names=[out_topic])  # as the worker would on its first send
-    consumer.assign([TopicPartition(out_topic, p) for p in range(PARTITIONS)])
+    await create_topics(bootstrap, "", partitions, names=[out_topic])  # as the worker would on its first send
+    consumer.assign([TopicPartition(out_topic, p) for p in range(partitions)])
     await consumer.seek_to_end()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1 if rate else 5)
     await producer.start()
@@ -87,6 +101,7 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
     # the end-to-end time splits into before it (fetch, queue, batch) and after (delivery)
     to_send: list[float] = []
     after_send: list[float] = []
+    sent: list[float] = []  # each output's input's hand-over (perf_counter), as ``lat``
     done = asyncio.Event()
 
     async def read() -> None:
@@ -99,14 +114,19 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
                     t = sent_at.pop(event_id, None)
                     if t is not None:
                         lat.append((now - t[0]) * 1000)
+                        sent.append(t[0])
                         to_send.append(m.timestamp - t[1] * 1000)
                         after_send.append(wall * 1000 - m.timestamp)
                         if worker_ms is not None:
                             inside.append(worker_ms)
+                        if latency_log is not None:
+                            latency_log.append({"sent": round(t[1], 4), "ms": round(lat[-1], 2),
+                                                "to_send_ms": round(to_send[-1], 1), "inside_ms": worker_ms})
         done.set()
 
     reader = asyncio.create_task(read())
-    cpu0 = cpu_s(worker_pid) if worker_pid else math.nan
+    watch = watch or {}
+    cpu0 = {name: cpu_s(pid) for name, pid in watch.items()}
     t0 = time.perf_counter()
     for n, e in enumerate(events):
         if rate:
@@ -123,7 +143,8 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
     except asyncio.TimeoutError:
         pass
     elapsed = time.perf_counter() - t0
-    cpu = cpu_s(worker_pid) - cpu0 if worker_pid else math.nan
+    used = {name: cpu_s(pid) - cpu0[name] for name, pid in watch.items()}
+    cpu = used.get("worker", math.nan)
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
     await producer.stop()
@@ -138,7 +159,22 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
             "to_send_p99_ms": round(percentile(to_send, 99), 1) if to_send else None,
             "after_send_p50_ms": round(percentile(after_send, 50), 1) if after_send else None,
             "after_send_p99_ms": round(percentile(after_send, 99), 1) if after_send else None,
-            "worker_cpu_ms_per_event": None if math.isnan(cpu) else round(cpu * 1000 / max(len(lat), 1), 3)}
+            "worker_cpu_ms_per_event": None if math.isnan(cpu) else round(cpu * 1000 / max(len(lat), 1), 3),
+            "cores": {name: round(s / elapsed, 2) for name, s in used.items() if not math.isnan(s)},
+            "slowest_1pct_seconds": tail_seconds(lat, [t - t0 for t in sent])}
+
+
+def tail_seconds(latencies: Sequence[float], sent_s: Sequence[float]) -> int:
+    """In how many whole seconds of a run (by send time) its slowest 1 % were sent: a
+    few when a short stretch made the tail (a stall, or the worst of an overload), most
+    of the run's seconds when the tail is spread out.
+
+    >>> tail_seconds([5.0] * 198 + [90.0, 95.0], [n / 10 for n in range(200)])
+    1
+    """
+    n = max(1, math.ceil(len(latencies) / 100))
+    slowest = sorted(range(len(latencies)), key=latencies.__getitem__)[-n:]
+    return len({int(sent_s[i]) for i in slowest})
 
 
 def _rec_trigger(value: bytes) -> tuple[str, float | None]:
@@ -179,13 +215,16 @@ async def _wait_for_vectors(redis_url: str, prefix: str, item_ids: list[str], ti
 
 def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_url: str | None = None,
               report: str | None = None, latency_events: int | None = None, slo_ms: float = 100.0,
-              catalog_items: int = 5000) -> dict:
+              catalog_items: int = 5000, latency_log: str | None = None, partitions: int = 4) -> dict:
     """Run both workers through both measurements; print a table; return the results.
 
     ``rate`` may be several paced rates: the latency run is repeated at each (lowest
     first, on fresh events), and the summary names the highest rate whose p99 stayed
     under ``slo_ms`` (``sustained_rate``). Each paced run reads fresh topics through a
-    fresh worker process (see the module's docstring)."""
+    fresh worker process (see the module's docstring). Every run reports the CPU the
+    worker, the broker, the embedded Redis and this process used meanwhile, in cores:
+    what the machine had left. ``latency_log`` (a file) gets every paced output's
+    latency as JSON lines (worker, rate, send time, latency and its split)."""
     exit_on_sigterm()
     rates = sorted({float(r) for r in ([rate] if isinstance(rate, (int, float)) else rate)})
     logdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
@@ -202,7 +241,9 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     # the events built above live to the end: keep the collector's walks over them (tens
     # of ms with this process's clock stopped) out of the latencies it measures
     settle_gc(GC_GEN0_THRESHOLD)
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "events": events, "rates": rates, "slo_ms": slo_ms}
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "events": events, "rates": rates, "slo_ms": slo_ms,
+                     "partitions": partitions}
+    log_rows: list[dict] = []
     try:
         for name, out_topic, id_of in (("passthrough", "passthrough-out", _passthrough_id),
                                        ("streamrec", "recommendations", _rec_trigger)):
@@ -214,14 +255,23 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                         "STREAMREC_TOPIC_PREFIX": topics, "STREAMREC_KEY_PREFIX": keys,
                         "STREAMREC_APP_ID": f"bench-{topics}", "STREAMREC_WEB_PORT": "0",
                         "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_COPY_IN_WORKER": "false",
-                        "STREAMREC_PARTITIONS": str(PARTITIONS), **QUICK_JOIN_ENV}
+                        "STREAMREC_PARTITIONS": str(partitions), **QUICK_JOIN_ENV}
 
             def measure(bootstrap: str, topics: str, part: list[dict], paced: float | None,
-                        pid: int | None = None) -> dict:
-                return asyncio.run(_measure(bootstrap, topics, topics + out_topic, part, paced, id_of, pid))
+                        watch: dict[str, int] | None = None) -> dict:
+                rows: list[dict] | None = [] if latency_log and paced and watch else None
+                res = asyncio.run(_measure(bootstrap, topics, topics + out_topic, part, paced, id_of, watch,
+                                           latency_log=rows, partitions=partitions))
+                log_rows.extend({"worker": name, "rate": paced, **row} for row in rows or ())
+                return res
+
+            def watched(worker: Service, broker: Service) -> dict[str, int]:
+                return {"worker": worker.proc.pid, "broker": broker.proc.pid, "bench": os.getpid(),
+                        **({"redis": redis.proc.pid} if redis else {})}
 
             # every measurement on a broker of its own (see the module's docstring)
-            with _fresh_broker(logdir) as bootstrap:
+            with _fresh_broker(logdir) as broker:
+                bootstrap = f"127.0.0.1:{broker.port}"
                 worker = start(env(bootstrap, keys), logdir / f"{name}.log")
                 try:
                     items = catalog(catalog_items)
@@ -229,19 +279,20 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                     if name == "streamrec":  # measure the recommender, not the catalog's first embedding
                         asyncio.run(_wait_for_vectors(redis_url, keys, [e["value"]["item_id"] for e in items]))
                     measure(bootstrap, keys, warm, None)
-                    results[name] = {"throughput": measure(bootstrap, keys, thr, None, worker.proc.pid),
+                    results[name] = {"throughput": measure(bootstrap, keys, thr, None, watched(worker, broker)),
                                      "latency": []}
                 finally:
                     worker.stop()
             for r, (warm_up, part) in zip(rates, lat):
                 # a fresh broker, the same store: a restarted worker on the state built so far
                 topics = f"{keys}r{r:.0f}-"
-                with _fresh_broker(logdir) as bootstrap:
+                with _fresh_broker(logdir) as broker:
+                    bootstrap = f"127.0.0.1:{broker.port}"
                     worker = start(env(bootstrap, topics), logdir / f"{name}-{r:.0f}.log")
                     try:
                         measure(bootstrap, topics, warm_up, None)
                         results[name]["latency"].append(
-                            {"rate": r, **measure(bootstrap, topics, part, r, worker.proc.pid)})
+                            {"rate": r, **measure(bootstrap, topics, part, r, watched(worker, broker))})
                     finally:
                         worker.stop()
             res = results[name]
@@ -253,6 +304,7 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                       flush=True)
             print(f"{name:12s} throughput {res['throughput']['events_per_s']:>9,.0f} events/s   "
                   f"worker CPU {res['throughput']['worker_cpu_ms_per_event'] or math.nan:.2f} ms/event", flush=True)
+            print(f"{'':12s}   {_cores(res['throughput']['cores'])}", flush=True)
             for row in res["latency"]:
                 inside = (f"  inside the worker p50 {row['worker_p50_ms']:.1f} ms  p99 {row['worker_p99_ms']:.1f} ms"
                           if row["worker_p50_ms"] is not None else "")
@@ -262,6 +314,8 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                     print(f"{'':12s}   to the worker's send p50 {row['to_send_p50_ms']:.1f} ms  p99 "
                           f"{row['to_send_p99_ms']:.1f} ms; from it to the reader p50 {row['after_send_p50_ms']:.1f} ms"
                           f"  p99 {row['after_send_p99_ms']:.1f} ms", flush=True)
+                print(f"{'':12s}   {_cores(row['cores'])}; the slowest 1 % sent in "
+                      f"{row['slowest_1pct_seconds']} of its {math.ceil(row['elapsed_s'])} seconds", flush=True)
             best = res["sustained_rate"]
             print(f"{'':12s} p99 under {slo_ms:.0f} ms up to: "
                   + (f"{best:.0f} events/s of those measured" if best else "none of the rates measured"), flush=True)
@@ -273,21 +327,31 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     print(f"streamrec / pass-through throughput: {results['ratio_to_passthrough']:.2f}")
     if report:
         Path(report).write_text(json.dumps(results, indent=2))
+    if latency_log:
+        Path(latency_log).write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in log_rows))
     return results
 
 
+def _cores(cores: dict[str, float], cpus: int | None = None) -> str:
+    """The CPU each watched process used during a run, in cores.
+
+    >>> _cores({"worker": 0.756, "broker": 0.4, "bench": 0.2}, cpus=2)
+    'CPU in cores: worker 0.76, broker 0.40, bench 0.20 (of 2 on this machine)'
+    """
+    used = ", ".join(f"{name} {c:.2f}" for name, c in cores.items())
+    return f"CPU in cores: {used} (of {cpus or os.cpu_count()} on this machine)"
+
+
 @contextlib.contextmanager
-def _fresh_broker(logdir: Path) -> Iterator[str]:
-    """An embedded broker for one measurement; yields its bootstrap address."""
+def _fresh_broker(logdir: Path) -> Iterator[Service]:
+    """An embedded broker for one measurement (``.port``, ``.proc``)."""
     broker = start_broker(log_dir=logdir)
     try:
-        yield f"127.0.0.1:{broker.port}"
+        yield broker
     finally:
         broker.stop()
 
 
-#: Partitions of every topic in the bench.
-PARTITIONS = 4
 #: Events each paced run's fresh worker gets unpaced before its clock starts.
 LATENCY_WARM = 500
 

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report the highest measured rate whose p99 stays under this")
     b.add_argument("--redis-url", help="use this store instead of an embedded Redis")
     b.add_argument("--report", help="write the JSON results here")
+    b.add_argument("--partitions", type=int, default=4, help="partitions of every topic of the bench")
+    b.add_argument("--latency-log", help="write every paced output's latency here (JSON lines: worker, rate, "
+                                         "send time, latency and its split at the worker's send)")
 
     f = sub.add_parser("forget", help="erase a shopper: features, cached copy and per-user model state")
     _common(f)
@@ -121,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streams.bench import run_bench
 
             run_bench(events=args.events, rate=args.rate, redis_url=args.redis_url, report=args.report,
-                      slo_ms=args.slo_ms)
+                      slo_ms=args.slo_ms, latency_log=args.latency_log, partitions=args.partitions)
             return 0
         if args.command == "forget":
             import asyncio

@@ -1,13 +1,16 @@
 """``streamrec bench`` end to end, small: both workers answer every event, each
-measurement meets a broker of its own, and the latency split at the worker's send
-adds up to what the reader measured."""
+measurement meets a broker of its own, the latency split at the worker's send
+adds up to what the reader measured, every run reports the CPU of the processes
+sharing the machine, and the latency log holds every paced output."""
 
 from __future__ import annotations
+
+import orjson
 
 from streams import bench
 
 
-def test_bench_runs_small_and_every_measurement_gets_a_fresh_broker(monkeypatch, capsys):
+def test_bench_runs_small_and_every_measurement_gets_a_fresh_broker(monkeypatch, capsys, tmp_path):
     started = []
     real_start = bench.start_broker
 
@@ -18,7 +21,8 @@ def test_bench_runs_small_and_every_measurement_gets_a_fresh_broker(monkeypatch,
         return svc
 
     monkeypatch.setattr(bench, "start_broker", counting_start)
-    res = bench.run_bench(events=300, rate=[40, 80], latency_events=120, catalog_items=200)
+    log = tmp_path / "latency.jsonl"
+    res = bench.run_bench(events=300, rate=[40, 80], latency_events=120, catalog_items=200, latency_log=str(log))
 
     # per worker: the throughput run and one paced run per rate, each on its own broker,
     # started after the one before was stopped, and none left running
@@ -34,9 +38,23 @@ def test_bench_runs_small_and_every_measurement_gets_a_fresh_broker(monkeypatch,
             # the two sides of the worker's send (ms-resolution timestamps: 1 ms slack each)
             assert row["to_send_p50_ms"] >= -1 and row["after_send_p50_ms"] >= -1
             assert row["to_send_p50_ms"] + row["after_send_p50_ms"] <= row["p99_ms"] + 2
+            assert 1 <= row["slowest_1pct_seconds"] <= row["elapsed_s"] + 1
+        for run in (r["throughput"], *r["latency"]):  # every process that shares the machine, seen working
+            assert set(run["cores"]) == {"worker", "broker", "redis", "bench"}
+            assert run["cores"]["worker"] > 0 and run["cores"]["broker"] > 0 and run["cores"]["bench"] > 0
     inside = [row["worker_p50_ms"] for row in res["streamrec"]["latency"]]
     assert all(v is not None and v > 0 for v in inside)
     assert all(row["worker_p50_ms"] is None for row in res["passthrough"]["latency"])
     assert 0 < res["ratio_to_passthrough"]
+    rows = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    assert len(rows) == 2 * 2 * 120
+    for name in ("passthrough", "streamrec"):
+        for rate in (40.0, 80.0):
+            mine = sorted(row["ms"] for row in rows if row["worker"] == name and row["rate"] == rate)
+            assert len(mine) == 120
+            # the log holds the very latencies the run's percentiles were taken from
+            assert max(mine) == next(r["max_ms"] for r in res[name]["latency"] if r["rate"] == rate)
+    assert all((row["inside_ms"] is None) == (row["worker"] == "passthrough") for row in rows)
     out = capsys.readouterr().out
     assert "to the worker's send" in out and "streamrec / pass-through throughput" in out
+    assert out.count("CPU in cores: worker") == 2 * (1 + 2)
