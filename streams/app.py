@@ -22,7 +22,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import faust
 import orjson
@@ -70,6 +70,34 @@ class Metrics:
         self.batch_size = Histogram("streamrec_batch_events", "Events per batch", registry=r,
                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000))
         self.store_up = Gauge("streamrec_store_up", "1 when the feature store answers", registry=r)
+        self.loop_lag = Histogram("streamrec_event_loop_lag_seconds",
+                                  "How late the event loop ran a 100 ms timer: every list in the worker "
+                                  "waited as long (a long batch, a garbage collection, a starved CPU)",
+                                  registry=r, buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+
+
+async def watch_loop_lag(observe: Callable[[float], Any], interval_s: float = 0.1,
+                         clock: Callable[[], float] = time.perf_counter) -> None:
+    """Forever: sleep ``interval_s`` and ``observe`` how much later than that the loop
+    woke up, in seconds. Whatever holds the event loop (a batch's synchronous work, a
+    garbage collection, a CPU taken by other processes) delays every list waiting in it
+    by as much; the worker exports it as ``streamrec_event_loop_lag_seconds``.
+
+    >>> lags = []
+    >>> async def blocked_for_50_ms():
+    ...     watch = asyncio.ensure_future(watch_loop_lag(lags.append, interval_s=0.01))
+    ...     await asyncio.sleep(0.02)
+    ...     time.sleep(0.05)  # holds the loop, as a long batch would
+    ...     await asyncio.sleep(0.03)
+    ...     watch.cancel()
+    >>> asyncio.run(blocked_for_50_ms())
+    >>> max(lags) >= 0.035
+    True
+    """
+    while True:
+        start = clock()
+        await asyncio.sleep(interval_s)
+        observe(max(0.0, clock() - start - interval_s))
 
 
 class Runtime:
@@ -340,6 +368,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         settle_gc(settings.gc_gen0_threshold)
         log.info("worker %s ready: store=%s topics=%s", settings.worker_id, rt.store.kind,
                  ",".join(settings.topic(t) for t in INPUT_TOPICS))
+
+    @app.task
+    async def watch_event_loop() -> None:
+        await watch_loop_lag(rt.metrics.loop_lag.observe)
 
     @app.timer(settings.snapshot_every_s)
     async def snapshot() -> None:

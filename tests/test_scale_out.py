@@ -41,10 +41,11 @@ async def health(session: aiohttp.ClientSession, port: int) -> dict:
         return {}
 
 
-async def recommendations_made(session: aiohttp.ClientSession, port: int) -> float:
+async def metric(session: aiohttp.ClientSession, port: int, name: str) -> float:
+    """A worker's metric sample ``name`` from its /metrics (0 when absent)."""
     async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
         for line in (await r.text()).splitlines():
-            if line.startswith("streamrec_recommendations_total "):
+            if line.startswith(name + " "):
                 return float(line.split()[1])
     return 0.0
 
@@ -127,11 +128,14 @@ async def test_two_then_three_workers(broker, redis_url, worker_env, prefix, tmp
             assert await col.wait_for(served, 180), \
                 len(triggers - {r["trigger_event_id"] for r in col.values(prefix + "recommendations")})
             recs = col.values(prefix + "recommendations")
-            made = [await recommendations_made(http, p) for p in ports]
+            made = [await metric(http, p, "streamrec_recommendations_total") for p in ports]
+            # every worker watches its event loop (a timer every 100 ms, seconds after it started)
+            lag_checks = [await metric(http, p, "streamrec_event_loop_lag_seconds_count") for p in ports]
 
         # partitions moved: the newcomer took some from the first two, and did work
         assert after[2] > 0 and sum(after[:2]) < sum(before), (before, after)
         assert made[2] > 0 and made[0] > 0 and made[1] > 0, made
+        assert all(n >= 10 for n in lag_checks), lag_checks
         assert all(w.proc.poll() is None for w in workers), "a worker died"
         # and its log shows the assignment it received
         log3 = (tmp_path / "w3.log").read_text()
