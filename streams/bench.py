@@ -19,9 +19,9 @@ simulated shopper stream:
 - where the machine's cores went in every run: the CPU the worker, the broker, the
   embedded Redis and the bench's own process (producer and reader) used, in cores;
 - whether a paced run's tail is spread out or made in a short stretch: in how many of
-  its seconds the slowest 1 % were sent; with ``--latency-log FILE``, every paced output's latency
-  as JSON lines (worker, rate, send time, latency, the part before the worker's send
-  and inside its batch).
+  its seconds the slowest 1 % were sent; with ``--latency-log FILE``, every paced
+  output's latency as JSON lines (worker, rate, send time, latency, the part before
+  the worker's send and inside its batch).
 
 Topics have ``--partitions`` partitions (4 unless given; one run with 16 gave the
 streamrec worker a p99 of 430 ms at 500 events/s against 198 ms with 4, right after).
