@@ -161,7 +161,7 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
             "after_send_p99_ms": round(percentile(after_send, 99), 1) if after_send else None,
             "worker_cpu_ms_per_event": None if math.isnan(cpu) else round(cpu * 1000 / max(len(lat), 1), 3),
             "cores": {name: round(s / elapsed, 2) for name, s in used.items() if not math.isnan(s)},
-            "slowest_1pct_seconds": tail_seconds(lat, [t - t0 for t in sent])}
+            "slowest_1pct_seconds": tail_seconds(lat, [t - t0 for t in sent]) if rate else None}
 
 
 def tail_seconds(latencies: Sequence[float], sent_s: Sequence[float]) -> int:
@@ -259,7 +259,7 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
 
             def measure(bootstrap: str, topics: str, part: list[dict], paced: float | None,
                         watch: dict[str, int] | None = None) -> dict:
-                rows: list[dict] | None = [] if latency_log and paced and watch else None
+                rows: list[dict] | None = [] if latency_log and paced else None
                 res = asyncio.run(_measure(bootstrap, topics, topics + out_topic, part, paced, id_of, watch,
                                            latency_log=rows, partitions=partitions))
                 log_rows.extend({"worker": name, "rate": paced, **row} for row in rows or ())
