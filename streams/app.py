@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` builds a ``faust.App`` with one agent over every input topic
 (``clicks``, ``carts``, ``items``, ``reviews``, ``feedback``, ``forget``; message key =
-``user_id``). The agent takes events in batches (``stream.take_events``), decodes and
+``user_id``). The agent takes events in batches (``streams.batching.take_batches``: what
+queued while a batch ran starts the next one at once), decodes and
 validates each one (bad ones go to ``dead-letter`` with topic, partition, offset and
 reason), hands the good ones to ``Recommender.handle`` and sends each
 recommendation to ``recommendations``; the copy pool turns it into an event on
@@ -35,6 +36,7 @@ from models.features.keys import Keys
 from models.features.store import FeatureStore
 from models.pipeline import Recommender, recommendation_json
 from models.ranking import Ranker
+from streams.batching import take_batches
 from streams.codecs import dead_letter_record, user_key
 from streams.settings import Settings
 
@@ -246,11 +248,13 @@ def _faust_credentials(settings: Settings) -> Any:
                                  mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context)
 
 
-def _low_latency_transport(fetch_max_wait_ms: int) -> type:
-    """Faust's aiokafka transport with a configurable fetch wait.
+def _low_latency_transport(fetch_max_wait_ms: int, fetch_min_bytes: int = 1) -> type:
+    """Faust's aiokafka transport with a configurable fetch wait and fetch size.
 
     Faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers; brokers that hold a
     fetch until that deadline (Tansu does) then add up to 1.5 s to every event's latency.
+    ``fetch_min_bytes`` above 1 lets the broker hold a fetch until that much data is there
+    (or the wait is over): fewer, larger fetches at some latency.
     """
     from faust.transport.drivers import aiokafka as driver
 
@@ -258,6 +262,7 @@ def _low_latency_transport(fetch_max_wait_ms: int) -> type:
         def _create_worker_consumer(self, transport: Any) -> Any:
             consumer = super()._create_worker_consumer(transport)
             consumer._fetch_max_wait_ms = fetch_max_wait_ms
+            consumer._fetch_min_bytes = fetch_min_bytes
             return consumer
 
     class Consumer(driver.Consumer):
@@ -280,13 +285,14 @@ class StreamrecApp(faust.App):
     """
 
     fetch_max_wait_ms = 100
+    fetch_min_bytes = 1
 
     def __init__(self, id: str, **options: Any) -> None:  # noqa: A002 - faust's name
         options.setdefault("datadir", str(Path(tempfile.gettempdir()) / f"faust-{id}-data"))
         super().__init__(id, **options)
 
     def _new_transport(self) -> Any:
-        return _low_latency_transport(self.fetch_max_wait_ms)(self.conf.broker_consumer, self)
+        return _low_latency_transport(self.fetch_max_wait_ms, self.fetch_min_bytes)(self.conf.broker_consumer, self)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
@@ -303,6 +309,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
     )
     app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
+    app.fetch_min_bytes = settings.kafka_fetch_min_bytes
     app.streamrec = rt  # type: ignore[attr-defined]
     inputs = app.topic(*[settings.topic(t) for t in INPUT_TOPICS], key_type=bytes, value_type=bytes,
                        partitions=settings.partitions)
@@ -333,7 +340,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
 
     @app.agent(inputs, concurrency=1)
     async def process(stream):  # noqa: ANN001 - Faust stream
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+        async for batch in take_batches(stream, settings.batch_size, within=settings.batch_window_s):
             good: list[Event] = []
             for ev in batch:
                 m = ev.message

@@ -1,7 +1,7 @@
 """``streamrec bench``: one worker's throughput and latency, next to a bare Faust pass-through.
 
 Both run as separate processes against the embedded broker (a fresh one for every
-measurement, see below), with the same batching (``take_events``), over the same
+measurement, see below), with the same batching (``take_batches``), over the same
 simulated shopper stream:
 
 - throughput: N events produced as fast as possible; events/s = N / (time from the
@@ -402,6 +402,7 @@ def start_passthrough(env: dict, log: Path):
 def passthrough_main() -> None:
     """A bare Faust agent with the worker's batching: forward each value, nothing else."""
     from streams.app import StreamrecApp, faust_worker
+    from streams.batching import take_batches
     from streams.settings import load_settings
 
     s = load_settings()
@@ -411,12 +412,13 @@ def passthrough_main() -> None:
                     broker_session_timeout=s.kafka_session_timeout_s,
                     broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_s / 3))
     app.fetch_max_wait_ms = s.kafka_fetch_max_wait_ms
+    app.fetch_min_bytes = s.kafka_fetch_min_bytes
     inputs = app.topic(s.topic("clicks"), s.topic("carts"), key_type=bytes, value_type=bytes)
     out = app.topic(s.topic("passthrough-out"), key_type=bytes, value_type=bytes, partitions=s.partitions)
 
     @app.agent(inputs, concurrency=1)
     async def forward(stream):  # noqa: ANN001
-        async for batch in stream.take_events(s.batch_size, within=s.batch_window_s):
+        async for batch in take_batches(stream, s.batch_size, within=s.batch_window_s):
             for ev in batch:
                 await out.send(key=ev.message.key, value=ev.message.value, force=True)
 

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
     kafka_fetch_max_wait_ms: int = Field(20, ge=1, le=10_000, description="longest a fetch waits for data")
+    kafka_fetch_min_bytes: int = Field(1, ge=1, le=52_428_800, description=(
+        "data a fetch waits for (up to kafka_fetch_max_wait_ms): above 1, fewer and larger fetches"))
     kafka_session_timeout_s: float = Field(30.0, gt=1, description="how soon a dead worker's partitions move")
 
     # Redis security: a password (ACL user) and TLS via rediss://.
@@ -61,7 +63,8 @@ class Settings(BaseSettings):
     web_host: str = "0.0.0.0"
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     batch_size: int = Field(500, ge=1, le=10_000)
-    batch_window_s: float = Field(0.005, gt=0, le=5)
+    batch_window_s: float = Field(0.005, ge=0, le=5, description=(
+        "an idle worker waits this long after an event for others to share its batch"))
     dedupe_ttl_s: int = Field(7 * 86_400, ge=60, description=(
         "how long an event id is remembered: a redelivery or duplicate within it changes nothing"))
     rec_ttl_s: int = Field(86_400, ge=60, description=(

@@ -62,3 +62,21 @@ def test_a_started_worker_freezes_what_it_built_out_of_the_collectors_reach():
     assert frozen >= 0.9 * built > 10_000 and tracked < 0.01 * built and gen0 == 10_000
     built, frozen, tracked, default, gen0 = settled(0)
     assert frozen == 0 and tracked >= built and gen0 == default  # 0: Python's defaults
+
+
+def test_the_worker_consumer_fetches_with_the_configured_wait_and_size():
+    """Faust hard-codes a 1.5 s fetch wait for worker consumers; the app's transport
+    gives them ``kafka_fetch_max_wait_ms`` and ``kafka_fetch_min_bytes`` instead."""
+    import asyncio
+
+    async def consumer_of(settings: Settings):
+        app = create_app(settings)
+        thread = app.consumer._thread  # Faust's consumer thread, not started
+        return thread._create_worker_consumer(app.transport)
+
+    base = dict(redis_url="memory://", content=False, kafka_url="kafka://127.0.0.1:1", _env_file=None)
+    default = asyncio.run(consumer_of(Settings(app_id="fetch-a", **base)))
+    assert (default._fetch_max_wait_ms, default._fetch_min_bytes) == (20, 1)
+    tuned = asyncio.run(consumer_of(Settings(app_id="fetch-b", kafka_fetch_max_wait_ms=7,
+                                             kafka_fetch_min_bytes=4096, **base)))
+    assert (tuned._fetch_max_wait_ms, tuned._fetch_min_bytes) == (7, 4096)

@@ -1,0 +1,100 @@
+"""Batches of a Faust stream's events, started as soon as the agent is free.
+
+Faust's ``stream.take_events(max_, within)`` waits ``within`` before every batch (or until
+``max_`` events are buffered), and holds back the events that arrive while a batch is
+processed until the next wait begins. Under load every batch then starts ``within``
+late, with the events that queued meanwhile waiting through it: at 500 events/s with
+batches of ~50 ms the agent idled about a tenth of the time.
+
+``take_batches`` keeps buffering while a batch is processed and starts the next batch
+at once with what arrived meanwhile; only an idle agent waits, ``within`` after the
+first event, for others to share its batch. Events are acknowledged (their offsets
+become committable) after the batch that holds them has been processed, as with
+``take_events``.
+
+>>> import asyncio, faust
+>>> app = faust.App("take-batches-doc", broker="kafka://127.0.0.1:1", store="memory://")
+>>> seen = []
+>>> @app.agent()
+... async def agent(stream):
+...     async for batch in take_batches(stream, 3, within=0.01):
+...         seen.append([e.value for e in batch])
+...         await asyncio.sleep(0.05)  # the next batch queues up meanwhile
+>>> async def play():
+...     async with agent.test_context() as a:
+...         await a.put(0, wait=False)
+...         await asyncio.sleep(0.03)  # the first batch is running
+...         for v in range(1, 6):
+...             await a.put(v, wait=False)
+...         await asyncio.sleep(0.2)
+>>> asyncio.run(play())
+>>> seen  # the 5 queued events at once, at most 3 per batch
+[[0], [1, 2, 3], [4, 5]]
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+
+def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list]:
+    """Yield lists of at most ``max_`` events of ``stream`` (a Faust stream).
+
+    A batch starts when the agent is free and an event is there: at once with the
+    events that arrived while the last batch ran, or, when none did, ``within`` seconds
+    after the first one to arrive (sooner if ``max_`` arrive first)."""
+    batches = _take_batches(stream, max_, within)
+    # as Faust's own buffering generators: the stream closes it when it stops
+    getattr(stream, "_active_agens", set()).add(batches)
+    return batches
+
+
+async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list]:
+    buffer: list = []
+    arrived = asyncio.Event()  # the buffer holds an event
+    full = asyncio.Event()  # the buffer holds max_ events
+    room = asyncio.Event()  # the buffer may take more
+    room.set()
+
+    async def add(value: Any) -> Any:
+        # runs in the stream's passive drainer, for every event, while batches are processed
+        if not room.is_set():
+            await stream.wait(room)
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("take_batches: no current event for a value")
+        buffer.append(event)
+        arrived.set()
+        if len(buffer) >= max_:
+            full.set()
+            room.clear()
+        return value
+
+    acks = stream.enable_acks
+    stream.enable_acks = False  # acknowledged below, once processed
+    stream.add_processor(add)
+    stream._enable_passive(aiter(stream.channel))  # noqa: SLF001 - what take_events does
+    try:
+        while not stream.should_stop:
+            if not buffer:
+                await stream.wait_for_stopped(arrived)
+                if within and not full.is_set():
+                    await stream.wait_for_stopped(full, timeout=within)
+            if not buffer:
+                continue
+            batch = buffer[:max_]
+            del buffer[:max_]
+            if len(buffer) < max_:
+                full.clear()
+                room.set()
+            if not buffer:
+                arrived.clear()
+            try:
+                yield batch
+            finally:
+                for event in batch:
+                    await stream.ack(event)
+    finally:
+        stream.enable_acks = acks
+        stream._processors.remove(add)  # noqa: SLF001 - what take_events does
