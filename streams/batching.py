@@ -6,21 +6,22 @@ processed until the next wait begins. Under load every batch then starts ``withi
 late, with the events that queued meanwhile waiting through it: at 500 events/s with
 batches of ~50 ms the agent idled about a tenth of the time.
 
-``take_batches`` keeps buffering while a batch is processed and starts the next batch
-at once with what arrived meanwhile; only an idle agent waits, ``within`` after the
-first event, for others to share its batch. Events are acknowledged (their offsets
-become committable) after the batch that holds them has been processed, as with
-``take_events``.
+``take_batches`` keeps buffering while a batch is processed and counts ``within`` from
+the arrival of a batch's first event, as a producer's linger: what queued while a long
+batch ran starts the next batch at once; after a short one the next waits only what is
+left of its first event's window, so batches still gather company at moderate rates.
+Events are acknowledged (their offsets become committable) after the batch that holds
+them has been processed, as with ``take_events``.
 
 >>> import asyncio, faust
->>> app = faust.App("take-batches-doc", broker="kafka://127.0.0.1:1", store="memory://")
 >>> seen = []
->>> @app.agent()
-... async def agent(stream):
-...     async for batch in take_batches(stream, 3, within=0.01):
-...         seen.append([e.value for e in batch])
-...         await asyncio.sleep(0.05)  # the next batch queues up meanwhile
 >>> async def play():
+...     app = faust.App("take-batches-doc", broker="kafka://127.0.0.1:1", store="memory://")
+...     @app.agent()
+...     async def agent(stream):
+...         async for batch in take_batches(stream, 3, within=0.01):
+...             seen.append([e.value for e in batch])
+...             await asyncio.sleep(0.05)  # the next batch queues up meanwhile
 ...     async with agent.test_context() as a:
 ...         await a.put(0, wait=False)
 ...         await asyncio.sleep(0.03)  # the first batch is running
@@ -41,9 +42,9 @@ from typing import Any, AsyncIterator
 def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list]:
     """Yield lists of at most ``max_`` events of ``stream`` (a Faust stream).
 
-    A batch starts when the agent is free and an event is there: at once with the
-    events that arrived while the last batch ran, or, when none did, ``within`` seconds
-    after the first one to arrive (sooner if ``max_`` arrive first)."""
+    A batch starts when the agent is free, ``within`` seconds after its first event
+    arrived (at once if that is past: the events that queued while a long batch ran),
+    or as soon as ``max_`` events are there."""
     batches = _take_batches(stream, max_, within)
     # as Faust's own buffering generators: the stream closes it when it stops
     getattr(stream, "_active_agens", set()).add(batches)
@@ -51,7 +52,9 @@ def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list]:
 
 
 async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list]:
+    loop = asyncio.get_running_loop()
     buffer: list = []
+    first_at = [0.0]  # when the oldest buffered event arrived (loop time)
     arrived = asyncio.Event()  # the buffer holds an event
     full = asyncio.Event()  # the buffer holds max_ events
     room = asyncio.Event()  # the buffer may take more
@@ -64,6 +67,8 @@ async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[
         event = stream.current_event
         if event is None:
             raise RuntimeError("take_batches: no current event for a value")
+        if not buffer:
+            first_at[0] = loop.time()
         buffer.append(event)
         arrived.set()
         if len(buffer) >= max_:
@@ -75,21 +80,25 @@ async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[
     stream.enable_acks = False  # acknowledged below, once processed
     stream.add_processor(add)
     stream._enable_passive(aiter(stream.channel))  # noqa: SLF001 - what take_events does
+    after_full = False  # the last batch was full: a backlog, held back by ``room``
     try:
         while not stream.should_stop:
             if not buffer:
                 await stream.wait_for_stopped(arrived)
-                if within and not full.is_set():
-                    await stream.wait_for_stopped(full, timeout=within)
+            # a batch waits ``within`` from its first event's arrival (nothing more once
+            # the last batch ran that long); after a full batch the events held back
+            # arrive now, however long they waited: up to ``within`` for ``max_`` of them
+            linger = within if after_full else first_at[0] + within - loop.time()
+            if linger > 0 and not full.is_set():
+                await stream.wait_for_stopped(full, timeout=linger)
             if not buffer:
                 continue
-            batch = buffer[:max_]
-            del buffer[:max_]
-            if len(buffer) < max_:
-                full.clear()
-                room.set()
-            if not buffer:
-                arrived.clear()
+            batch = buffer[:]  # never more than max_: ``add`` waits for room
+            buffer.clear()
+            arrived.clear()
+            after_full = full.is_set()
+            full.clear()
+            room.set()
             try:
                 yield batch
             finally:

@@ -39,28 +39,44 @@ def _faust_take_events(stream, max_: int, within: float):
     return stream.take_events(max_, within=within)
 
 
-async def _queue_behind_a_batch(agent) -> None:
-    """One event; while its batch is processed, five more arrive."""
+async def _queue_behind_a_batch(agent, into_s: float, wait_s: float) -> float:
+    """One event; ``into_s`` into its batch five more arrive. Returns when they did."""
     async with agent.test_context() as a:
         await a.put(0, wait=False)
-        await asyncio.sleep(WINDOW_S + PROCESS_S / 2)  # inside the first batch
+        await asyncio.sleep(WINDOW_S + into_s)  # the first batch starts after the window
         for v in range(1, 6):
             await a.put(v, wait=False)
-        await asyncio.sleep(2 * (WINDOW_S + PROCESS_S))
+        arrived = time.perf_counter()
+        await asyncio.sleep(wait_s)
+        return arrived
 
 
-def test_what_queued_while_a_batch_ran_starts_the_next_batch_at_once():
+def test_what_queued_while_a_long_batch_ran_starts_the_next_batch_at_once():
+    """The five waited longer than the window while the batch ran: no more waiting."""
     log: list = []
-    asyncio.run(_queue_behind_a_batch(_agent("take-batches-queue", take_batches, log)))
+    agent = _agent("take-batches-long", take_batches, log, process_s=2 * WINDOW_S)
+    asyncio.run(_queue_behind_a_batch(agent, 0.05, 6 * WINDOW_S))
     assert [b["values"] for b in log] == [[0], [1, 2, 3, 4, 5]]
     gap = log[1]["start"] - log[0]["end"]
     assert gap < WINDOW_S / 3, f"the queued batch waited {gap:.3f}s after the last one ended"
 
-    # the contrast: Faust's take_events waits its window again before that batch
+    # the contrast: Faust's take_events waits its whole window again before that batch
     faust_log: list = []
-    asyncio.run(_queue_behind_a_batch(_agent("take-events-queue", _faust_take_events, faust_log)))
+    agent = _agent("take-events-long", _faust_take_events, faust_log, process_s=2 * WINDOW_S)
+    asyncio.run(_queue_behind_a_batch(agent, 0.05, 6 * WINDOW_S))
     assert [b["values"] for b in faust_log] == [[0], [1, 2, 3, 4, 5]]
     assert faust_log[1]["start"] - faust_log[0]["end"] >= WINDOW_S * 0.9
+
+
+def test_what_queued_while_a_short_batch_ran_waits_out_the_window_from_its_arrival():
+    """The window counts from the first queued event's arrival, not from the batch's end."""
+    log: list = []
+    agent = _agent("take-batches-short", take_batches, log, process_s=0.25)
+    arrived = asyncio.run(_queue_behind_a_batch(agent, 0.05, 3 * WINDOW_S))
+    assert [b["values"] for b in log] == [[0], [1, 2, 3, 4, 5]]
+    assert log[1]["start"] - arrived >= WINDOW_S * 0.9  # its window, counted from arrival
+    gap = log[1]["start"] - log[0]["end"]
+    assert gap < WINDOW_S - 0.1, f"waited {gap:.3f}s after the batch: a whole window, not what was left of it"
 
 
 def test_an_idle_agent_waits_the_window_for_events_to_share_a_batch():
