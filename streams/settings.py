@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     batch_size: int = Field(500, ge=1, le=10_000)
     batch_window_s: float = Field(0.005, ge=0, le=5, description=(
-        "an idle worker waits this long after an event for others to share its batch"))
+        "a batch waits this long from its first event for others to share it (what is left of it"
+        " once the batch before is done: nothing after a long batch)"))
     dedupe_ttl_s: int = Field(7 * 86_400, ge=60, description=(
         "how long an event id is remembered: a redelivery or duplicate within it changes nothing"))
     rec_ttl_s: int = Field(86_400, ge=60, description=(

@@ -72,7 +72,9 @@ def test_the_worker_consumer_fetches_with_the_configured_wait_and_size():
     async def consumer_of(settings: Settings):
         app = create_app(settings)
         thread = app.consumer._thread  # Faust's consumer thread, not started
-        return thread._create_worker_consumer(app.transport)
+        consumer = thread._create_worker_consumer(app.transport)
+        await consumer.stop()  # never started: only closed, so that it does not warn
+        return consumer
 
     base = dict(redis_url="memory://", content=False, kafka_url="kafka://127.0.0.1:1", _env_file=None)
     default = asyncio.run(consumer_of(Settings(app_id="fetch-a", **base)))
