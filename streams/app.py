@@ -2,8 +2,9 @@
 
 ``create_app(settings)`` builds a ``faust.App`` with one agent over every input topic
 (``clicks``, ``carts``, ``items``, ``reviews``, ``feedback``, ``forget``; message key =
-``user_id``). The agent takes events in batches (``streams.batching.take_batches``: what
-queued while a batch ran starts the next one at once), decodes and
+``user_id``). The agent takes events in batches (``streams.batching.take_batches``: a
+batch waits the batch window from its first event, so what queued behind a long batch
+starts the next one at once), decodes and
 validates each one (bad ones go to ``dead-letter`` with topic, partition, offset and
 reason), hands the good ones to ``Recommender.handle`` and sends each
 recommendation to ``recommendations``; the copy pool turns it into an event on
