@@ -23,6 +23,13 @@ simulated shopper stream:
   output's latency as JSON lines (worker, rate, send time, latency, the part before
   the worker's send and inside its batch).
 
+The paced runs send one of two workloads (``--workload``): ``stress`` (the default,
+``simulate_shoppers``: 2,000 shoppers with a bot-like head, 0.5 s of simulated time
+per event whatever the rate, so most shoppers start a new session with every event) or
+``live`` (``simulate_live_shop`` at the paced rate: sessions arriving, 30 % of them
+returning shoppers, each event stamped with the time it is handed to the producer).
+The throughput run sends the stress stream in both.
+
 Topics have ``--partitions`` partitions (4 unless given; one run with 16 gave the
 streamrec worker a p99 of 430 ms at 500 events/s against 198 ms with 4, right after).
 
@@ -71,13 +78,16 @@ from streams.embedded import (QUICK_JOIN_ENV, Service, create_topics, exit_on_si
                               start_redis, start_worker)
 from streams.measure import cpu_s, percentile
 from streams.settings import GC_GEN0_THRESHOLD
-from streams.simulate import catalog, simulate_shoppers
+from streams.simulate import catalog, simulate_live_shop, simulate_shoppers
 
 
 async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dict], rate: float | None,
                    id_of, watch: dict[str, int] | None = None, timeout_s: float = 300.0,
-                   latency_log: list[dict] | None = None, partitions: int = 4) -> dict:
+                   latency_log: list[dict] | None = None, partitions: int = 4, stamp: bool = False) -> dict:
     """Produce ``events``; read ``out_topic`` until one output per event arrived.
+
+    ``stamp``: each event's ``ts`` is the time it is handed to the producer, as a
+    storefront stamps a click (else the simulated time it carries).
 
     ``id_of(output)`` is (the input's event id, the worker's own time for it in ms or
     None): the part of the end-to-end time spent inside the worker's batch. ``watch``
@@ -135,7 +145,9 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
             if delay > 0:
                 await asyncio.sleep(delay)
         v = e["value"]
-        sent_at[v["event_id"]] = (time.perf_counter(), time.time())
+        sent_at[v["event_id"]] = (time.perf_counter(), wall := time.time())
+        if stamp:
+            v = {**v, "ts": round(wall, 3)}
         await producer.send(prefix + e["topic"], orjson.dumps(v), key=v["user_id"].encode())
     await producer.flush()
     try:
@@ -215,7 +227,8 @@ async def _wait_for_vectors(redis_url: str, prefix: str, item_ids: list[str], ti
 
 def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_url: str | None = None,
               report: str | None = None, latency_events: int | None = None, slo_ms: float = 100.0,
-              catalog_items: int = 5000, latency_log: str | None = None, partitions: int = 4) -> dict:
+              catalog_items: int = 5000, latency_log: str | None = None, partitions: int = 4,
+              workload: str = "stress") -> dict:
     """Run both workers through both measurements; print a table; return the results.
 
     ``rate`` may be several paced rates: the latency run is repeated at each (lowest
@@ -224,7 +237,8 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     fresh worker process (see the module's docstring). Every run reports the CPU the
     worker, the broker, the embedded Redis and this process used meanwhile, in cores:
     what the machine had left. ``latency_log`` (a file) gets every paced output's
-    latency as JSON lines (worker, rate, send time, latency and its split)."""
+    latency as JSON lines (worker, rate, send time, latency and its split). ``workload``
+    is what the paced runs send (see the module's docstring): ``stress`` or ``live``."""
     exit_on_sigterm()
     rates = sorted({float(r) for r in ([rate] if isinstance(rate, (int, float)) else rate)})
     logdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
@@ -237,12 +251,20 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
         return list(itertools.islice(stream, n))
 
     warm, thr = take(2000), take(events)
-    lat = [(take(LATENCY_WARM), take(n)) for n in n_lat]
+    if workload == "live":  # a live shop at each rate; its warm-up is the shop's seconds before
+        lat = []
+        for n, (r, k) in enumerate(zip(rates, n_lat)):
+            shop = list(simulate_live_shop(LATENCY_WARM + k, rate=r, seed=42 + n))
+            lat.append((shop[:LATENCY_WARM], shop[LATENCY_WARM:]))
+    elif workload == "stress":
+        lat = [(take(LATENCY_WARM), take(n)) for n in n_lat]
+    else:
+        raise ValueError(f"workload: {workload!r} is neither 'stress' nor 'live'")
     # the events built above live to the end: keep the collector's walks over them (tens
     # of ms with this process's clock stopped) out of the latencies it measures
     settle_gc(GC_GEN0_THRESHOLD)
     results: dict = {"machine": {"cpus": os.cpu_count()}, "events": events, "rates": rates, "slo_ms": slo_ms,
-                     "partitions": partitions}
+                     "partitions": partitions, "workload": workload}
     log_rows: list[dict] = []
     try:
         for name, out_topic, id_of in (("passthrough", "passthrough-out", _passthrough_id),
@@ -258,10 +280,10 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                         "STREAMREC_PARTITIONS": str(partitions), **QUICK_JOIN_ENV}
 
             def measure(bootstrap: str, topics: str, part: list[dict], paced: float | None,
-                        watch: dict[str, int] | None = None) -> dict:
+                        watch: dict[str, int] | None = None, stamp: bool = False) -> dict:
                 rows: list[dict] | None = [] if latency_log and paced else None
                 res = asyncio.run(_measure(bootstrap, topics, topics + out_topic, part, paced, id_of, watch,
-                                           latency_log=rows, partitions=partitions))
+                                           latency_log=rows, partitions=partitions, stamp=stamp))
                 log_rows.extend({"worker": name, "rate": paced, **row} for row in rows or ())
                 return res
 
@@ -290,9 +312,10 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                     bootstrap = f"127.0.0.1:{broker.port}"
                     worker = start(env(bootstrap, topics), logdir / f"{name}-{r:.0f}.log")
                     try:
-                        measure(bootstrap, topics, warm_up, None)
+                        live = workload == "live"
+                        measure(bootstrap, topics, warm_up, None, stamp=live)
                         results[name]["latency"].append(
-                            {"rate": r, **measure(bootstrap, topics, part, r, watched(worker, broker))})
+                            {"rate": r, **measure(bootstrap, topics, part, r, watched(worker, broker), stamp=live)})
                     finally:
                         worker.stop()
             res = results[name]

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--redis-url", help="use this store instead of an embedded Redis")
     b.add_argument("--report", help="write the JSON results here")
     b.add_argument("--partitions", type=int, default=4, help="partitions of every topic of the bench")
+    b.add_argument("--workload", choices=["stress", "live"], default="stress",
+                   help="what the paced runs send: 'stress' (2,000 shoppers, a few as busy as bots, 0.5 s "
+                        "of simulated time per event) or 'live' (a live shop: sessions arrive, every event "
+                        "stamped as it is sent)")
     b.add_argument("--latency-log", help="write every paced output's latency here (JSON lines: worker, rate, "
                                          "send time, latency and its split at the worker's send)")
 
@@ -124,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streams.bench import run_bench
 
             run_bench(events=args.events, rate=args.rate, redis_url=args.redis_url, report=args.report,
-                      slo_ms=args.slo_ms, latency_log=args.latency_log, partitions=args.partitions)
+                      slo_ms=args.slo_ms, latency_log=args.latency_log, partitions=args.partitions,
+                      workload=args.workload)
             return 0
         if args.command == "forget":
             import asyncio

@@ -46,10 +46,65 @@ def simulate_shoppers(n_events: int, n_users: int = 2000, n_items: int = 5000, n
         left -= 1
         sessions[user] = (cat, left) if left > 0 else (rnd.randrange(n_categories), rnd.randint(2, 12))
         r = rnd.random()
-        base = {"event_id": f"ev{seed}-{n}", "user_id": f"shopper{user}", "item_id": item, "ts": round(ts, 3)}
-        if r < 0.9:
-            yield {"topic": "clicks", "value": base}
-        elif r < 0.97:
-            yield {"topic": "carts", "value": {**base, "action": "add", "quantity": 1}}
-        else:
-            yield {"topic": "carts", "value": {**base, "action": "purchase", "quantity": 1}}
+        yield _interaction({"event_id": f"ev{seed}-{n}", "user_id": f"shopper{user}", "item_id": item,
+                            "ts": round(ts, 3)}, r)
+
+
+def _interaction(base: dict, r: float) -> dict:
+    """``base`` (event id, shopper, item, ts) as a click, an add to cart or a purchase
+    (90, 7 and 3 % of ``r`` in [0, 1))."""
+    if r < 0.9:
+        return {"topic": "clicks", "value": base}
+    action = "add" if r < 0.97 else "purchase"
+    return {"topic": "carts", "value": {**base, "action": action, "quantity": 1}}
+
+
+def simulate_live_shop(n_events: int, rate: float, n_items: int = 5000, n_categories: int = 12, seed: int = 0,
+                       start_ts: float = 1_700_000_000.0, think_s: float = 8.0, returning: float = 0.3,
+                       past_shoppers: int = 2000, burn_in_s: float = 120.0) -> Iterator[dict]:
+    """Click and cart events of a live shop taking ``rate`` events per second.
+
+    Sessions arrive at random (Poisson) at the rate that makes ``rate`` events per
+    second; each is one shopper browsing one category (Zipf popularity within it, as
+    ``simulate_shoppers``) for 2-12 interactions, ``think_s`` apart on average
+    (exponential). A share ``returning`` of sessions belong to shoppers
+    ``simulate_shoppers`` knows (``shopper0`` .. ``shopper{past_shoppers - 1}``); the
+    others to shoppers never seen before. ``ts`` is the event's time in the shop:
+    ``rate`` events per second of it; sessions last six think times on average, so
+    about ``rate * 6 * think_s / 7`` shoppers browse at once (3,400 at 500 events/s). The first ``burn_in_s`` seconds (while that crowd
+    builds up) are not yielded. Deterministic for a given seed.
+
+    >>> events = list(simulate_live_shop(2000, rate=100, seed=1))
+    >>> round((events[-1]["value"]["ts"] - events[0]["value"]["ts"]) / len(events), 2)  # ~1/rate apart
+    0.01
+    >>> shoppers = {e["value"]["user_id"] for e in events}
+    >>> 200 < len(shoppers) < 2000, any(u.startswith("shopper") for u in shoppers)
+    (True, True)
+    """
+    import heapq
+
+    rnd = random.Random(seed)
+    per_cat = [list(range(c, n_items, n_categories)) for c in range(n_categories)]
+    arrivals = rate / 7.0  # sessions per second: 7 interactions per session on average
+    #: (time of the session's next interaction, session number, shopper, category, left)
+    browsing: list[tuple[float, int, str, int, int]] = []
+    t, next_arrival, sessions, n = 0.0, rnd.expovariate(arrivals), 0, 0
+    while n < n_events:
+        if not browsing or next_arrival < browsing[0][0]:
+            t = next_arrival
+            next_arrival += rnd.expovariate(arrivals)
+            shopper = (f"shopper{rnd.randrange(past_shoppers)}" if rnd.random() < returning
+                       else f"live{seed}-{sessions}")
+            heapq.heappush(browsing, (t, sessions, shopper, rnd.randrange(n_categories), rnd.randint(2, 12)))
+            sessions += 1
+            continue
+        t, sid, shopper, cat, left = heapq.heappop(browsing)
+        if left > 1:
+            heapq.heappush(browsing, (t + rnd.expovariate(1 / think_s), sid, shopper, cat, left - 1))
+        if t < burn_in_s:
+            continue
+        items = per_cat[cat]
+        item = f"i{items[min(int(rnd.paretovariate(1.3)) - 1, len(items) - 1)]}"
+        yield _interaction({"event_id": f"live{seed}-ev{n}", "user_id": shopper, "item_id": item,
+                            "ts": round(start_ts + t - burn_in_s, 3)}, rnd.random())
+        n += 1

@@ -58,3 +58,34 @@ def test_bench_runs_small_and_every_measurement_gets_a_fresh_broker(monkeypatch,
     out = capsys.readouterr().out
     assert "to the worker's send" in out and "streamrec / pass-through throughput" in out
     assert out.count("CPU in cores: worker") == 2 * (1 + 2)
+
+
+def test_the_live_workload_stamps_each_event_as_it_is_sent(redis_url):
+    """``--workload live``: the paced runs send a live shop's events, each stamped with
+    the time it was handed to the producer; the worker keeps that time as the
+    shopper's session time."""
+    import asyncio
+    import time
+
+    import redis.asyncio
+
+    before = time.time()
+    res = bench.run_bench(events=200, rate=[50], latency_events=100, catalog_items=200, redis_url=redis_url,
+                          workload="live")
+    after = time.time()
+    assert res["workload"] == "live"
+    for name in ("passthrough", "streamrec"):
+        [row] = res[name]["latency"]
+        assert row["outputs"] == row["events"] == 100
+
+    async def session_times() -> list[float]:
+        client = redis.asyncio.from_url(redis_url)
+        try:
+            return [float(await client.hget(k, "last"))
+                    async for k in client.scan_iter(match="b*{u:live4*}:session", count=1000)]
+        finally:
+            await client.aclose()
+
+    last = asyncio.run(session_times())
+    assert len(last) > 20  # new shoppers of the live shop, seen by the worker
+    assert all(before <= t <= after for t in last)
