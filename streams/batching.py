@@ -54,7 +54,7 @@ def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list]:
 async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list]:
     loop = asyncio.get_running_loop()
     buffer: list = []
-    first_at = [0.0]  # when the oldest buffered event arrived (loop time)
+    first_at = 0.0  # when the oldest buffered event arrived (loop time)
     arrived = asyncio.Event()  # the buffer holds an event
     full = asyncio.Event()  # the buffer holds max_ events
     room = asyncio.Event()  # the buffer may take more
@@ -62,13 +62,14 @@ async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[
 
     async def add(value: Any) -> Any:
         # runs in the stream's passive drainer, for every event, while batches are processed
+        nonlocal first_at
         if not room.is_set():
             await stream.wait(room)
         event = stream.current_event
         if event is None:
             raise RuntimeError("take_batches: no current event for a value")
         if not buffer:
-            first_at[0] = loop.time()
+            first_at = loop.time()
         buffer.append(event)
         arrived.set()
         if len(buffer) >= max_:
@@ -88,7 +89,7 @@ async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[
             # a batch waits ``within`` from its first event's arrival (nothing more once
             # the last batch ran that long); after a full batch the events held back
             # arrive now, however long they waited: up to ``within`` for ``max_`` of them
-            linger = within if after_full else first_at[0] + within - loop.time()
+            linger = within if after_full else first_at + within - loop.time()
             if linger > 0 and not full.is_set():
                 await stream.wait_for_stopped(full, timeout=linger)
             if not buffer:

@@ -260,6 +260,7 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
         lat = [(take(LATENCY_WARM), take(n)) for n in n_lat]
     else:
         raise ValueError(f"workload: {workload!r} is neither 'stress' nor 'live'")
+    stamp = workload == "live"  # a live shop's events carry the time they are sent
     # the events built above live to the end: keep the collector's walks over them (tens
     # of ms with this process's clock stopped) out of the latencies it measures
     settle_gc(GC_GEN0_THRESHOLD)
@@ -312,10 +313,9 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                     bootstrap = f"127.0.0.1:{broker.port}"
                     worker = start(env(bootstrap, topics), logdir / f"{name}-{r:.0f}.log")
                     try:
-                        live = workload == "live"
-                        measure(bootstrap, topics, warm_up, None, stamp=live)
+                        measure(bootstrap, topics, warm_up, None, stamp=stamp)
                         results[name]["latency"].append(
-                            {"rate": r, **measure(bootstrap, topics, part, r, watched(worker, broker), stamp=live)})
+                            {"rate": r, **measure(bootstrap, topics, part, r, watched(worker, broker), stamp=stamp)})
                     finally:
                         worker.stop()
             res = results[name]

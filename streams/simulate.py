@@ -13,6 +13,7 @@ in the cart and sometimes buys it. Deterministic for a given seed.
 
 from __future__ import annotations
 
+import heapq
 import random
 from typing import Iterator
 
@@ -81,8 +82,6 @@ def simulate_live_shop(n_events: int, rate: float, n_items: int = 5000, n_catego
     >>> 200 < len(shoppers) < 2000, any(u.startswith("shopper") for u in shoppers)
     (True, True)
     """
-    import heapq
-
     rnd = random.Random(seed)
     per_cat = [list(range(c, n_items, n_categories)) for c in range(n_categories)]
     arrivals = rate / 7.0  # sessions per second: 7 interactions per session on average
