@@ -7,10 +7,11 @@ import random
 import pytest
 
 from models.events import Cart, Click, Feedback, Forget, Item
-from models.features import StoreError, open_store
+from models.features import open_store
 from models.features.cache import ItemSideCache
 from models.features.keys import Keys
 from models.features.memory import MemoryStore
+from models.features.store import StoreDataError
 from models.pipeline import Recommender, RecommenderConfig, default_sources
 from tests.support.dump import dump_store
 
@@ -368,9 +369,10 @@ async def test_on_redis_a_batch_goes_in_one_round_trip_fewer_with_its_effects_wr
         assert len(out.recommendations) == 1 and out.recommendations[0].items
         assert len(trips) == 2
         assert (await store.read([("get", keys.seen("warm-2"))]))[0] is not None
-        # effects that fail in that shared round trip fail the batch (it is retried, not lost)
-        await store.write([("set", keys.profile("u-warm"), b"not a hash", None)])  # WRONGTYPE for hincr
-        with pytest.raises(StoreError, match="WRONGTYPE"):
+        # effects refused in that shared round trip fail the batch, and none of them lands
+        await store.write([("set", keys.profile("u-warm"), b"not a hash", None)])  # a damaged key
+        with pytest.raises(StoreDataError, match="holds a string; hincr needs a hash"):
             await rec.handle([Click("warm-3", "u-warm", "i3", T0 + 10_000)])
+        assert (await store.read([("get", keys.seen("warm-3"))]))[0] is None
     finally:
         await store.close()

@@ -11,7 +11,20 @@ import time
 from collections import deque
 from typing import Any, Callable, Sequence
 
-from models.features.store import ReadOp, StoreError, WriteOp
+from models.features.store import (READ_NEEDS, WRITE_OPS, ReadOp, StoreDataError, StoreError, WriteOp,
+                                   first_misfit, key_for_humans)
+
+
+class _ZSet(dict):
+    """member -> score"""
+
+
+class _Hash(dict):
+    """field -> value"""
+
+
+#: Redis's TYPE name of each kind of value this store keeps
+_KIND = {bytes: "string", _ZSet: "zset", _Hash: "hash", deque: "list", set: "set"}
 
 
 def _s(v: Any) -> str:
@@ -45,9 +58,21 @@ class MemoryStore:
         if v is None:
             v = kind()
             self._data[key] = v
-        elif not isinstance(v, kind):
-            raise StoreError(f"WRONGTYPE operation against key holding {type(v).__name__}")
         return v
+
+    def _kind(self, key: str) -> str:
+        v = self._live(key)
+        return "none" if v is None else _KIND[type(v)]
+
+    def _is_number(self, key: str, field: str) -> bool:
+        v = self._data[key].get(field)
+        if v is None or v.__class__ is float:
+            return True
+        try:
+            float(v)
+        except ValueError:
+            return False
+        return True
 
     # -- protocol ----------------------------------------------------------------
     async def read(self, ops: Sequence[ReadOp]) -> list[Any]:
@@ -56,8 +81,12 @@ class MemoryStore:
     def _read_one(self, op: ReadOp) -> Any:
         name, key = op[0], op[1]
         if name == "mget":
-            return [self._live(k) for k in key]
+            return [v if v.__class__ is bytes else None for v in map(self._live, key)]
         v = self._live(key)
+        if v is not None and _KIND[type(v)] != READ_NEEDS.get(name, "?"):
+            if name not in READ_NEEDS:
+                raise StoreError(f"unknown read operation {name!r}")
+            raise StoreDataError(f"{key_for_humans(key)} holds a {_KIND[type(v)]}; {name} needs a {READ_NEEDS[name]}")
         if name == "lrange":
             return list(v)[: op[2]] if v else []
         if name == "hgetall":
@@ -78,13 +107,19 @@ class MemoryStore:
         raise StoreError(f"unknown read operation {name!r}")
 
     async def write(self, ops: Sequence[WriteOp]) -> None:
+        unknown = next((op[0] for op in ops if op[0] not in WRITE_OPS), None)
+        if unknown is not None:
+            raise StoreError(f"unknown write operation {unknown!r}")
+        misfit = first_misfit(ops, self._kind, self._is_number)
+        if misfit is not None:
+            raise StoreDataError(misfit)
         for op in ops:
             self._write_one(op)
 
     def _write_one(self, op: WriteOp) -> None:
         name, key = op[0], op[1]
         if name == "zincr":
-            z = self._typed(key, dict)
+            z = self._typed(key, _ZSet)
             z[op[2]] = z.get(op[2], 0.0) + op[3]
         elif name == "lpush":
             lst = self._live(key)
@@ -93,10 +128,10 @@ class MemoryStore:
                 self._data[key] = lst
             lst.appendleft(_s(op[2]))
         elif name == "hincr":  # kept as a float here, answered as text like Redis
-            h = self._typed(key, dict)
+            h = self._typed(key, _Hash)
             h[op[2]] = float(h.get(op[2], 0.0)) + op[3]
         elif name == "hset":
-            self._typed(key, dict).update({f: _s(v) for f, v in op[2].items()})
+            self._typed(key, _Hash).update({f: _s(v) for f, v in op[2].items()})
         elif name == "set":
             value = op[2].encode() if isinstance(op[2], str) else bytes(op[2])
             self._data[key] = value
@@ -104,7 +139,7 @@ class MemoryStore:
         elif name == "ztrim":
             z = self._live(key)
             if z and len(z) > op[2]:
-                self._data[key] = dict(_ztop(z, op[2]))
+                self._data[key] = _ZSet(_ztop(z, op[2]))
         elif name == "zrem":
             z = self._live(key)
             if z:

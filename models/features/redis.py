@@ -2,8 +2,11 @@
 
 A write's operations, however many, go as one ``EVALSHA`` of a small Lua script
 (``WRITE_SCRIPT``) that applies them in order, atomically: one command to pack and
-one reply to parse. Where the server or the ACL user refuses scripts, the store logs
-it once and sends the same operations as a MULTI/EXEC from then on. Reads and writes
+one reply to parse. The script first checks that every key holds the kind of value its
+operation needs, and refuses the whole write (``StoreDataError``) when one does not:
+Redis does not undo the commands a script ran before one that failed. Where the
+server or the ACL user refuses scripts, the store logs it once and sends the same
+operations as a MULTI/EXEC from then on, with the same check a round trip ahead. Reads and writes
 issued in one turn of the event loop share one round trip, in the order issued
 (``RedisStore.write_ahead`` lets a writer go on and read: its reads see the write).
 
@@ -24,7 +27,8 @@ from redis.connection import HiredisRespSerializer
 from redis.exceptions import NoPermissionError, NoScriptError, RedisError, ResponseError
 from redis.utils import HIREDIS_AVAILABLE
 
-from models.features.store import ReadOp, StoreError, WriteOp
+from models.features.store import (READ_NEEDS, WRITE_NEEDS, ReadOp, StoreDataError, StoreError, WriteOp,
+                                   first_misfit, key_for_humans)
 
 
 def _hiredis_packing(connection_class: type) -> type:
@@ -55,10 +59,42 @@ def _packed(conn: Any, commands: list[tuple]) -> list[bytes]:
 
 log = logging.getLogger("streamrec.store")
 
-#: Applies a batch of write operations in order, as one atomic command. ARGV is the
-#: operations flattened: name, key, then the name's operands (``_script_args``).
+#: Applies a batch of write operations in order, as one atomic command, or none of them.
+#: ARGV is the operations flattened: name, key, then the name's operands (``_script_args``).
 WRITE_SCRIPT = """
 local a, i, n, call = ARGV, 1, #ARGV, redis.call
+-- First every operation is checked, and the script refuses the whole write before
+-- applying anything when a key holds another kind of value than its operation needs
+-- (store.first_misfit, the same check in Python): all or nothing, even then.
+local needs = {zincr='zset', ztrim='zset', zrem='zset', lpush='list', lrem='list', hincr='hash',
+  hset='hash', hdel='hash', sadd='set', srem='set'}
+local width = {zincr=4, set=4, lpush=4, hincr=4, delete=2, ztrim=3, lrem=3, zrem=3, hdel=3,
+  sadd=3, srem=3, expire=3}
+local kinds, stored, replaced = {}, {}, {}
+while i <= n do
+  local op, key = a[i], a[i + 1]
+  local need = needs[op]
+  if need then
+    if not kinds[key] then kinds[key] = call('TYPE', key)['ok']; stored[key] = kinds[key] end
+    local kind = kinds[key]
+    if kind ~= 'none' and kind ~= need then
+      return redis.error_reply('MISFIT ' .. key .. ' holds a ' .. kind .. '; ' .. op .. ' needs a ' .. need)
+    end
+    if op == 'hincr' and stored[key] == 'hash' and not replaced[key] then
+      local v = call('HGET', key, a[i + 2])
+      if v and not tonumber(v) then
+        return redis.error_reply('MISFIT ' .. key .. ' field ' .. a[i + 2] .. ' is not a number; hincr adds to numbers')
+      end
+    end
+    kinds[key] = need
+  elseif op == 'set' then kinds[key] = 'string'; replaced[key] = true
+  elseif op == 'delete' then kinds[key] = 'none'; replaced[key] = true
+  end
+  if op == 'hset' then i = i + 3 + 2 * tonumber(a[i + 2])
+  elseif width[op] then i = i + width[op]
+  else return redis.error_reply('unknown write operation ' .. tostring(op)) end
+end
+i = 1
 while i <= n do
   local op, key = a[i], a[i + 1]
   if op == 'zincr' then call('ZINCRBY', key, a[i + 3], a[i + 2]); i = i + 4
@@ -233,13 +269,64 @@ def _write_error(replies: list[Any]) -> BaseException | None:
     return None
 
 
-def _store_error(e: BaseException) -> StoreError:
+def _store_error(e: BaseException) -> StoreError | StoreDataError:
     """``e`` (a server's error reply, or the connection's failure) as the store's error;
-    the message never carries the URL (it may hold a password)."""
-    text = f"redis: {type(e).__name__}: {str(e)[:200]}"
-    if isinstance(e, NoPermissionError) or (isinstance(e, ResponseError) and "unknown command" in str(e).lower()):
+    the message never carries the URL (it may hold a password), nor a shopper's id.
+    A key of the wrong kind (the write script's ``MISFIT``, the server's
+    ``WRONGTYPE`` or a counter that is not a number) is a ``StoreDataError``."""
+    said = str(e)
+    if isinstance(e, ResponseError) and said.startswith(("MISFIT ", "WRONGTYPE", "hash value is not a")):
+        return StoreDataError(f"redis: {key_for_humans(said.removeprefix('MISFIT '))[:300]}")
+    text = f"redis: {type(e).__name__}: {said[:200]}"
+    if isinstance(e, NoPermissionError) or (isinstance(e, ResponseError) and "unknown command" in said.lower()):
         return CommandRefused(text)
     return StoreError(text)
+
+
+def _read_error(ops: Sequence[ReadOp], asked: list, replies: list[Any]) -> StoreError | StoreDataError:
+    """The error of a read's ``replies`` (one per command in ``asked``), naming the
+    key when it holds the wrong kind of value."""
+    sent = [op for op, c in zip(ops, asked) if c is not None]
+    op, bad = next((op, r) for op, r in zip(sent, replies) if isinstance(r, ResponseError))
+    error = _store_error(bad)
+    if isinstance(error, StoreDataError) and op[0] in READ_NEEDS:
+        return StoreDataError(f"redis: {key_for_humans(op[1])}: {op[0]} needs a {READ_NEEDS[op[0]]} ({error})")
+    return error
+
+
+def _behind(failed: BaseException) -> BaseException:
+    """The error of an operation sent behind a write that failed: the same kind of error."""
+    kind = StoreDataError if isinstance(failed, StoreDataError) else StoreError
+    return kind(f"sent behind a write that failed ({failed})")
+
+
+def _kind_checks(ops: Sequence[WriteOp]) -> list[tuple]:
+    """The commands that tell ``first_misfit`` about ``ops``' keys: a ``TYPE`` per key an
+    operation needs a kind of value in, an ``HGET`` per field an increment adds to."""
+    keys = dict.fromkeys(op[1] for op in ops if op[0] in WRITE_NEEDS)
+    fields = dict.fromkeys((op[1], op[2]) for op in ops if op[0] == "hincr")
+    return [("TYPE", key) for key in keys] + [("HGET", key, field) for key, field in fields]
+
+
+def _misfit(ops: Sequence[WriteOp], checks: list[tuple], replies: list[Any]) -> StoreDataError | None:
+    """``first_misfit`` of ``ops`` from the replies to ``_kind_checks(ops)``."""
+    kinds, values = {}, {}
+    for cmd, reply in zip(checks, replies):
+        if cmd[0] == "TYPE":
+            kinds[cmd[1]] = reply.decode() if isinstance(reply, bytes) else str(reply)
+        else:
+            values[cmd[1:]] = reply
+
+    def is_number(key: str, field: str) -> bool:
+        v = values.get((key, field))
+        try:
+            v is None or float(v)
+        except ValueError:
+            return False
+        return True
+
+    why = first_misfit(ops, lambda key: kinds.get(key, "none"), is_number)
+    return None if why is None else StoreDataError(f"redis: {why}")
 
 
 class _SentWhenAwaited:
@@ -303,7 +390,8 @@ class RedisStore:
 
     async def write(self, ops: Sequence[WriteOp]) -> None:
         """Apply ``ops`` in order and atomically: a batch's effects and its dedupe
-        markers land together or not at all, which makes redelivery harmless.
+        markers land together or not at all, which makes redelivery harmless. A key
+        holding the wrong kind of value raises ``StoreDataError``, nothing applied.
 
         The whole batch goes as one ``EVALSHA`` of ``WRITE_SCRIPT`` (one command to
         pack and one reply to parse, however many operations); a server without
@@ -383,7 +471,7 @@ class RedisStore:
                     behind, self._pending = self._pending, []
                     for *_, fut in behind:
                         if not fut.done():
-                            fut.set_exception(StoreError(f"sent behind a write that failed ({failed})"))
+                            fut.set_exception(_behind(failed))
         finally:
             self._flushing = False
 
@@ -394,11 +482,16 @@ class RedisStore:
         batch again with MULTI/EXEC, and every batch after it."""
         evalsha = True
         while True:
+            # Without the script a transaction cannot refuse itself, so its keys' kinds
+            # are checked a round trip ahead, and a write that misfits is not sent.
+            misfits = await self._misfits(batch) if self._script is None else {}
             commands, spans = [], []
-            for kind, ops, payload, _ in batch:
+            for n, (kind, ops, payload, _) in enumerate(batch):
                 start = len(commands)
                 if kind == "read":
                     commands += [c for c in payload if c is not None]
+                elif n in misfits:
+                    pass
                 elif self._script is not None:  # payload: the script's arguments
                     commands.append(("EVALSHA", self._script.sha, 0, *payload) if evalsha
                                     else ("EVAL", WRITE_SCRIPT, 0, *payload))
@@ -407,8 +500,8 @@ class RedisStore:
                 spans.append((start, len(commands)))
             replies = await self._roundtrip(commands)
             parts = [replies[a:b] for a, b in spans]
-            errors = [_write_error(part) if kind == "write" else None
-                      for (kind, *_), part in zip(batch, parts)]
+            errors = [misfits.get(n) or (_write_error(part) if kind == "write" else None)
+                      for n, ((kind, *_), part) in enumerate(zip(batch, parts))]
             failed = [e for e in errors if e is not None]
             # Send it all again only when no write of the batch ran: reads are harmless
             # to repeat, a write that ran is not.
@@ -422,22 +515,30 @@ class RedisStore:
                     self._script = None
                     continue
             answers: list[Any] = []
-            behind: StoreError | None = None  # set once a write failed: later reads saw without it
+            behind: BaseException | None = None  # set once a write failed: later reads saw without it
             for (kind, ops, asked, _), part, error in zip(batch, parts, errors):
                 if kind == "write":
                     if error is not None:
-                        answers.append(_store_error(error))
-                        behind = behind or StoreError(f"sent behind a write that failed ({answers[-1]})")
+                        answers.append(error if isinstance(error, StoreDataError) else _store_error(error))
+                        behind = behind or _behind(answers[-1])
                     else:
                         answers.append(None)
                     continue
                 error = next((r for r in part if isinstance(r, ResponseError)), None)
                 if behind is not None or error is not None:
-                    answers.append(behind or _store_error(error))
+                    answers.append(behind or _read_error(ops, asked, part))
                     continue
                 got = iter(part)
                 answers.append([[] if c is None else _answer(op, next(got)) for op, c in zip(ops, asked)])
             return answers
+
+    async def _misfits(self, batch: list[tuple[str, Sequence[Any], list, asyncio.Future]]) -> dict[int, StoreDataError]:
+        """The writes of ``batch`` (by position) that ``first_misfit`` refuses, judged
+        from one round trip of ``_kind_checks`` (the keys as stored before ``batch``)."""
+        checks = {n: _kind_checks(ops) for n, (kind, ops, *_) in enumerate(batch) if kind == "write"}
+        replies = iter(await self._roundtrip([c for cs in checks.values() for c in cs]))
+        found = {n: _misfit(batch[n][1], cs, [next(replies) for _ in cs]) for n, cs in checks.items()}
+        return {n: e for n, e in found.items() if e is not None}
 
     async def _roundtrip(self, commands: list[tuple]) -> list[Any]:
         """Send ``commands`` on one pooled connection and read every reply (error replies

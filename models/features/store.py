@@ -32,6 +32,8 @@ Write operations (tuples):
 ``("expire", key, ttl_s)``
 
 Values come back as ``str`` (hash fields, list and set members) or ``bytes`` (``get``).
+A key holding another kind of value than an operation needs raises ``StoreDataError``
+(a write then applies none of its operations).
 
 >>> import asyncio
 >>> from models.features.memory import MemoryStore
@@ -43,7 +45,8 @@ Values come back as ``str`` (hash fields, list and set members) or ``bytes`` (``
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+import re
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 ReadOp = tuple
 WriteOp = tuple
@@ -57,6 +60,80 @@ class StoreError(RuntimeError):
     """The feature store could not be reached or refused an operation."""
 
 
+class StoreDataError(ValueError):
+    """A key holds another kind of value than an operation needs (a hash where a
+    sorted set belongs, text in a counter): written by something else, or damaged.
+
+    Not a ``StoreError``: the store answers, and asking again cannot help, so the
+    worker does not wait for it but isolates the events whose keys are damaged and
+    sends them to ``dead-letter`` with this message. A write refused for it applies
+    nothing (``first_misfit`` is checked before any operation runs).
+    """
+
+
+#: the kind of value (Redis ``TYPE`` names) each write operation needs its key to hold
+#: when the key exists; ``set`` and ``delete`` replace whatever is there, ``expire`` takes any
+WRITE_NEEDS = {"zincr": "zset", "ztrim": "zset", "zrem": "zset", "lpush": "list", "lrem": "list",
+               "hincr": "hash", "hset": "hash", "hdel": "hash", "sadd": "set", "srem": "set"}
+#: the same for reads (``mget`` answers nothing for a key of another kind, as Redis does)
+READ_NEEDS = {"get": "string", "hgetall": "hash", "hmget": "hash", "lrange": "list",
+              "ztop": "zset", "zscores": "zset", "smembers": "set"}
+
+_USER_TAG = re.compile(r"\{u:[^}]*\}")
+
+
+def key_for_humans(key: str) -> str:
+    """``key`` with the shopper id in its hash tag hidden, for logs and dead-letter reasons.
+
+    >>> key_for_humans("shop1:{u:alice}:cart")
+    'shop1:{u:…}:cart'
+    """
+    return _USER_TAG.sub("{u:…}", key)
+
+
+def first_misfit(ops: Sequence[WriteOp], kind_of: Callable[[str], str],
+                 is_number: Callable[[str, str], bool]) -> str | None:
+    """Why ``ops`` cannot all be applied, or None: the first operation whose key holds
+    another kind of value than it needs (as left by the operations before it in
+    ``ops``), or whose increment meets a hash field that is not a number.
+
+    ``kind_of(key)`` answers the stored key's kind by Redis's ``TYPE`` names (``none``
+    when absent), ``is_number(key, field)`` whether a stored hash field can be
+    incremented (True when absent). Every backend checks this before applying
+    anything, which is what makes a write all or nothing; Redis's write script runs
+    the same check in Lua.
+
+    >>> kinds = {"k": "string"}
+    >>> first_misfit([("zincr", "k", "a", 1.0)], lambda k: kinds.get(k, "none"), lambda k, f: True)
+    'k holds a string; zincr needs a zset'
+    >>> first_misfit([("delete", "k"), ("zincr", "k", "a", 1.0)], lambda k: kinds.get(k, "none"),
+    ...              lambda k, f: True) is None
+    True
+    """
+    kinds: dict[str, str] = {}  # each key's kind as the operations before leave it
+    stored: dict[str, str] = {}  # each key's kind in the store, where asked
+    replaced: set[str] = set()  # keys set or deleted earlier in ops: their stored fields are gone
+    for op in ops:
+        name, key = op[0], op[1]
+        need = WRITE_NEEDS.get(name)
+        if need is not None:
+            if key not in kinds:
+                kinds[key] = stored[key] = kind_of(key)
+            kind = kinds[key]
+            if kind != "none" and kind != need:
+                return f"{key_for_humans(key)} holds a {kind}; {name} needs a {need}"
+            if name == "hincr" and stored.get(key) == "hash" and key not in replaced and not is_number(key, op[2]):
+                return f"{key_for_humans(key)} field {op[2]} is not a number; hincr adds to numbers"
+            kinds[key] = need
+        elif name == "set":
+            kinds[key] = "string"
+            replaced.add(key)
+        elif name == "delete":
+            kinds[key] = "none"
+            replaced.add(key)
+    return None
+
+
 @runtime_checkable
 class FeatureStore(Protocol):
     """What the recommender needs from a feature store."""
@@ -68,7 +145,8 @@ class FeatureStore(Protocol):
         """Answer every read operation, in order, in one round trip."""
 
     async def write(self, ops: Sequence[WriteOp]) -> None:
-        """Apply every write operation, in order, in one round trip, all or nothing."""
+        """Apply every write operation, in order, in one round trip, all or nothing
+        (``StoreDataError`` when a key holds the wrong kind of value: nothing applied)."""
 
     async def ping(self) -> bool:
         """True when the store answers."""
