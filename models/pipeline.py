@@ -251,6 +251,12 @@ class Recommender:
         need_last = cfg.learn_ranker or any(
             isinstance(e, Feedback) or (isinstance(e, Click) and e.rec_id) for e in dedupable)
         per_user = 6 if need_last else 5
+        # A shopper the batch only erases needs no state read (erasure deletes every key
+        # by name), so that a damaged key cannot stop an erasure.
+        erased_only = set(user_ids) - {e.user_id for e in dedupable if not isinstance(e, Forget)}
+        users: dict[str, _User] = {u: _User(u, [], "", 0.0, [], {}, {}, None) for u in erased_only}
+        if erased_only:
+            user_ids = [u for u in user_ids if u not in erased_only]
         for u in user_ids:
             reads += [("get", k.recent(u)), ("hgetall", k.session(u)),
                       ("hgetall", k.cart(u)), ("hgetall", k.purchases(u)), ("smembers", k.bought(u))]
@@ -258,7 +264,6 @@ class Recommender:
                 reads.append(("get", k.last_rec(u)))
         got = await self.store.read(reads)
         seen = {e.event_id for e, v in zip(dedupable, got[0]) if v is not None}
-        users: dict[str, _User] = {}
         pos = 1
         for u in user_ids:
             recent, sess, cart, bought, legacy = got[pos:pos + 5]

@@ -34,7 +34,7 @@ from models.events import INPUT_TOPICS, Event, Item, Rejected, parse
 from models.features import StoreError, open_store
 from models.features.cache import ItemSideCache
 from models.features.keys import Keys
-from models.features.store import FeatureStore
+from models.features.store import FeatureStore, StoreDataError
 from models.pipeline import Recommender, recommendation_json
 from models.ranking import Ranker
 from streams.batching import take_batches
@@ -178,6 +178,11 @@ class Runtime:
                 outcome = await self._with_store_retry(events)
             except StoreError:
                 raise
+            except StoreDataError as e:  # damaged keys: the events that touch them fail alone
+                log.warning("batch of %d events met damaged data in the feature store (%s); " + BATCH_SPLIT_MARK,
+                            len(events), e)
+                self.metrics.batch_splits.inc()
+                outcome = None
             except Exception:  # a bug or a poison event: isolate it, keep the others
                 log.exception("batch of %d events failed; " + BATCH_SPLIT_MARK, len(events))
                 self.metrics.batch_splits.inc()
@@ -343,6 +348,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     async def process(stream):  # noqa: ANN001 - Faust stream
         async for batch in take_batches(stream, settings.batch_size, within=settings.batch_window_s):
             good: list[Event] = []
+            source: dict[int, Any] = {}  # id(event) -> its message, for a dead-letter record
             for ev in batch:
                 m = ev.message
                 decoded = rt.decode(m.topic, m.partition, m.offset, m.key, m.value)
@@ -350,10 +356,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
                     await rt.send_dead_letter(decoded)
                 else:
                     good.append(decoded)
+                    source[id(decoded)] = m
             for event, err in await rt.handle(good):
+                # the input as it came (topic, partition, offset, bytes): fix the cause, replay it
+                m = source[id(event)]
                 await rt.send_dead_letter(dead_letter_record(
-                    "internal", None, None, event.user_id.encode() if event.user_id else None,
-                    orjson.dumps(_event_dict(event)), f"processing failed: {type(err).__name__}: {err}"))
+                    m.topic, m.partition, m.offset, m.key, m.value, f"processing failed: {type(err).__name__}: {err}"))
 
     @app.task
     async def on_started() -> None:
@@ -415,12 +423,6 @@ async def _follow_catalog(rt: Runtime) -> None:
         log.warning("catalog feed stopped (%s); the content index stops growing", type(e).__name__)
     finally:
         await consumer.stop()
-
-
-def _event_dict(event: Event) -> dict:
-    from models.events import to_dict
-
-    return to_dict(event)
 
 
 async def _start_copy_pool(rt: Runtime) -> None:

@@ -203,7 +203,8 @@ async def test_forget_through_the_worker(broker, worker_env, prefix, redis_url, 
                                                                  "item_id": f"i{n}", "ts": T0 + n}) for n in range(5)])
             assert await col.wait_for(lambda c: len(c.messages[prefix + "recommendations"]) >= 5, 60)
             assert any("{u:ann}" in k for k in await dump_store(store, prefix, redis_url))
-            settings = load_settings(kafka_url=f"kafka://{broker}", topic_prefix=prefix, redis_url=redis_url)
+            settings = load_settings(kafka_url=f"kafka://{broker}", topic_prefix=prefix, key_prefix=prefix,
+                                 redis_url=redis_url)
             await forget(settings, "ann")
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and any("{u:ann}" in k for k in await dump_store(store, prefix, redis_url)):
@@ -221,3 +222,51 @@ async def test_forget_through_the_worker(broker, worker_env, prefix, redis_url, 
         await store.close()
         worker.stop()
     assert "ann" not in (tmp_path / "worker.log").read_text()  # no personal data in logs
+
+
+async def test_a_damaged_key_sends_its_events_to_dead_letter_as_they_came_and_the_worker_serves_on(
+        broker, worker_env, prefix, redis_url, tmp_path):
+    """Data fault, injected by hand: a shopper's cart key overwritten with text. Their
+    click goes to dead-letter with its own topic, partition, offset and bytes and the
+    reason; the other shoppers' clicks in the same stream are served; after the repair
+    (erasing the damaged shopper), producing the dead-lettered value again serves it."""
+    from streams.privacy import forget
+    from streams.settings import load_settings
+
+    keys = Keys(prefix)
+    store = open_store(redis_url)
+    await store.write([("set", keys.cart("zoe"), b"damaged", None)])
+    clicks = [(prefix + "clicks", u.encode(), {"event_id": f"d-{u}", "user_id": u, "item_id": "i1", "ts": T0 + n})
+              for n, u in enumerate(["amy", "zoe", "bob"])]
+    worker = start_worker(worker_env, tmp_path / "worker.log")
+    try:
+        async with Collector(broker, prefix + "recommendations", prefix + "dead-letter") as col:
+            await produce(broker, clicks)
+            assert await col.wait_for(lambda c: len(c.messages[prefix + "recommendations"]) >= 2
+                                      and len(c.messages[prefix + "dead-letter"]) >= 1, 60)
+            await asyncio.sleep(1.0)  # nothing more comes
+            [dead] = col.values(prefix + "dead-letter")
+            assert sorted(r["user_id"] for r in col.values(prefix + "recommendations")) == ["amy", "bob"]
+            assert dead["topic"] == prefix + "clicks" and dead["key"] == "zoe"
+            assert isinstance(dead["partition"], int) and isinstance(dead["offset"], int)
+            assert dead["value"] == orjson_text(clicks[1][2])  # the bytes that came, to produce again
+            assert "StoreDataError" in dead["error"] and "{u:…}:cart" in dead["error"]
+            assert "hgetall needs a hash" in dead["error"] and "zoe" not in dead["error"]
+            settings = load_settings(kafka_url=f"kafka://{broker}", topic_prefix=prefix, key_prefix=prefix,
+                                 redis_url=redis_url)
+            await forget(settings, "zoe", direct=True)  # the repair: the damaged shopper starts afresh
+            await produce(broker, [(dead["topic"], dead["key"].encode(), dead["value"].encode())])
+            assert await col.wait_for(lambda c: "d-zoe" in {v["trigger_event_id"] for v in c.values(
+                prefix + "recommendations")}, 60)
+    finally:
+        await store.close()
+        worker.stop()
+    log = (tmp_path / "worker.log").read_text()
+    assert "met damaged data in the feature store" in log  # said once, plainly, without the shopper
+    assert "zoe" not in log and "Traceback" not in log
+
+
+def orjson_text(value: dict) -> str:
+    import orjson
+
+    return orjson.dumps(value).decode()

@@ -110,6 +110,9 @@ async def test_forget_erases_every_per_user_key_and_restarts_fresh(backend):
     assert u3_sessions
     assert (await store.read([("hgetall", keys.purchases("u3"))]))[0]
     await store.write([("sadd", keys.bought("u3"), "i1")])  # the set that releases before kept
+    # damaged keys (another kind of value than ours) do not stop an erasure
+    await store.write([("set", keys.cart("u3"), b"damaged", None), ("delete", keys.session("u3")),
+                       ("zincr", keys.session("u3"), "x", 1.0)])
     out = await rec.handle([Forget("f1", "u3", T0 + 10_000)])
     assert out.forgotten == ["u3"]
     after = await dump_store(store, keys.prefix, url)
