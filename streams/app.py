@@ -45,6 +45,8 @@ log = logging.getLogger("streamrec.worker")
 #: Logged when a batch raised as a whole and is redone one event at a time (benchmarks
 #: look for it: a split batch still answers, but at many times the cost).
 BATCH_SPLIT_MARK = "retrying one by one"
+#: An event loop late by this much is logged (``Runtime.observe_loop_lag``).
+LOOP_HELD_WARN_S = 0.25
 
 
 class Metrics:
@@ -163,6 +165,14 @@ class Runtime:
             return dead_letter_record(topic, partition, offset, key, value, result.reason)
         self.metrics.events.labels(base, "accepted").inc()
         return result
+
+    def observe_loop_lag(self, lag_s: float) -> None:
+        """Export the event loop's lag; say in the log when it held every list for
+        ``LOOP_HELD_WARN_S`` or more (what held it shows beside it in the log)."""
+        self.metrics.loop_lag.observe(lag_s)
+        if lag_s >= LOOP_HELD_WARN_S:
+            log.warning("event loop held for %.0f ms: every list waiting in this worker waited as long "
+                        "(a long batch, a garbage collection, a starved CPU)", lag_s * 1000)
 
     async def handle(self, events: Sequence[Event]) -> list[tuple[Event, Any]]:
         """Run the recommender over ``events``; returns (event, error) pairs for the ones
@@ -387,7 +397,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
 
     @app.task
     async def watch_event_loop() -> None:
-        await watch_loop_lag(rt.metrics.loop_lag.observe)
+        await watch_loop_lag(rt.observe_loop_lag)
 
     @app.timer(settings.snapshot_every_s)
     async def snapshot() -> None:

@@ -107,3 +107,17 @@ def test_a_shopper_whose_keys_are_damaged_goes_to_dead_letter_and_the_others_are
     assert float(profile["click"]) == 2.0  # e0 and e3, each once, though e3's batch ran twice
     assert marker is None
     assert rt.metrics.registry.get_sample_value("streamrec_store_errors_total") == 0
+
+
+def test_an_event_loop_held_long_is_said_in_the_log_and_every_lag_is_exported(prefix, caplog):
+    from streams.app import LOOP_HELD_WARN_S
+
+    rt = Runtime(Settings(_env_file=None, redis_url="memory://", key_prefix=prefix, content=False,
+                          copy_in_worker=False))
+    with caplog.at_level("WARNING", logger="streamrec"):
+        rt.observe_loop_lag(0.004)
+        rt.observe_loop_lag(LOOP_HELD_WARN_S + 0.05)
+    held = [r.getMessage() for r in caplog.records if "event loop held" in r.getMessage()]
+    assert held == [f"event loop held for {1000 * (LOOP_HELD_WARN_S + 0.05):.0f} ms: every list waiting in "
+                    "this worker waited as long (a long batch, a garbage collection, a starved CPU)"]
+    assert rt.metrics.registry.get_sample_value("streamrec_event_loop_lag_seconds_count") == 2
