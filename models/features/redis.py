@@ -6,9 +6,10 @@ one reply to parse. The script first checks that every key holds the kind of val
 operation needs, and refuses the whole write (``StoreDataError``) when one does not:
 Redis does not undo the commands a script ran before one that failed. Where the
 server or the ACL user refuses scripts, the store logs it once and sends the same
-operations as a MULTI/EXEC from then on, with the same check a round trip ahead. Reads and writes
-issued in one turn of the event loop share one round trip, in the order issued
-(``RedisStore.write_ahead`` lets a writer go on and read: its reads see the write).
+operations as a MULTI/EXEC from then on, with the same check a round trip ahead.
+Reads and writes issued in one turn of the event loop share one round trip, in the
+order issued (``RedisStore.write_ahead`` lets a writer go on and read: its reads see
+the write).
 
 Works with Redis and Valkey. Keys of one user share a hash tag (see
 ``models.features.keys``), but a batch touches many users and items, so one store
