@@ -312,3 +312,22 @@ async def test_a_lazy_write_ahead_goes_with_the_next_operation_or_when_awaited(r
     await alone  # nothing else came: awaiting sends it
     assert len(trips) == 2
     assert await redis_store.read([("zscores", k("lz"), ["a"])]) == [[4.0]]
+
+
+@pytest.mark.parametrize("acl", ["+@all -type", "+@all -@scripting -type"])
+async def test_a_user_who_may_not_ask_a_keys_kind_gets_a_store_error_not_a_data_error(k, acl):
+    """Every write asks for its keys' kinds (in the script, or ahead of MULTI/EXEC): an
+    ACL user denied ``TYPE`` gets the server's refusal, never a claim that the data is
+    damaged."""
+    from models.features import StoreError
+    from models.features.store import StoreDataError
+
+    svc = start_redis(username="app", password="app-secret", acl=acl)
+    store = open_store(f"redis://app:app-secret@127.0.0.1:{svc.port}/0")
+    try:
+        with pytest.raises(StoreError, match="(?i)permission|noperm") as err:
+            await store.write([("zincr", k("z"), "a", 1.0)])
+        assert not isinstance(err.value, StoreDataError)
+    finally:
+        await store.close()
+        svc.stop()

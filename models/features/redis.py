@@ -321,7 +321,7 @@ def _misfit(ops: Sequence[WriteOp], checks: list[tuple], replies: list[Any]) -> 
     def is_number(key: str, field: str) -> bool:
         v = values.get((key, field))
         try:
-            v is None or float(v)
+            v is None or isinstance(v, Exception) or float(v)
         except ValueError:
             return False
         return True
@@ -537,7 +537,14 @@ class RedisStore:
         """The writes of ``batch`` (by position) that ``first_misfit`` refuses, judged
         from one round trip of ``_kind_checks`` (the keys as stored before ``batch``)."""
         checks = {n: _kind_checks(ops) for n, (kind, ops, *_) in enumerate(batch) if kind == "write"}
-        replies = iter(await self._roundtrip([c for cs in checks.values() for c in cs]))
+        answered = await self._roundtrip([c for cs in checks.values() for c in cs])
+        # An HGET of a key that is no hash answers WRONGTYPE (its TYPE says so too); any
+        # other error (e.g. an ACL user denied TYPE) is the server's refusal, not a kind.
+        errors = (_store_error(r) for r in answered if isinstance(r, Exception))
+        refused = next((e for e in errors if not isinstance(e, StoreDataError)), None)
+        if refused is not None:
+            raise refused
+        replies = iter(answered)
         found = {n: _misfit(batch[n][1], cs, [next(replies) for _ in cs]) for n, cs in checks.items()}
         return {n: e for n, e in found.items() if e is not None}
 
