@@ -42,6 +42,7 @@ import inspect
 import math
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -61,6 +62,13 @@ from models.ranking import Ranker
 SEP = "\x1f"  # ids never hold control characters (models.events rejects them)
 #: How long a session's item list outlives its last click (session-kNN neighbours).
 SESSION_ITEMS_TTL_S = 30 * 86_400
+#: How many of the latest events the ranker learned from are remembered (``Recommender._taught``).
+TAUGHT_KEPT = 10_000
+
+
+def _no_lesson(features: Any, clicked: bool) -> None:
+    """Stands in for ``Ranker.learn`` where the event taught the ranker already."""
+
 
 REASONS = {
     "sequential": "Often viewed right after {anchor}",
@@ -208,6 +216,10 @@ class Recommender:
             s.begin_batch for s in self.sources if getattr(s, "begin_batch", None) is not None]
         #: Availability, category and title of candidates, cached in-process.
         self.item_meta = ItemMetaCache(store, self.keys)
+        #: The events the ranker learned from lately, oldest first: a batch done again
+        #: (the store failed under it, or the worker redoes it one event at a time)
+        #: teaches the ranker once. The store keeps no trace of a batch that failed.
+        self._taught: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
     def in_memory(cls, **kw: Any) -> "Recommender":
@@ -313,7 +325,7 @@ class Recommender:
                 if e.rec_id:
                     attributions.append(e)
                 elif cfg.learn_ranker:
-                    self._learn_from_next_click(user, e.item_id)
+                    self._learn_from_next_click(user, e.item_id, self._first_lesson(e.event_id))
                 if recommend:  # the context is a snapshot taken right after this event
                     triggers.append((e, user.context(e.ts, cfg)))
             elif isinstance(e, Cart):
@@ -493,21 +505,32 @@ class Recommender:
         user.legacy_bought = None
 
     # -- feedback --------------------------------------------------------------------------
-    def _learn_from_next_click(self, user: _User, item_id: str) -> None:
+    def _first_lesson(self, event_id: str) -> bool:
+        """True unless the ranker learned from ``event_id`` lately (``_taught``)."""
+        if event_id in self._taught:
+            return False
+        self._taught[event_id] = None
+        if len(self._taught) > TAUGHT_KEPT:
+            self._taught.popitem(last=False)
+        return True
+
+    def _learn_from_next_click(self, user: _User, item_id: str, teach: bool = True) -> None:
         """The click after a shown list labels it: the clicked item (if shown) is a
-        positive, shown items ranked above it are negatives (skip-above)."""
+        positive, shown items ranked above it are negatives (skip-above). The list is
+        marked labelled either way; ``teach`` False leaves the ranker as it is."""
         rec = user.last_rec
         if not rec or rec.get("done"):
             return
+        learn = self.ranker.learn if teach else _no_lesson
         feats = rec.get("features", {})
         order = rec.get("items", [])
         if item_id in feats:
             for other in order[: order.index(item_id)]:
-                self.ranker.learn(feats[other], False)
-            self.ranker.learn(feats[item_id], True)
+                learn(feats[other], False)
+            learn(feats[item_id], True)
         else:
             for other in order[:2]:
-                self.ranker.learn(feats[other], False)
+                learn(feats[other], False)
         rec["done"] = True
 
     async def _attribute(self, events: list[Feedback | Click], users: dict[str, _User],
@@ -527,6 +550,7 @@ class Recommender:
             rec = records.get(e.rec_id)
             if rec is None or rec.get("user_id") != e.user_id:
                 continue  # unknown or expired list, or someone else's: nothing to attribute
+            learn = self.ranker.learn if self._first_lesson(e.event_id) else _no_lesson
             action = e.action if isinstance(e, Feedback) else "click"
             items = [e.item_id] if e.item_id else (rec["items"] if action == "impression" else [])
             for item in items:
@@ -539,11 +563,11 @@ class Recommender:
                     order = rec["items"]
                     for other in order[: order.index(item)] if item in order else ():
                         if other not in rec.get("clicked", ()):  # shown above, skipped: a negative
-                            self.ranker.learn(rec["features"][other], False)
-                    self.ranker.learn(rec["features"][item], True)
+                            learn(rec["features"][other], False)
+                    learn(rec["features"][item], True)
                     rec.setdefault("clicked", []).append(item)
                 elif action == "dismiss":
-                    self.ranker.learn(rec["features"][item], False)
+                    learn(rec["features"][item], False)
             if isinstance(e, Click):
                 rec["done"] = True
 

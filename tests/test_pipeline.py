@@ -7,7 +7,7 @@ import random
 import pytest
 
 from models.events import Cart, Click, Feedback, Forget, Item
-from models.features import open_store
+from models.features import StoreError, open_store
 from models.features.cache import ItemSideCache
 from models.features.keys import Keys
 from models.features.memory import MemoryStore
@@ -153,6 +153,43 @@ async def test_ranker_snapshot_survives_a_restart(backend):
     fresh = recommender(store, keys)
     assert await fresh.restore()
     assert fresh.ranker.updates == rec.ranker.updates
+
+
+class FailsEachBatchOnce:
+    """Fault injected (a test double around a real store): the first write of each
+    batch's effects (told apart by its first dedupe marker) raises, as a store that
+    dropped the connection would; the retry goes through."""
+
+    def __init__(self, store, keys):
+        self.store, self.kind, self.failed, self.markers = store, store.kind, set(), keys.seen("")
+
+    async def read(self, ops):
+        return await self.store.read(ops)
+
+    async def write(self, ops):
+        marker = next((op[1] for op in ops if op[0] == "set" and op[1].startswith(self.markers)), None)
+        if marker is not None and marker not in self.failed:
+            self.failed.add(marker)
+            raise StoreError("injected: connection lost")
+        await self.store.write(ops)
+
+
+async def test_a_batch_done_again_teaches_the_ranker_once(prefix):
+    """A batch that failed after it taught the ranker (labels come from the clicks
+    after shown lists) and is done again must not teach it twice."""
+    events = shop_stream(n=1500)
+    clean = recommender(MemoryStore(), Keys(prefix))
+    await feed(clean, events, 50)
+    flaky = recommender(FailsEachBatchOnce(MemoryStore(), Keys(prefix)), Keys(prefix))
+    retried = 0
+    for i in range(0, len(events), 50):
+        try:
+            await flaky.handle(events[i:i + 50])
+        except StoreError:
+            retried += 1
+            await flaky.handle(events[i:i + 50])
+    assert retried > 20 and clean.ranker.updates > 100
+    assert (flaky.ranker.updates, flaky.ranker.positives) == (clean.ranker.updates, clean.ranker.positives)
 
 
 async def test_unavailable_items_are_never_recommended(backend):
