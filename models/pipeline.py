@@ -56,7 +56,7 @@ from models.events import (Cart, Click, Event, Feedback, Forget, Item, Recommend
                            RecommendedItem, Review)
 from models.features.item_meta import ItemMeta, ItemMetaCache
 from models.features.keys import Keys
-from models.features.store import FeatureStore, WriteOp
+from models.features.store import FeatureStore, StoreDataError, WriteOp
 from models.ranking import Ranker
 
 SEP = "\x1f"  # ids never hold control characters (models.events rejects them)
@@ -295,8 +295,7 @@ class Recommender:
                              unpack_record(last_rec) if last_rec else None, legacy_bought=legacy)
 
         forgetters = list(dict.fromkeys(e.user_id for e in dedupable if isinstance(e, Forget)))
-        forget_sessions = dict(zip(forgetters, await self.store.read(
-            [("lrange", k.session_ids(u), 1000) for u in forgetters]))) if forgetters else {}
+        forget_sessions = dict(zip(forgetters, await self._session_ids(forgetters))) if forgetters else {}
 
         # 2. apply in order, collecting writes
         writes: list[WriteOp] = []
@@ -483,6 +482,22 @@ class Recommender:
             if moved:  # as recorded now: a purchase in this batch may have counted one more
                 writes.append(("hset", k.purchases(u), {i: _purchase_field(n, t) for i, (n, t) in moved.items()}))
             writes.append(("delete", k.bought(u)))
+
+    async def _session_ids(self, user_ids: list[str]) -> list[list[str]]:
+        """Each shopper's session ids, for erasure; none for a shopper whose list of them
+        is damaged (the erasure deletes the list; the sessions' item lists, which hold no
+        shopper id, are then left to expire)."""
+        ops = [("lrange", self.keys.session_ids(u), 1000) for u in user_ids]
+        try:
+            return await self.store.read(ops)
+        except StoreDataError:
+            found = []
+            for op in ops:
+                try:
+                    found += await self.store.read([op])
+                except StoreDataError:
+                    found.append([])
+            return found
 
     def _forget(self, user: _User, session_ids: list[str], writes: list[WriteOp]) -> None:
         """Erase every per-user key and the items of every session of the user.

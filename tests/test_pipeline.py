@@ -125,6 +125,19 @@ async def test_forget_erases_every_per_user_key_and_restarts_fresh(backend):
     assert session["items"] == "i5"
 
 
+async def test_forget_erases_a_shopper_whose_list_of_sessions_is_damaged(backend):
+    store, keys, url = backend
+    rec = recommender(store, keys)
+    await feed(rec, shop_stream(), 100)
+    await store.write([("delete", keys.session_ids("u3")), ("set", keys.session_ids("u3"), b"damaged", None)])
+    [u4_sessions] = await store.read([("lrange", keys.session_ids("u4"), 100)])
+    out = await rec.handle([Forget("f1", "u3", T0 + 10_000), Forget("f2", "u4", T0 + 10_000)])
+    assert out.forgotten == ["u3", "u4"]
+    after = await dump_store(store, keys.prefix, url)
+    assert not [k for k in after if "{u:u3}" in k or "{u:u4}" in k]
+    assert u4_sessions and not [k for k in after if any(f"{{s:{s}}}" in k for s in u4_sessions)]
+
+
 async def test_feedback_counts_ctr_per_source_and_version(backend):
     store, keys, _ = backend
     rec = recommender(store, keys)
