@@ -176,7 +176,8 @@ class Runtime:
 
     async def handle(self, events: Sequence[Event]) -> list[tuple[Event, Any]]:
         """Run the recommender over ``events``; returns (event, error) pairs for the ones
-        that failed for a reason other than the store (each is isolated and retried alone).
+        that failed for a reason other than an unreachable store (a bug, a damaged key:
+        the batch is redone one event at a time and only those fail).
 
         Store failures are retried with capped backoff until the store answers again.
         """
