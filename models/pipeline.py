@@ -214,6 +214,10 @@ class Recommender:
         #: Sources told when a batch begins (what they kept for the last one is stale).
         self.on_batch: list[Callable[[], Any]] = [
             s.begin_batch for s in self.sources if getattr(s, "begin_batch", None) is not None]
+        #: Sources told when a batch failed: none of its writes landed, so what they
+        #: counted in process for it is taken back (it will be done again).
+        self.on_failure: list[Callable[[], Any]] = [
+            s.undo_batch for s in self.sources if getattr(s, "undo_batch", None) is not None]
         #: Availability, category and title of candidates, cached in-process.
         self.item_meta = ItemMetaCache(store, self.keys)
         #: The events the ranker learned from lately, oldest first: a batch done again
@@ -246,6 +250,14 @@ class Recommender:
     # -- the processing path --------------------------------------------------------
     async def handle(self, events: Sequence[Event], recommend: bool = True) -> Outcome:
         """Apply ``events`` in order; return the recommendations they triggered."""
+        try:
+            return await self._handle(events, recommend)
+        except BaseException:
+            for undo in self.on_failure:
+                undo()
+            raise
+
+    async def _handle(self, events: Sequence[Event], recommend: bool) -> Outcome:
         t0 = time.perf_counter()
         out = Outcome()
         if not events:

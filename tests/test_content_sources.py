@@ -330,3 +330,42 @@ async def test_a_session_searches_with_the_taste_it_began_with(shop):
     other = ContentSource(store, keys, catalog.index)
     later = await other.propose(Context("gardener", T0 + 11, ["bauble", "socks"], [], session_id="s2"), 8)
     assert any(why == "" for _, _, why in later)
+
+
+async def test_a_batch_done_again_folds_each_click_into_the_taste_once(encoder):
+    """A batch that failed (none of its writes landed) and is done again leaves the
+    shoppers' taste vectors and the new-item counts as one that went through once."""
+    from models.content.sources import NewItemsSource
+    from models.events import Click
+    from models.features import StoreError
+    from models.pipeline import Recommender
+    from tests.support.faults import FailsEachBatchOnce
+
+    items = list(CATALOG)
+    clicks = [Click(f"c{n}", f"u{n % 3}", items[(n * 5) % len(items)], T0 + 10 * n) for n in range(12)]
+
+    async def run(flaky: bool):
+        store, keys = MemoryStore(), Keys()
+        catalog = CatalogIngestor(store, keys, encoder, ExactIndex(encoder.dim), max_wait_s=0.01)
+        content = ContentSource(store, keys, catalog.index)
+        fresh = NewItemsSource(content, fresh_below=50)
+        rec = Recommender(FailsEachBatchOnce(store, keys) if flaky else store, keys,
+                          sources=[content, fresh], clock=lambda: T0 + 200)
+        rec.on_items.append(catalog.offer)
+        await rec.handle([Item(i, t, T0) for i, t in CATALOG.items()])
+        await catalog.flush()
+        failed = 0
+        for i in range(0, len(clicks), 3):
+            try:
+                await rec.handle(clicks[i:i + 3])
+            except StoreError:
+                failed += 1
+                await rec.handle(clicks[i:i + 3])
+        tastes = await store.read([("get", keys.user_vector(f"u{u}")) for u in range(3)])
+        await catalog.close()
+        return failed, tastes, dict(fresh._local)
+
+    clean, flaky = await run(False), await run(True)
+    assert clean[0] == 0 and flaky[0] == 4
+    assert all(clean[1]) and flaky[1] == clean[1]  # the same bytes
+    assert flaky[2] == clean[2] and sum(clean[2].values()) == 12

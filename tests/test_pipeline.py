@@ -14,6 +14,7 @@ from models.features.memory import MemoryStore
 from models.features.store import StoreDataError
 from models.pipeline import Recommender, RecommenderConfig, default_sources
 from tests.support.dump import dump_store
+from tests.support.faults import FailsEachBatchOnce
 
 T0 = 1_700_000_000.0
 
@@ -166,25 +167,6 @@ async def test_ranker_snapshot_survives_a_restart(backend):
     fresh = recommender(store, keys)
     assert await fresh.restore()
     assert fresh.ranker.updates == rec.ranker.updates
-
-
-class FailsEachBatchOnce:
-    """Fault injected (a test double around a real store): the first write of each
-    batch's effects (told apart by its first dedupe marker) raises, as a store that
-    dropped the connection would; the retry goes through."""
-
-    def __init__(self, store, keys):
-        self.store, self.kind, self.failed, self.markers = store, store.kind, set(), keys.seen("")
-
-    async def read(self, ops):
-        return await self.store.read(ops)
-
-    async def write(self, ops):
-        marker = next((op[1] for op in ops if op[0] == "set" and op[1].startswith(self.markers)), None)
-        if marker is not None and marker not in self.failed:
-            self.failed.add(marker)
-            raise StoreError("injected: connection lost")
-        await self.store.write(ops)
 
 
 async def test_a_batch_done_again_teaches_the_ranker_once(prefix):

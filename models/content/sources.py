@@ -29,7 +29,7 @@ from __future__ import annotations
 import heapq
 import struct
 from collections import OrderedDict
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -115,6 +115,9 @@ class ContentSource:
         #: user -> (session id, the taste vector when that session began, or None): what
         #: ``observe`` saw at a session's first interaction
         self._session_taste: OrderedDict[str, tuple[str, np.ndarray | None]] = OrderedDict()
+        #: user -> (taste row, session taste) as this batch found them: ``undo_batch``
+        #: puts them back when the batch fails, so that doing it again folds once
+        self._before: dict[str, tuple[Any, Any]] = {}
 
     # -- candidates ------------------------------------------------------------------
     async def propose(self, ctx: Context, n: int) -> list[tuple[str, float, str]]:
@@ -336,6 +339,8 @@ class ContentSource:
         v = self.index.get(item_id)
         if v is None:
             return []
+        if ctx.user_id not in self._before:
+            self._before[ctx.user_id] = (self._taste.get(ctx.user_id), self._session_taste.get(ctx.user_id))
         old = self._taste.get(ctx.user_id) if ctx.recent_items else None
         if old is None and ctx.recent_items:
             old = self._from_history(ctx.recent_items, ts)
@@ -353,6 +358,19 @@ class ContentSource:
 
     def begin_batch(self) -> None:
         """A new batch: taste vectors folded before it may have changed in the store since."""
+        self._folded.clear()
+        self._before.clear()
+
+    def undo_batch(self) -> None:
+        """The batch failed (none of its writes landed): its shoppers' taste rows go back
+        to what it found."""
+        for user_id, (taste, session_taste) in self._before.items():
+            for cache, kept in ((self._taste, taste), (self._session_taste, session_taste)):
+                if kept is None:
+                    cache.pop(user_id, None)
+                else:
+                    cache[user_id] = kept
+        self._before.clear()
         self._folded.clear()
 
     async def learn(self, user_id: str, item_id: str, ts: float, weight: float = 1.0) -> bool:
@@ -465,6 +483,8 @@ class NewItemsSource:
         #: item -> (event time read, interactions) for items still fresh when read
         self._fresh: dict[str, tuple[float, float]] = {}
         self._local: dict[str, float] = {}
+        #: item -> its local count as this batch found it (``undo_batch``)
+        self._local_before: dict[str, float | None] = {}
         #: anchor -> (its row, ``_adds`` when filtered, the row's candidates): see ``_fresh_part``
         self._parts: OrderedDict[str, tuple[_Row, int, list[tuple[int, str, float]]]] = OrderedDict()
         self.cache_rows = 2048  # ~12 kB each at 100 neighbours
@@ -476,6 +496,8 @@ class NewItemsSource:
     def observe(self, ctx: Context, item_id: str, weight: float, ts: float) -> list[WriteOp]:
         """Count the interaction in process, weighted like the stored totals (no store
         write: the totals are the popularity source's)."""
+        if item_id not in self._local_before:
+            self._local_before[item_id] = self._local.get(item_id)
         n = self._local.get(item_id, 0.0) + weight
         if n >= self.fresh_below:
             self._local.pop(item_id, None)
@@ -608,6 +630,19 @@ class NewItemsSource:
                     if len(self._fresh) > self.cache_items:
                         self._fresh.pop(next(iter(self._fresh)))
         return fresh
+
+    def begin_batch(self) -> None:
+        self._local_before.clear()
+
+    def undo_batch(self) -> None:
+        """The batch failed: its interactions leave the local counts (an item it made
+        established stays so: doing the batch again makes it so anyway)."""
+        for item_id, n in self._local_before.items():
+            if n is None:
+                self._local.pop(item_id, None)
+            else:
+                self._local[item_id] = n
+        self._local_before.clear()
 
     def _establish(self, item_id: str) -> None:
         self._fresh.pop(item_id, None)
