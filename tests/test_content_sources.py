@@ -337,9 +337,8 @@ async def test_a_batch_done_again_folds_each_click_into_the_taste_once(encoder):
     shoppers' taste vectors and the new-item counts as one that went through once."""
     from models.content.sources import NewItemsSource
     from models.events import Click
-    from models.features import StoreError
     from models.pipeline import Recommender
-    from tests.support.faults import FailsEachBatchOnce
+    from tests.support.faults import FailsEachBatchOnce, handle_redoing_failures
 
     items = list(CATALOG)
     clicks = [Click(f"c{n}", f"u{n % 3}", items[(n * 5) % len(items)], T0 + 10 * n) for n in range(12)]
@@ -354,13 +353,7 @@ async def test_a_batch_done_again_folds_each_click_into_the_taste_once(encoder):
         rec.on_items.append(catalog.offer)
         await rec.handle([Item(i, t, T0) for i, t in CATALOG.items()])
         await catalog.flush()
-        failed = 0
-        for i in range(0, len(clicks), 3):
-            try:
-                await rec.handle(clicks[i:i + 3])
-            except StoreError:
-                failed += 1
-                await rec.handle(clicks[i:i + 3])
+        failed = await handle_redoing_failures(rec, clicks, 3)
         tastes = await store.read([("get", keys.user_vector(f"u{u}")) for u in range(3)])
         await catalog.close()
         return failed, tastes, dict(fresh._local)

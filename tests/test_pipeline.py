@@ -7,14 +7,14 @@ import random
 import pytest
 
 from models.events import Cart, Click, Feedback, Forget, Item
-from models.features import StoreError, open_store
+from models.features import open_store
 from models.features.cache import ItemSideCache
 from models.features.keys import Keys
 from models.features.memory import MemoryStore
 from models.features.store import StoreDataError
 from models.pipeline import Recommender, RecommenderConfig, default_sources
 from tests.support.dump import dump_store
-from tests.support.faults import FailsEachBatchOnce
+from tests.support.faults import FailsEachBatchOnce, handle_redoing_failures
 
 T0 = 1_700_000_000.0
 
@@ -176,13 +176,7 @@ async def test_a_batch_done_again_teaches_the_ranker_once(prefix):
     clean = recommender(MemoryStore(), Keys(prefix))
     await feed(clean, events, 50)
     flaky = recommender(FailsEachBatchOnce(MemoryStore(), Keys(prefix)), Keys(prefix))
-    retried = 0
-    for i in range(0, len(events), 50):
-        try:
-            await flaky.handle(events[i:i + 50])
-        except StoreError:
-            retried += 1
-            await flaky.handle(events[i:i + 50])
+    retried = await handle_redoing_failures(flaky, events, 50)
     assert retried > 20 and clean.ranker.updates > 100
     assert (flaky.ranker.updates, flaky.ranker.positives) == (clean.ranker.updates, clean.ranker.positives)
 

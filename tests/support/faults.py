@@ -22,3 +22,16 @@ class FailsEachBatchOnce:
             self.failed.add(marker)
             raise StoreError("injected: connection lost")
         await self.store.write(ops)
+
+
+async def handle_redoing_failures(recommender, events, batch: int) -> int:
+    """Feed ``events`` to ``recommender`` in batches of ``batch``, doing a batch again
+    when the store fails under it, as the worker does; returns how many were redone."""
+    redone = 0
+    for i in range(0, len(events), batch):
+        try:
+            await recommender.handle(events[i:i + batch])
+        except StoreError:
+            redone += 1
+            await recommender.handle(events[i:i + batch])
+    return redone
