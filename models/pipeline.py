@@ -277,7 +277,9 @@ class Recommender:
         per_user = 6 if need_last else 5
         # A shopper the batch only erases needs no state read (erasure deletes every key
         # by name), so that a damaged key cannot stop an erasure.
-        erased_only = set(user_ids) - {e.user_id for e in dedupable if not isinstance(e, Forget)}
+        forgetters = list(dict.fromkeys(e.user_id for e in dedupable if isinstance(e, Forget)))
+        erased_only = set(forgetters) - {e.user_id for e in dedupable if not isinstance(e, Forget)} \
+            if forgetters else set()
         users: dict[str, _User] = {u: _User(u, [], "", 0.0, [], {}, {}, None) for u in erased_only}
         if erased_only:
             user_ids = [u for u in user_ids if u not in erased_only]
@@ -306,7 +308,6 @@ class Recommender:
                              {i: int(float(q)) for i, q in cart.items()}, purchases,
                              unpack_record(last_rec) if last_rec else None, legacy_bought=legacy)
 
-        forgetters = list(dict.fromkeys(e.user_id for e in dedupable if isinstance(e, Forget)))
         forget_sessions = dict(zip(forgetters, await self._session_ids(forgetters))) if forgetters else {}
 
         # 2. apply in order, collecting writes

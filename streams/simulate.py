@@ -72,8 +72,9 @@ def simulate_live_shop(n_events: int, rate: float, n_items: int = 5000, n_catego
     ``simulate_shoppers`` knows (``shopper0`` .. ``shopper{past_shoppers - 1}``); the
     others to shoppers never seen before. ``ts`` is the event's time in the shop:
     ``rate`` events per second of it; sessions last six think times on average, so
-    about ``rate * 6 * think_s / 7`` shoppers browse at once (3,400 at 500 events/s). The first ``burn_in_s`` seconds (while that crowd
-    builds up) are not yielded. Deterministic for a given seed.
+    about ``rate * 6 * think_s / 7`` shoppers browse at once (3,400 at 500 events/s).
+    The first ``burn_in_s`` seconds (while that crowd builds up) are not yielded.
+    Deterministic for a given seed.
 
     >>> events = list(simulate_live_shop(2000, rate=100, seed=1))
     >>> round((events[-1]["value"]["ts"] - events[0]["value"]["ts"]) / len(events), 2)  # ~1/rate apart

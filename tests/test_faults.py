@@ -9,6 +9,7 @@ import random
 import signal
 import time
 
+import orjson
 import pytest
 
 from models.events import Click
@@ -249,7 +250,7 @@ async def test_a_damaged_key_sends_its_events_to_dead_letter_as_they_came_and_th
             assert sorted(r["user_id"] for r in col.values(prefix + "recommendations")) == ["amy", "bob"]
             assert dead["topic"] == prefix + "clicks" and dead["key"] == "zoe"
             assert isinstance(dead["partition"], int) and isinstance(dead["offset"], int)
-            assert dead["value"] == orjson_text(clicks[1][2])  # the bytes that came, to produce again
+            assert dead["value"] == orjson.dumps(clicks[1][2]).decode()  # the bytes that came, to produce again
             assert "StoreDataError" in dead["error"] and "{u:…}:cart" in dead["error"]
             assert "hgetall needs a hash" in dead["error"] and "zoe" not in dead["error"]
             settings = load_settings(kafka_url=f"kafka://{broker}", topic_prefix=prefix, key_prefix=prefix,
@@ -264,9 +265,3 @@ async def test_a_damaged_key_sends_its_events_to_dead_letter_as_they_came_and_th
     log = (tmp_path / "worker.log").read_text()
     assert "met damaged data in the feature store" in log  # said once, plainly, without the shopper
     assert "zoe" not in log and "Traceback" not in log
-
-
-def orjson_text(value: dict) -> str:
-    import orjson
-
-    return orjson.dumps(value).decode()

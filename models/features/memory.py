@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any, Callable, Sequence
 
 from models.features.store import (READ_NEEDS, WRITE_OPS, ReadOp, StoreDataError, StoreError, WriteOp,
-                                   first_misfit, key_for_humans)
+                                   counts_as_number, first_misfit, key_for_humans)
 
 
 class _ZSet(dict):
@@ -65,14 +65,7 @@ class MemoryStore:
         return "none" if v is None else _KIND[type(v)]
 
     def _is_number(self, key: str, field: str) -> bool:
-        v = self._data[key].get(field)
-        if v is None or v.__class__ is float:
-            return True
-        try:
-            float(v)
-        except ValueError:
-            return False
-        return True
+        return counts_as_number(self._data[key].get(field))
 
     # -- protocol ----------------------------------------------------------------
     async def read(self, ops: Sequence[ReadOp]) -> list[Any]:

@@ -29,7 +29,7 @@ from redis.exceptions import NoPermissionError, NoScriptError, RedisError, Respo
 from redis.utils import HIREDIS_AVAILABLE
 
 from models.features.store import (READ_NEEDS, WRITE_NEEDS, ReadOp, StoreDataError, StoreError, WriteOp,
-                                   first_misfit, key_for_humans)
+                                   counts_as_number, first_misfit, key_for_humans)
 
 
 def _hiredis_packing(connection_class: type) -> type:
@@ -66,9 +66,9 @@ WRITE_SCRIPT = """
 local a, i, n, call = ARGV, 1, #ARGV, redis.call
 -- First every operation is checked, and the script refuses the whole write before
 -- applying anything when a key holds another kind of value than its operation needs
--- (store.first_misfit, the same check in Python): all or nothing, even then.
-local needs = {zincr='zset', ztrim='zset', zrem='zset', lpush='list', lrem='list', hincr='hash',
-  hset='hash', hdel='hash', sadd='set', srem='set'}
+-- (store.first_misfit, the same check in Python): all or nothing, even then. The
+-- kind each operation needs is store.WRITE_NEEDS, written in below.
+local needs = {NEEDS}
 local width = {zincr=4, set=4, lpush=4, hincr=4, delete=2, ztrim=3, lrem=3, zrem=3, hdel=3,
   sadd=3, srem=3, expire=3}
 local kinds, stored, replaced = {}, {}, {}
@@ -124,7 +124,7 @@ while i <= n do
   else return redis.error_reply('unknown write operation ' .. tostring(op)) end
 end
 return i - 1
-"""
+""".replace("{NEEDS}", "{" + ", ".join(f"{op}='{kind}'" for op, kind in WRITE_NEEDS.items()) + "}")
 
 #: read operations over a list of keys or members
 _MANY = frozenset({"mget", "hmget", "zscores"})
@@ -320,11 +320,7 @@ def _misfit(ops: Sequence[WriteOp], checks: list[tuple], replies: list[Any]) -> 
 
     def is_number(key: str, field: str) -> bool:
         v = values.get((key, field))
-        try:
-            v is None or isinstance(v, Exception) or float(v)
-        except ValueError:
-            return False
-        return True
+        return isinstance(v, Exception) or counts_as_number(v)
 
     why = first_misfit(ops, lambda key: kinds.get(key, "none"), is_number)
     return None if why is None else StoreDataError(f"redis: {why}")

@@ -91,6 +91,21 @@ def key_for_humans(key: str) -> str:
     return _USER_TAG.sub("{u:…}", key)
 
 
+def counts_as_number(value: Any) -> bool:
+    """Whether an increment can add to a stored hash field's ``value`` (absent, or a number).
+
+    >>> [counts_as_number(v) for v in (None, 2.0, "1.5", b"3", "abc")]
+    [True, True, True, True, False]
+    """
+    if value is None or value.__class__ is float:
+        return True
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def first_misfit(ops: Sequence[WriteOp], kind_of: Callable[[str], str],
                  is_number: Callable[[str, str], bool]) -> str | None:
     """Why ``ops`` cannot all be applied, or None: the first operation whose key holds
