@@ -164,10 +164,10 @@ class _User:
                        dict(self.cart), dict(self.bought), exclude, self.session_id)
 
 
-def _purchase(value: str) -> tuple[int, float]:
+def parse_purchase(value: str) -> tuple[int, float]:
     """A purchase record ``"count|last_ts"`` as ``(count, last_ts)``.
 
-    >>> _purchase("3|1700000000.5")
+    >>> parse_purchase("3|1700000000.5")
     (3, 1700000000.5)
     """
     count, _, last = value.partition("|")
@@ -175,9 +175,9 @@ def _purchase(value: str) -> tuple[int, float]:
 
 
 def _purchase_field(count: int, last: float) -> str:
-    """``(count, last_ts)`` as the stored purchase record ``_purchase`` reads.
+    """``(count, last_ts)`` as the stored purchase record ``parse_purchase`` reads.
 
-    >>> _purchase(_purchase_field(3, 1700000000.5))
+    >>> parse_purchase(_purchase_field(3, 1700000000.5))
     (3, 1700000000.5)
     """
     return f"{count}|{last!r}"
@@ -295,7 +295,7 @@ class Recommender:
             recent, sess, cart, bought, legacy = got[pos:pos + 5]
             last_rec = got[pos + 5] if need_last else None
             pos += per_user
-            purchases = {i: _purchase(v) for i, v in bought.items()}
+            purchases = {i: parse_purchase(v) for i, v in bought.items()}
             # An earlier release's purchases (a set, no count or time): bought once, as
             # late as they can have been (now), so that a repurchase window starts over.
             legacy = set(legacy) - purchases.keys() if legacy else None

@@ -16,13 +16,21 @@ positive, shown items ranked above it (or dismissed) are negatives.
 
 from __future__ import annotations
 
+import collections
 import math
-import pickle
-from typing import Mapping
+from typing import Any, Mapping
 
-from river import compose, linear_model, optim, preprocessing
+import orjson
+from river import compose, linear_model, optim, preprocessing, utils
 
 DEFAULT_PRIOR = {"sequential": 1.0, "session_knn": 1.0, "covis": 0.7, "content": 0.4, "popular": 0.05}
+#: the snapshot's format: JSON of the learned numbers, never a pickle (a pickle read from
+#: a shared store runs whatever code whoever could write that key put in it)
+SNAPSHOT_FORMAT = "streamrec-ranker/1"
+
+
+class SnapshotError(ValueError):
+    """A ranker snapshot that cannot be restored: not ours, of another format, or damaged."""
 
 
 class Ranker:
@@ -106,8 +114,62 @@ class Ranker:
         self.positives += bool(clicked)
 
     def snapshot(self) -> bytes:
-        return pickle.dumps({"model": self.model, "updates": self.updates, "positives": self.positives})
+        """The learned state as JSON: the scaler's running statistics, the weights, the
+        intercept and the optimizer's step count. ``restore`` of it continues exactly
+        where this ranker is (the same scores, the same next updates).
+
+        >>> r = Ranker(["covis"])
+        >>> r.learn({"covis": 1.0, "n_sources": 1.0}, True)
+        >>> fresh = Ranker(["covis"]); fresh.restore(r.snapshot()); fresh.updates
+        1
+        """
+        scaler, lr = self.model.steps["StandardScaler"], self.model.steps["LogisticRegression"]
+        return orjson.dumps({
+            "format": SNAPSHOT_FORMAT, "updates": self.updates, "positives": self.positives,
+            "scaler": {"counts": dict(scaler.counts), "means": dict(scaler.means), "vars": dict(scaler.vars)},
+            "weights": lr._weights.to_dict(), "intercept": lr.intercept,
+            "steps": lr.optimizer.n_iterations})
 
     def restore(self, blob: bytes) -> None:
-        state = pickle.loads(blob)  # our own snapshot, from our own store
-        self.model, self.updates, self.positives = state["model"], state["updates"], state["positives"]
+        """Take the state ``snapshot`` wrote; raises ``SnapshotError`` (and changes
+        nothing) for anything else, including the pickles of releases before this format.
+
+        >>> Ranker(["covis"]).restore(b"\\x80\\x04junk")
+        Traceback (most recent call last):
+        ...
+        models.ranking.SnapshotError: not a ranker snapshot of format streamrec-ranker/1 (older releases wrote a pickle, which is never loaded): the ranker starts cold
+        """
+        state = parse_snapshot(blob)
+        scaler, lr = self.model.steps["StandardScaler"], self.model.steps["LogisticRegression"]
+        scaler.counts = collections.Counter(state["scaler"]["counts"])
+        scaler.means = collections.defaultdict(float, state["scaler"]["means"])
+        scaler.vars = collections.defaultdict(float, state["scaler"]["vars"])
+        lr._weights = utils.VectorDict(state["weights"])
+        lr.intercept = state["intercept"]
+        lr.optimizer.n_iterations = state["steps"]
+        self.updates, self.positives = state["updates"], state["positives"]
+
+
+def parse_snapshot(blob: bytes) -> dict[str, Any]:
+    """The state in a ranker snapshot, checked number by number; ``SnapshotError`` when
+    ``blob`` is not one (``streamrec check-store`` uses the same check)."""
+    try:
+        state = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        state = None
+    if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"not a ranker snapshot of format {SNAPSHOT_FORMAT} (older releases wrote a "
+                            "pickle, which is never loaded): the ranker starts cold")
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    def numbers(d: Any) -> bool:
+        return isinstance(d, dict) and all(isinstance(k, str) and number(v) for k, v in d.items())
+
+    scaler = state.get("scaler")
+    if not (isinstance(scaler, dict) and all(numbers(scaler.get(p)) for p in ("counts", "means", "vars"))
+            and numbers(state.get("weights")) and number(state.get("intercept"))
+            and all(type(state.get(c)) is int and state[c] >= 0 for c in ("updates", "positives", "steps"))):
+        raise SnapshotError("ranker snapshot damaged: a field is missing or not a number")
+    return state

@@ -36,7 +36,7 @@ from models.features.cache import ItemSideCache
 from models.features.keys import Keys
 from models.features.store import FeatureStore, StoreDataError
 from models.pipeline import Recommender, recommendation_json
-from models.ranking import Ranker
+from models.ranking import Ranker, SnapshotError
 from streams.batching import take_batches
 from streams.codecs import dead_letter_record, user_key
 from streams.settings import Settings
@@ -379,7 +379,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         try:
             if await rt.recommender.restore():
                 log.info("ranker restored from snapshot (%d updates)", rt.recommender.ranker.updates)
-        except StoreError as e:
+        except (StoreError, SnapshotError) as e:  # a cold ranker ranks by the prior blend meanwhile
             log.warning("could not load the ranker snapshot: %s", e)
         if rt.catalog is not None:
             await rt.catalog.start()

@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("user_id")
     f.add_argument("--direct", action="store_true",
                    help="erase in the feature store from here instead of sending a forget event to the workers")
+    cs = sub.add_parser("check-store", help="find the feature store's damaged keys (wrong kind, unparsable "
+                                            "values); --repair deletes them")
+    cs.add_argument("--redis-url", help="the Redis store (STREAMREC_REDIS_URL)")
+    cs.add_argument("--key-prefix", help="prefix of the store's keys (STREAMREC_KEY_PREFIX)")
+    cs.add_argument("--repair", action="store_true", help="delete the damaged keys (each only if still damaged)")
+    cs.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -131,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       slo_ms=args.slo_ms, latency_log=args.latency_log, partitions=args.partitions,
                       workload=args.workload)
             return 0
+        if args.command == "check-store":
+            from streams.store_check import run_check_store
+
+            settings = load_settings(redis_url=args.redis_url, key_prefix=args.key_prefix)
+            return run_check_store(settings, fix=args.repair, as_json=args.json)
         if args.command == "forget":
             import asyncio
 

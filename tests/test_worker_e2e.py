@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 
 import orjson
 import pytest
 
 from models.features import open_store
+from models.features.keys import Keys
 from streams.embedded import start_worker
 from tests.support.dump import dump_store
 from tests.support.kafka import Collector, produce
@@ -61,6 +63,10 @@ async def test_worker_end_to_end(broker, worker_env, prefix, redis_url, tmp_path
     then = [(prefix + topic, key, value) for topic, key, value in bad + after]
     triggers = len(before) + len(purchases) + len(after)
 
+    # a store upgraded from a release that snapshotted the ranker as a pickle: never loaded
+    store = open_store(redis_url)
+    await store.write([("set", Keys(prefix).snapshot("ranker"), pickle.dumps({"updates": 9}), None)])
+    await store.close()
     worker = start_worker(worker_env, tmp_path / "worker.log")
     try:
         async with Collector(broker, prefix + "recommendations", prefix + "dead-letter") as col:
@@ -118,7 +124,9 @@ async def test_worker_end_to_end(broker, worker_env, prefix, redis_url, tmp_path
             assert once == twice and len(once) > 50
     finally:
         worker.stop()
-    assert b"Traceback" not in (tmp_path / "worker.log").read_bytes()
+    log = (tmp_path / "worker.log").read_bytes()
+    assert b"Traceback" not in log
+    assert b"could not load the ranker snapshot: not a ranker snapshot" in log
 
 
 def _counters(d):
