@@ -83,6 +83,9 @@ class Settings(BaseSettings):
         "with purchased items excluded, how long after its last purchase an item may be "
         "recommended to the shopper again (the buy_again source proposes it); unset: never "
         "again (durable goods). Set it for consumables, groceries or wholesale"))
+    purchases_kept: int = Field(2000, ge=1, description=(
+        "the most items a shopper's purchase record keeps (it is read with each of their "
+        "events); past it the item bought longest ago leaves it and may be recommended again"))
     session_gap_s: float = Field(1800.0, gt=0, description="inactivity that starts a new session")
     coalesce_per_user: bool = Field(True, description=(
         "a shopper with several clicks/carts in one batch gets one list computed after the "
@@ -129,7 +132,7 @@ class Settings(BaseSettings):
 
     def apply_business_rules(self, cfg: Any) -> Any:
         """Put the business rules that are set (``exclude_*``, ``repurchase_after_days``)
-        on a ``RecommenderConfig``, over the tuned profile's; the worker and
+        and the purchase record's size on a ``RecommenderConfig``, over the tuned profile's; the worker and
         ``streamrec replay`` both call this, so a replay scores the rules the worker runs.
 
         >>> from models.pipeline import RecommenderConfig
@@ -142,6 +145,7 @@ class Settings(BaseSettings):
                 setattr(cfg, name, getattr(self, name))
         if self.repurchase_after_days is not None:
             cfg.repurchase_after_s = self.repurchase_after_days * 86_400.0
+        cfg.purchases_kept = self.purchases_kept
         return cfg
 
     @property

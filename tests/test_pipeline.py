@@ -301,6 +301,32 @@ async def test_a_purchase_stays_out_for_good_by_default_and_comes_back_after_the
     assert "tea" not in {i.item_id for i in next_day.items} and "soap" in {i.item_id for i in next_day.items}
 
 
+async def test_the_purchase_record_keeps_the_items_bought_most_recently(backend):
+    """It is read with each of the shopper's events: past its size the item bought
+    longest ago leaves it, and may be recommended again."""
+    from models.candidates.popular import Popularity
+
+    store, keys, _ = backend
+    ids = iter(range(10**9))
+    rec = Recommender(store, keys, RecommenderConfig(k=8, purchases_kept=3), sources=[Popularity(store, keys)],
+                      clock=lambda: T0, new_session_id=lambda: f"s{next(ids)}", new_rec_id=lambda: f"r{next(ids)}")
+    warm = [Click(f"w{i}", f"fan{i}", f"p{j}", T0 + i) for i in range(6) for j in range(6)]
+    # p3 is bought again late: it stays although first bought early
+    buys = [Cart(f"b{j}", "ann", f"p{j}", "purchase", T0 + 100 + j) for j in range(5)]
+    buys.append(Cart("b3again", "ann", "p3", "purchase", T0 + 200))
+    await rec.handle(warm)
+    await rec.handle(buys[:2])
+    await rec.handle(buys[2:])
+    [record] = await store.read([("hgetall", keys.purchases("ann"))])
+    assert set(record) == {"p2", "p3", "p4"} and record["p3"] == f"2|{T0 + 200!r}"
+    [shown] = (await rec.handle([Click("c1", "ann", "p5", T0 + 300)])).recommendations
+    items = {i.item_id for i in shown.items}
+    assert {"p0", "p1"} <= items and not {"p2", "p3", "p4"} & items
+    # redelivered, the purchases change nothing (the record stays the three latest)
+    await rec.handle(buys)
+    assert await store.read([("hgetall", keys.purchases("ann"))]) == [record]
+
+
 async def test_purchases_an_earlier_release_kept_in_a_set_stay_out_and_move_into_the_record(backend):
     """Upgrading keeps the promise "never recommend what this shopper bought": the set
     earlier releases wrote is read with the shopper's state, moved into the purchase
