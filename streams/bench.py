@@ -1,8 +1,9 @@
 """``streamrec bench``: one worker's throughput and latency, next to a bare Faust pass-through.
 
 Both run as separate processes against the embedded broker (a fresh one for every
-measurement, see below), with the same batching (``take_batches``), over the same
-simulated shopper stream:
+measurement, see below) or, with ``--kafka-url``, against a broker of the shop's
+(fresh topics for every measurement, created up front and deleted after it), with the
+same batching (``take_batches``), over the same simulated shopper stream:
 
 - throughput: N events produced as fast as possible; events/s = N / (time from the
   first produce to the last output read back);
@@ -77,13 +78,14 @@ from streams.app import settle_gc
 from streams.embedded import (QUICK_JOIN_ENV, Service, create_topics, exit_on_sigterm, start_broker,
                               start_redis, start_worker)
 from streams.measure import cpu_s, percentile
-from streams.settings import GC_GEN0_THRESHOLD
+from streams.settings import GC_GEN0_THRESHOLD, TOPICS, load_settings
 from streams.simulate import catalog, simulate_live_shop, simulate_shoppers
 
 
 async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dict], rate: float | None,
                    id_of, watch: dict[str, int] | None = None, timeout_s: float = 300.0,
-                   latency_log: list[dict] | None = None, partitions: int = 4, stamp: bool = False) -> dict:
+                   latency_log: list[dict] | None = None, partitions: int = 4, stamp: bool = False,
+                   client_kwargs: dict | None = None) -> dict:
     """Produce ``events``; read ``out_topic`` until one output per event arrived.
 
     ``stamp``: each event's ``ts`` is the time it is handed to the producer, as a
@@ -94,15 +96,17 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
     names processes (name -> pid) whose CPU use meanwhile is reported, in cores (CPU
     seconds per second of the run); the one named ``worker`` also per event.
     ``latency_log`` gets one row per output: when its input was sent (Unix time), its
-    latency and that latency's split, to find when in a run the tail happened."""
+    latency and that latency's split, to find when in a run the tail happened.
+    ``client_kwargs`` go to every aiokafka client (a secured broker's settings)."""
+    kw = client_kwargs or {}
     # the reader takes every partition of the output itself (no group to join), from its end
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None,
-                                enable_auto_commit=False, fetch_max_wait_ms=5)
+                                enable_auto_commit=False, fetch_max_wait_ms=5, **kw)
     await consumer.start()
-    await create_topics(bootstrap, "", partitions, names=[out_topic])  # as the worker would on its first send
+    await create_topics(bootstrap, "", partitions, names=[out_topic], **kw)  # as the worker would on its first send
     consumer.assign([TopicPartition(out_topic, p) for p in range(partitions)])
     await consumer.seek_to_end()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1 if rate else 5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1 if rate else 5, **kw)
     await producer.start()
     sent_at: dict[str, tuple[float, float]] = {}  # event id -> (perf_counter, wall clock) at hand-over
     lat: list[float] = []
@@ -198,8 +202,8 @@ def _passthrough_id(value: bytes) -> tuple[str, None]:
     return orjson.loads(value)["event_id"], None
 
 
-async def _seed(bootstrap: str, prefix: str, events: list[dict]) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+async def _seed(bootstrap: str, prefix: str, events: list[dict], client_kwargs: dict | None = None) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **(client_kwargs or {}))
     await p.start()
     for e in events:
         await p.send(prefix + e["topic"], orjson.dumps(e["value"]))
@@ -228,7 +232,7 @@ async def _wait_for_vectors(redis_url: str, prefix: str, item_ids: list[str], ti
 def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_url: str | None = None,
               report: str | None = None, latency_events: int | None = None, slo_ms: float = 100.0,
               catalog_items: int = 5000, latency_log: str | None = None, partitions: int = 4,
-              workload: str = "stress") -> dict:
+              workload: str = "stress", kafka_url: str | None = None) -> dict:
     """Run both workers through both measurements; print a table; return the results.
 
     ``rate`` may be several paced rates: the latency run is repeated at each (lowest
@@ -238,7 +242,10 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     worker, the broker, the embedded Redis and this process used meanwhile, in cores:
     what the machine had left. ``latency_log`` (a file) gets every paced output's
     latency as JSON lines (worker, rate, send time, latency and its split). ``workload``
-    is what the paced runs send (see the module's docstring): ``stress`` or ``live``."""
+    is what the paced runs send (see the module's docstring): ``stress`` or ``live``.
+    ``kafka_url`` (``kafka://host:port[;host:port]``): measure on that broker instead
+    of embedded ones, with the ``STREAMREC_KAFKA_*`` security settings; each
+    measurement's topics are created up front and deleted after it."""
     exit_on_sigterm()
     rates = sorted({float(r) for r in ([rate] if isinstance(rate, (int, float)) else rate)})
     logdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
@@ -265,7 +272,9 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     # of ms with this process's clock stopped) out of the latencies it measures
     settle_gc(GC_GEN0_THRESHOLD)
     results: dict = {"machine": {"cpus": os.cpu_count()}, "events": events, "rates": rates, "slo_ms": slo_ms,
-                     "partitions": partitions, "workload": workload}
+                     "partitions": partitions, "workload": workload,
+                     "broker": "external" if kafka_url else "embedded, one per measurement"}
+    kw = load_settings(kafka_url=kafka_url).kafka_kwargs() if kafka_url else {}
     log_rows: list[dict] = []
     try:
         for name, out_topic, id_of in (("passthrough", "passthrough-out", _passthrough_id),
@@ -274,7 +283,7 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
             start = start_passthrough if name == "passthrough" else start_worker
 
             def env(bootstrap: str, topics: str) -> dict:
-                return {"STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "STREAMREC_REDIS_URL": redis_url,
+                return {"STREAMREC_KAFKA_URL": "kafka://" + bootstrap.replace(",", ";"), "STREAMREC_REDIS_URL": redis_url,
                         "STREAMREC_TOPIC_PREFIX": topics, "STREAMREC_KEY_PREFIX": keys,
                         "STREAMREC_APP_ID": f"bench-{topics}", "STREAMREC_WEB_PORT": "0",
                         "STREAMREC_LLM_BASE_URL": "template", "STREAMREC_COPY_IN_WORKER": "false",
@@ -284,21 +293,21 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                         watch: dict[str, int] | None = None, stamp: bool = False) -> dict:
                 rows: list[dict] | None = [] if latency_log and paced else None
                 res = asyncio.run(_measure(bootstrap, topics, topics + out_topic, part, paced, id_of, watch,
-                                           latency_log=rows, partitions=partitions, stamp=stamp))
+                                           latency_log=rows, partitions=partitions, stamp=stamp,
+                                           client_kwargs=kw))
                 log_rows.extend({"worker": name, "rate": paced, **row} for row in rows or ())
                 return res
 
-            def watched(worker: Service, broker: Service) -> dict[str, int]:
-                return {"worker": worker.proc.pid, "broker": broker.proc.pid, "bench": os.getpid(),
-                        **({"redis": redis.proc.pid} if redis else {})}
+            def watched(worker: Service, broker_pid: int | None) -> dict[str, int]:
+                return {"worker": worker.proc.pid, **({"broker": broker_pid} if broker_pid else {}),
+                        "bench": os.getpid(), **({"redis": redis.proc.pid} if redis else {})}
 
             # every measurement on a broker of its own (see the module's docstring)
-            with _fresh_broker(logdir) as broker:
-                bootstrap = f"127.0.0.1:{broker.port}"
+            with _broker_for(logdir, kafka_url, keys, partitions, kw) as (bootstrap, broker):
                 worker = start(env(bootstrap, keys), logdir / f"{name}.log")
                 try:
                     items = catalog(catalog_items)
-                    asyncio.run(_seed(bootstrap, keys, items))
+                    asyncio.run(_seed(bootstrap, keys, items, kw))
                     if name == "streamrec":  # measure the recommender, not the catalog's first embedding
                         asyncio.run(_wait_for_vectors(redis_url, keys, [e["value"]["item_id"] for e in items]))
                     measure(bootstrap, keys, warm, None)
@@ -309,8 +318,7 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
             for r, (warm_up, part) in zip(rates, lat):
                 # a fresh broker, the same store: a restarted worker on the state built so far
                 topics = f"{keys}r{r:.0f}-"
-                with _fresh_broker(logdir) as broker:
-                    bootstrap = f"127.0.0.1:{broker.port}"
+                with _broker_for(logdir, kafka_url, topics, partitions, kw) as (bootstrap, broker):
                     worker = start(env(bootstrap, topics), logdir / f"{name}-{r:.0f}.log")
                     try:
                         measure(bootstrap, topics, warm_up, None, stamp=stamp)
@@ -373,6 +381,44 @@ def _fresh_broker(logdir: Path) -> Iterator[Service]:
         yield broker
     finally:
         broker.stop()
+
+
+@contextlib.contextmanager
+def _broker_for(logdir: Path, kafka_url: str | None, prefix: str, partitions: int,
+                client_kwargs: dict) -> Iterator[tuple[str, int | None]]:
+    """(bootstrap, the broker's pid or None) for one measurement: an embedded broker of
+    its own, or, given ``kafka_url``, that broker, with every topic of the measurement
+    (``prefix``) created up front, as a shop's Kafka without automatic topic creation
+    needs, and deleted after it."""
+    if kafka_url is None:
+        with _fresh_broker(logdir) as broker:
+            yield f"127.0.0.1:{broker.port}", broker.proc.pid
+        return
+    bootstrap = ",".join(load_settings(kafka_url=kafka_url).kafka_bootstrap)
+    names = [*TOPICS, "passthrough-out"]
+    asyncio.run(create_topics(bootstrap, prefix, partitions, names=names, **client_kwargs))
+    try:
+        yield bootstrap, None
+    finally:
+        asyncio.run(_delete_topics(bootstrap, prefix, client_kwargs))
+
+
+async def _delete_topics(bootstrap: str, prefix: str, client_kwargs: dict) -> None:
+    """Delete every topic whose name starts with ``prefix`` (the bench's own, on a broker
+    it did not start); a broker that refuses gets a warning naming them."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            try:
+                await admin.delete_topics(mine)
+            except Exception as e:  # noqa: BLE001 - the measurement stands; say what is left behind
+                print(f"WARNING: could not delete the bench's topics {', '.join(sorted(mine))}: {e}", flush=True)
+    finally:
+        await admin.close()
 
 
 #: Events each paced run's fresh worker gets unpaced before its clock starts.

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--slo-ms", type=float, default=100.0,
                    help="report the highest measured rate whose p99 stays under this")
     b.add_argument("--redis-url", help="use this store instead of an embedded Redis")
+    b.add_argument("--kafka-url", help="measure on this broker (kafka://host:port[;host:port], security from "
+                                       "STREAMREC_KAFKA_*) instead of embedded ones; each measurement's topics "
+                                       "are created up front and deleted after it")
     b.add_argument("--report", help="write the JSON results here")
     b.add_argument("--partitions", type=int, default=4, help="partitions of every topic of the bench")
     b.add_argument("--workload", choices=["stress", "live"], default="stress",
@@ -135,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_bench(events=args.events, rate=args.rate, redis_url=args.redis_url, report=args.report,
                       slo_ms=args.slo_ms, latency_log=args.latency_log, partitions=args.partitions,
-                      workload=args.workload)
+                      workload=args.workload, kafka_url=args.kafka_url)
             return 0
         if args.command == "check-store":
             from streams.store_check import run_check_store

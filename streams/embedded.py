@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def exit_on_sigterm() -> None:
@@ -222,14 +222,16 @@ def start_worker(env: dict[str, str], log: Path, ready_timeout_s: float = 120.0,
         raise
 
 
-async def create_topics(bootstrap: str, prefix: str, partitions: int, names: Sequence[str] | None = None) -> None:
+async def create_topics(bootstrap: str, prefix: str, partitions: int, names: Sequence[str] | None = None,
+                        **client_kwargs: Any) -> None:
     """Create every streamrec topic (or ``names``), with ``prefix``, up front with
-    ``partitions`` partitions; topics that exist already are left as they are."""
+    ``partitions`` partitions; topics that exist already are left as they are.
+    ``client_kwargs`` go to aiokafka's admin client (security settings)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from streams.settings import TOPICS
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

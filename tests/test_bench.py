@@ -89,3 +89,47 @@ def test_the_live_workload_stamps_each_event_as_it_is_sent(redis_url):
     last = asyncio.run(session_times())
     assert len(last) > 20  # new shoppers of the live shop, seen by the worker
     assert all(before <= t <= after for t in last)
+
+
+def test_on_a_broker_it_did_not_start_the_bench_creates_its_topics_and_deletes_them(broker, monkeypatch):
+    """``--kafka-url``: every measurement on the shop's own broker (here one the test suite
+    started), its topics created up front (a broker without automatic topic creation
+    needs it) and deleted after, no embedded broker started."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def topics() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    def no_embedded_broker(*args, **kwargs):
+        raise AssertionError("the bench started a broker of its own")
+
+    monkeypatch.setattr(bench, "start_broker", no_embedded_broker)
+    created = []
+    real_create = bench.create_topics
+
+    async def recording_create(bootstrap, prefix, partitions, names=None, **kw):
+        created.append((prefix, tuple(names or ())))
+        return await real_create(bootstrap, prefix, partitions, names=names, **kw)
+
+    monkeypatch.setattr(bench, "create_topics", recording_create)
+    before = asyncio.run(topics())
+    res = bench.run_bench(events=200, rate=[50], latency_events=100, catalog_items=200,
+                          kafka_url=f"kafka://{broker}")
+    assert res["broker"] == "external"
+    for name in ("passthrough", "streamrec"):
+        assert res[name]["throughput"]["outputs"] == 200
+        [row] = res[name]["latency"]
+        assert row["outputs"] == row["events"] == 100
+        assert "broker" not in row["cores"] and row["cores"]["worker"] > 0
+    # one set of topics per measurement (both workers: throughput and one rate), made up front
+    up_front = [prefix for prefix, names in created if "clicks" in names]
+    assert len(up_front) == len(set(up_front)) == 2 * 2
+    after = asyncio.run(topics())
+    assert not {t for t in after - before if any(t.startswith(p) for p in up_front)}
