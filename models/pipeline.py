@@ -67,6 +67,10 @@ SESSION_ITEMS_TTL_S = 30 * 86_400
 TAUGHT_KEPT = 10_000
 
 
+#: A ranker label: a shown item's model features, and whether the shopper clicked it.
+Label = tuple[dict[str, float], bool]
+
+
 def _no_lesson(features: Any, clicked: bool) -> None:
     """Stands in for ``Ranker.learn`` where the event taught the ranker already."""
 
@@ -241,6 +245,9 @@ class Recommender:
         #: (the store failed under it, or the worker redoes it one event at a time)
         #: teaches the ranker once. The store keeps no trace of a batch that failed.
         self._taught: OrderedDict[str, None] = OrderedDict()
+        #: The labels the ranker learned here since ``take_labels``, for the rankers of
+        #: the other workers (each sees only its partitions' shoppers); None: not kept.
+        self._shared: list[Label] | None = None
 
     @classmethod
     def in_memory(cls, **kw: Any) -> "Recommender":
@@ -251,6 +258,30 @@ class Recommender:
         m = iter(range(1, 1 << 62))
         kw.setdefault("new_rec_id", lambda: f"r{next(m)}")
         return cls(MemoryStore(), **kw)
+
+    # -- labels shared between workers -------------------------------------------------
+    def share_labels(self) -> None:
+        """Keep every label the ranker learns here for ``take_labels`` (a worker sends
+        them to the others, whose rankers learn them with ``learn_labels``)."""
+        if self._shared is None:
+            self._shared = []
+
+    def take_labels(self) -> list[Label]:
+        """The labels learned here since the last call (none unless ``share_labels``).
+        A batch that failed keeps its labels for the next call: done again, it teaches
+        nothing twice (``_taught``), so they are sent once, with a later batch."""
+        taken, self._shared = (self._shared, []) if self._shared else ([], self._shared)
+        return taken
+
+    def learn_labels(self, labels: Sequence[Label]) -> None:
+        """Learn labels another worker's ranker learned (not shared again)."""
+        for features, clicked in labels:
+            self.ranker.learn(features, clicked)
+
+    def _learn(self, features: dict[str, float], clicked: bool) -> None:
+        self.ranker.learn(features, clicked)
+        if self._shared is not None:
+            self._shared.append((features, clicked))
 
     # -- snapshots -------------------------------------------------------------------
     async def restore(self) -> bool:
@@ -570,7 +601,7 @@ class Recommender:
         rec = user.last_rec
         if not rec or rec.get("done"):
             return
-        learn = self.ranker.learn if teach else _no_lesson
+        learn = self._learn if teach else _no_lesson
         feats = rec.get("features", {})
         order = rec.get("items", [])
         if item_id in feats:
@@ -599,7 +630,7 @@ class Recommender:
             rec = records.get(e.rec_id)
             if rec is None or rec.get("user_id") != e.user_id:
                 continue  # unknown or expired list, or someone else's: nothing to attribute
-            learn = self.ranker.learn if self._first_lesson(e.event_id) else _no_lesson
+            learn = self._learn if self._first_lesson(e.event_id) else _no_lesson
             action = e.action if isinstance(e, Feedback) else "click"
             items = [e.item_id] if e.item_id else (rec["items"] if action == "impression" else [])
             for item in items:

@@ -173,3 +173,32 @@ def parse_snapshot(blob: bytes) -> dict[str, Any]:
             and all(type(state.get(c)) is int and state[c] >= 0 for c in ("updates", "positives", "steps"))):
         raise SnapshotError("ranker snapshot damaged: a field is missing or not a number")
     return state
+
+
+def labels_json(origin: str, labels: list[tuple[Mapping[str, float], bool]]) -> bytes:
+    """The ``ranker-labels`` message of one worker's labels (``origin``: that worker
+    process's random id, so that it skips its own).
+
+    >>> parse_labels(labels_json("w1", [({"covis": 0.5}, True)]))
+    ('w1', [({'covis': 0.5}, True)])
+    """
+    return orjson.dumps({"from": origin, "labels": [[f, bool(y)] for f, y in labels]})
+
+
+def parse_labels(blob: bytes) -> tuple[str, list[tuple[dict[str, float], bool]]]:
+    """(origin, labels) of a ``ranker-labels`` message, every number checked; ValueError
+    for anything else (nothing of a bad message is learned)."""
+    try:
+        msg = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        raise ValueError("not JSON") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("from"), str) or not isinstance(msg.get("labels"), list):
+        raise ValueError("not a labels message: needs from (text) and labels (a list)")
+    out = []
+    for row in msg["labels"]:
+        if not (isinstance(row, list) and len(row) == 2 and isinstance(row[1], bool) and isinstance(row[0], dict)
+                and all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v) for k, v in row[0].items())):
+            raise ValueError("a label is not [features (names to numbers), clicked (true/false)]")
+        out.append(({k: float(v) for k, v in row[0].items()}, row[1]))
+    return msg["from"], out

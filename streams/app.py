@@ -23,6 +23,7 @@ import gc
 import logging
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,7 +37,7 @@ from models.features.cache import ItemSideCache
 from models.features.keys import Keys
 from models.features.store import FeatureStore, StoreDataError
 from models.pipeline import Recommender, recommendation_json
-from models.ranking import Ranker, SnapshotError
+from models.ranking import Ranker, SnapshotError, labels_json, parse_labels
 from streams.batching import take_batches
 from streams.codecs import dead_letter_record, user_key
 from streams.settings import Settings
@@ -75,6 +76,11 @@ class Metrics:
         self.batch_size = Histogram("streamrec_batch_events", "Events per batch", registry=r,
                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000))
         self.store_up = Gauge("streamrec_store_up", "1 when the feature store answers", registry=r)
+        self.ranker_labels = Counter("streamrec_ranker_labels_total",
+                                     "Labels the ranker learned: from this worker's shoppers, or sent by the others",
+                                     ["origin"], registry=r)
+        self.ranker_updates = Gauge("streamrec_ranker_updates", "Labels the ranker has learned in all "
+                                    "(it ranks once it has learned its warm-up's worth)", registry=r)
         self.loop_lag = Histogram("streamrec_event_loop_lag_seconds",
                                   "How late the event loop ran a 100 ms timer: every list in the worker "
                                   "waited as long (a long batch, a garbage collection, a starved CPU)",
@@ -119,6 +125,7 @@ class Runtime:
         self.keys = Keys(settings.key_prefix)
         self.catalog: Any = None
         self.catalog_feed: asyncio.Future | None = None
+        self.labels_feed: asyncio.Future | None = None
         if recommender is None:
             recommender = self._build_recommender(settings)
         self.recommender = recommender
@@ -126,6 +133,8 @@ class Runtime:
         self.copy_pool: Any = None
         self.listeners: list[Any] = []  # callables(kind, payload_dict) for live push
         self.started_at = time.time()
+        #: this process's id on ``ranker-labels`` (random: two workers never share one)
+        self.label_origin = uuid.uuid4().hex
 
     def _build_recommender(self, settings: Settings) -> Recommender:
         """The recommender of the tuned profile (the same settings ``streamrec replay``
@@ -229,6 +238,11 @@ class Runtime:
     async def _emit(self, outcome: Any) -> None:
         if outcome.duplicates:
             self.metrics.duplicates.inc(outcome.duplicates)
+        labels = self.recommender.take_labels()
+        if labels:
+            self.metrics.ranker_labels.labels("here").inc(len(labels))
+            self.metrics.ranker_updates.set(self.recommender.ranker.updates)
+            await self.send_labels(labels_json(self.label_origin, labels))
         for rec in outcome.recommendations:
             self.metrics.recommendations.inc()
             self.metrics.rec_latency.observe(rec.latency_ms / 1000)
@@ -249,6 +263,22 @@ class Runtime:
     async def send_enriched(self, enriched: dict) -> None:
         """Produce an enriched recommendation and keep it as the user's latest."""
         raise NotImplementedError
+
+    async def send_labels(self, message: bytes) -> None:
+        """Produce the labels this worker's ranker learned, for the other workers."""
+        raise NotImplementedError
+
+    def learn_peer_labels(self, blob: bytes) -> int:
+        """Learn the labels of one ``ranker-labels`` message another worker sent; returns
+        how many (0 for this worker's own, which it learned already). Raises ValueError
+        for a message that is not one."""
+        origin, labels = parse_labels(blob)
+        if origin == self.label_origin:
+            return 0
+        self.recommender.learn_labels(labels)
+        self.metrics.ranker_labels.labels("peers").inc(len(labels))
+        self.metrics.ranker_updates.set(self.recommender.ranker.updates)
+        return len(labels)
 
 
 def _faust_credentials(settings: Settings) -> Any:
@@ -336,6 +366,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
                          partitions=settings.partitions)
     dlq = app.topic(settings.topic("dead-letter"), key_type=bytes, value_type=bytes,
                     partitions=settings.partitions)
+    labels_topic = app.topic(settings.topic("ranker-labels"), key_type=bytes, value_type=bytes,
+                             partitions=settings.partitions)
 
     async def send_recommendation(user_id: str, payload: bytes) -> None:
         await recs.send(key=user_key(user_id), value=payload, force=True)
@@ -351,6 +383,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         for listener in rt.listeners:
             listener("copy", blob)
 
+    async def send_labels(message: bytes) -> None:
+        await labels_topic.send(key=rt.label_origin.encode(), value=message, force=True)
+
+    if settings.share_ranker_labels:
+        rt.recommender.share_labels()
+        rt.send_labels = send_labels  # type: ignore[method-assign]
     rt.send_recommendation = send_recommendation  # type: ignore[method-assign]
     rt.send_dead_letter = send_dead_letter  # type: ignore[method-assign]
     rt.send_enriched = send_enriched  # type: ignore[method-assign]
@@ -381,6 +419,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
                 log.info("ranker restored from snapshot (%d updates)", rt.recommender.ranker.updates)
         except (StoreError, SnapshotError) as e:  # a cold ranker ranks by the prior blend meanwhile
             log.warning("could not load the ranker snapshot: %s", e)
+        rt.metrics.ranker_updates.set(rt.recommender.ranker.updates)
+        if settings.share_ranker_labels:
+            rt.labels_feed = asyncio.ensure_future(_follow_labels(rt))
         if rt.catalog is not None:
             await rt.catalog.start()
             try:
@@ -432,6 +473,36 @@ async def _follow_catalog(rt: Runtime) -> None:
         raise
     except Exception as e:  # noqa: BLE001 - the index keeps what it has; lists carry on
         log.warning("catalog feed stopped (%s); the content index stops growing", type(e).__name__)
+    finally:
+        await consumer.stop()
+
+
+async def _follow_labels(rt: Runtime) -> None:
+    """Every worker's ranker learns every worker's labels: ``ranker-labels`` is read in
+    full by a consumer outside the group, from the newest offsets (what came before is
+    in the snapshot the worker restored, up to the last 30 s of it)."""
+    from aiokafka import AIOKafkaConsumer
+
+    s = rt.settings
+    consumer = AIOKafkaConsumer(s.topic("ranker-labels"), bootstrap_servers=s.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="latest", enable_auto_commit=False,
+                                fetch_max_wait_ms=500, **s.kafka_kwargs())  # labels need no haste
+    await consumer.start()
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=500)
+            for msgs in batch.values():
+                for m in msgs:
+                    try:
+                        rt.learn_peer_labels(m.value)
+                    except ValueError as e:
+                        log.warning("skipped a ranker-labels message at partition %d offset %d: %s",
+                                    m.partition, m.offset, e)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the ranker keeps learning its own partitions' labels
+        log.warning("ranker-labels feed stopped (%s); the ranker learns from this worker's shoppers only",
+                    type(e).__name__)
     finally:
         await consumer.stop()
 

@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 GC_GEN0_THRESHOLD = 10_000
 
 TOPICS = ("clicks", "carts", "items", "reviews", "feedback", "forget",
-          "recommendations", "recommendations-enriched", "dead-letter")
+          "recommendations", "recommendations-enriched", "dead-letter", "ranker-labels")
 
 
 class Settings(BaseSettings):
@@ -91,6 +91,9 @@ class Settings(BaseSettings):
         "a shopper with several clicks/carts in one batch gets one list computed after the "
         "last of them, sent once per trigger (acts only when the worker is busy)"))
     snapshot_every_s: float = Field(30.0, gt=0)
+    share_ranker_labels: bool = Field(True, description=(
+        "every worker's ranker learns every worker's labels: each sends the labels it learned "
+        "to ranker-labels and learns the others' from it (off: each learns its partitions' only)"))
     gc_gen0_threshold: int = Field(GC_GEN0_THRESHOLD, ge=0, description=(
         "once started, the worker freezes what it has built (modules, app, catalog) out of "
         "the garbage collector's reach and collects its youngest generation after this many "
