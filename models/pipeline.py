@@ -273,10 +273,16 @@ class Recommender:
         taken, self._shared = (self._shared, []) if self._shared else ([], self._shared)
         return taken
 
-    def learn_labels(self, labels: Sequence[Label]) -> None:
-        """Learn labels another worker's ranker learned (not shared again)."""
+    def learn_labels(self, labels: Sequence[Label]) -> int:
+        """Learn labels another worker's ranker learned (not shared again). Features this
+        ranker does not have (a worker of another configuration, or junk) are left out,
+        so that nothing sent can grow the model without bound; returns how many were."""
+        known, dropped = self.ranker.feature_names, 0
         for features, clicked in labels:
-            self.ranker.learn(features, clicked)
+            kept = {f: v for f, v in features.items() if f in known}
+            dropped += len(features) - len(kept)
+            self.ranker.learn(kept, clicked)
+        return dropped
 
     def _learn(self, features: dict[str, float], clicked: bool) -> None:
         self.ranker.learn(features, clicked)

@@ -45,6 +45,16 @@ class Ranker:
             preprocessing.StandardScaler(),
             linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=1e-4))
 
+    @property
+    def feature_names(self) -> frozenset[str]:
+        """Every feature a candidate can have: each source's score and reciprocal rank,
+        the number of sources, and the category affinity the pipeline adds.
+
+        >>> sorted(Ranker(["covis"]).feature_names)
+        ['cat_affinity', 'covis', 'covis_rank', 'n_sources']
+        """
+        return frozenset([*self.sources, *(f"{s}_rank" for s in self.sources), "n_sources", "cat_affinity"])
+
     @staticmethod
     def features(signals: Mapping[str, float], rank: Mapping[str, int]) -> dict[str, float]:
         """Model features of one candidate: each source's score and reciprocal rank."""

@@ -275,7 +275,8 @@ class Runtime:
         origin, labels = parse_labels(blob)
         if origin == self.label_origin:
             return 0
-        self.recommender.learn_labels(labels)
+        if self.recommender.learn_labels(labels):
+            log.warning("labels from another worker name features this ranker does not have: left out")
         self.metrics.ranker_labels.labels("peers").inc(len(labels))
         self.metrics.ranker_updates.set(self.recommender.ranker.updates)
         return len(labels)

@@ -38,8 +38,9 @@ async def test_a_ranker_fed_the_labels_another_learned_becomes_the_same_ranker(p
     await feed(here, with_feedback(events, recs), 40)
     labels = here.take_labels()
     assert len(labels) == here.ranker.updates > 100 and here.take_labels() == []
+    assert set().union(*(f for f, _ in labels)) <= here.ranker.feature_names
     there = recommender(MemoryStore(), Keys(prefix))
-    there.learn_labels(labels)
+    assert there.learn_labels(labels) == 0
     assert there.ranker.snapshot() == here.ranker.snapshot()
     assert there.take_labels() == []  # learned from a peer: not shared again
 
@@ -68,6 +69,11 @@ def test_a_worker_skips_its_own_labels_and_refuses_what_is_not_labels():
         with pytest.raises(ValueError):
             rt.learn_peer_labels(bad)
     assert rt.recommender.ranker.updates == 2  # nothing of a bad message was learned
+    # names the ranker does not have are left out: nothing sent can grow the model without bound
+    junk = {f"junk{i}": 1.0 for i in range(1000)}
+    assert rt.learn_peer_labels(labels_json("other", [({**junk, "covis": 0.5}, True)])) == 1
+    weights = rt.recommender.ranker.model.steps["LogisticRegression"]._weights.to_dict()
+    assert set(weights) <= rt.recommender.ranker.feature_names
 
 
 async def _samples(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
