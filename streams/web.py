@@ -531,8 +531,12 @@ def build_web_app(rt: Any, producer: Any, *, config: WebConfig | None = None, fa
                 broker_state["ok"] = bool(meta.brokers())
             except Exception:  # noqa: BLE001
                 broker_state["ok"] = False
+        ranker = rt.recommender.ranker
         out: dict[str, Any] = {"store": store_ok, "broker": bool(broker_state["ok"]),
-                               "live_subscribers": hub.count}
+                               "live_subscribers": hub.count,
+                               # the model ranks once it has learned its warm-up's worth of labels
+                               "ranker": {"labels": ranker.updates, "warmup": ranker.warmup,
+                                          "ranks_by": "model" if ranker.active else "prior blend"}}
         if faust_app is not None:
             try:
                 out["assigned_partitions"] = len(faust_app.consumer.assignment())

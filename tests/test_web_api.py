@@ -26,10 +26,14 @@ pytestmark = [pytest.mark.services]
 
 
 class _Runtime:
-    """What the API needs of ``streams.app.Runtime``: settings, store, keys, metrics, listeners."""
+    """What the API needs of ``streams.app.Runtime``: settings, store, keys, metrics,
+    listeners, and the recommender's ranker (for ``/healthz``)."""
 
     def __init__(self, settings: Settings) -> None:
+        from types import SimpleNamespace
+
         from models.features.keys import Keys
+        from models.ranking import Ranker
         from streams.app import Metrics
 
         self.settings = settings
@@ -37,6 +41,7 @@ class _Runtime:
         self.keys = Keys(settings.key_prefix)
         self.metrics = Metrics()
         self.listeners: list = []
+        self.recommender = SimpleNamespace(ranker=Ranker(["covis", "popular"]))
 
 
 class ApiServer:
@@ -301,7 +306,10 @@ async def test_health_metrics_ctr_openapi_and_cors(api):
                                   ("hincr", ctr, "click:version:streamrec-1", 2.0)])
     async with aiohttp.ClientSession() as http:
         async with http.get(api.base + "/healthz") as r:
-            assert r.status == 200 and (await r.json())["store"] is True
+            health = await r.json()
+            assert r.status == 200 and health["store"] is True
+        warmup = api.rt.recommender.ranker.warmup
+        assert health["ranker"] == {"labels": 0, "warmup": warmup, "ranks_by": "prior blend"}
         async with http.get(api.base + "/ctr") as r:
             report = await r.json()
         assert report["sources"]["covis"] == {"impressions": 10.0, "clicks": 2.0, "dismissals": 0.0, "ctr": 0.2}
