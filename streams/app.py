@@ -111,6 +111,10 @@ async def watch_loop_lag(observe: Callable[[float], Any], interval_s: float = 0.
         observe(max(0.0, clock() - start - interval_s))
 
 
+#: How often a worker sends the labels its ranker learned to the other workers.
+LABELS_EVERY_S = 1.0
+
+
 class Runtime:
     """Everything one worker process holds: store, recommender, copy pool, metrics.
 
@@ -238,11 +242,6 @@ class Runtime:
     async def _emit(self, outcome: Any) -> None:
         if outcome.duplicates:
             self.metrics.duplicates.inc(outcome.duplicates)
-        labels = self.recommender.take_labels()
-        if labels:
-            self.metrics.ranker_labels.labels("here").inc(len(labels))
-            self.metrics.ranker_updates.set(self.recommender.ranker.updates)
-            await self.send_labels(labels_json(self.label_origin, labels))
         for rec in outcome.recommendations:
             self.metrics.recommendations.inc()
             self.metrics.rec_latency.observe(rec.latency_ms / 1000)
@@ -267,6 +266,17 @@ class Runtime:
     async def send_labels(self, message: bytes) -> None:
         """Produce the labels this worker's ranker learned, for the other workers."""
         raise NotImplementedError
+
+    async def share_labels(self) -> int:
+        """Send the labels the ranker learned since the last call, in one message (a
+        timer calls this every ``LABELS_EVERY_S``: labels need no haste, and one message
+        a second costs the broker and the other workers less than one per batch)."""
+        labels = self.recommender.take_labels()
+        if labels:
+            self.metrics.ranker_labels.labels("here").inc(len(labels))
+            self.metrics.ranker_updates.set(self.recommender.ranker.updates)
+            await self.send_labels(labels_json(self.label_origin, labels))
+        return len(labels)
 
     def learn_peer_labels(self, blob: bytes) -> int:
         """Learn the labels of one ``ranker-labels`` message another worker sent; returns
@@ -442,6 +452,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     async def watch_event_loop() -> None:
         await watch_loop_lag(rt.observe_loop_lag)
 
+    if settings.share_ranker_labels:
+        @app.timer(LABELS_EVERY_S)
+        async def share_labels() -> None:
+            await rt.share_labels()
+
     @app.timer(settings.snapshot_every_s)
     async def snapshot() -> None:
         try:
@@ -485,15 +500,20 @@ async def _follow_labels(rt: Runtime) -> None:
     from aiokafka import AIOKafkaConsumer
 
     s = rt.settings
+    own = rt.label_origin.encode()  # the key of this worker's own messages: skipped unread
+    # labels need no haste: a fetch waits up to a second for 64 KiB of them
     consumer = AIOKafkaConsumer(s.topic("ranker-labels"), bootstrap_servers=s.kafka_bootstrap, group_id=None,
                                 auto_offset_reset="latest", enable_auto_commit=False,
-                                fetch_max_wait_ms=500, **s.kafka_kwargs())  # labels need no haste
+                                fetch_max_wait_ms=int(LABELS_EVERY_S * 1000), fetch_min_bytes=65_536,
+                                **s.kafka_kwargs())
     await consumer.start()
     try:
         while True:
             batch = await consumer.getmany(timeout_ms=1000, max_records=500)
             for msgs in batch.values():
                 for m in msgs:
+                    if m.key == own:
+                        continue
                     try:
                         rt.learn_peer_labels(m.value)
                     except ValueError as e:
