@@ -30,8 +30,8 @@ K8S = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 WEB_PORT = Settings.model_fields["web_port"].default
 ENV_NAME = re.compile(r"STREAMREC_[A-Z0-9_]+")
-NAMESPACED = {"ConfigMap", "Secret", "Service", "StatefulSet", "Deployment", "Job", "HorizontalPodAutoscaler",
-              "PodDisruptionBudget"}
+NAMESPACED = {"ConfigMap", "Secret", "Service", "StatefulSet", "Deployment", "Job", "CronJob",
+              "HorizontalPodAutoscaler", "PodDisruptionBudget"}
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -319,6 +319,18 @@ def check_k8s(docs: list[tuple[str, dict]]) -> list[str]:
     if str(next(iter(configmaps.values()), {}).get("data", {}).get("STREAMREC_COPY_IN_WORKER", "true")).lower() \
             not in ("false", "0"):
         problems.append("k8s: workers run a copy pool next to the copywriter Deployment")
+    checks = [c for cron in k8s_kind(docs, "CronJob") for c in cron["spec"]["jobTemplate"]["spec"]["template"]
+              ["spec"]["containers"] if (c.get("args") or [""])[0] == "check-store"]
+    if not checks:
+        problems.append("k8s: no CronJob checking the feature store")
+    for c in checks:
+        problem = cli_problem(list(c["args"]))
+        if problem:
+            problems.append(f"k8s check-store CronJob: {problem}")
+        refs = c.get("envFrom", [])
+        if not any((r.get("configMapRef") or {}).get("name") in configmaps for r in refs) or \
+                not any((r.get("secretRef") or {}).get("name") in secrets for r in refs):
+            problems.append("k8s check-store CronJob: env not from the ConfigMap and the Secret (Redis URL, password)")
     jobs = k8s_kind(docs, "Job")
     if not jobs:
         problems.append("k8s: no Job creating the topics")
