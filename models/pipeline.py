@@ -298,8 +298,10 @@ class Recommender:
             return True
         return False
 
-    async def snapshot(self) -> None:
-        await self.store.write([("set", self.keys.snapshot("ranker"), self.ranker.snapshot(), None)])
+    async def snapshot(self, seen_labels: dict[str, Any] | None = None) -> None:
+        """Write the ranker's snapshot (with ``seen_labels``, see ``Ranker.snapshot``). Its
+        state is taken when this is awaited, before the write suspends."""
+        await self.store.write([("set", self.keys.snapshot("ranker"), self.ranker.snapshot(seen_labels), None)])
 
     # -- the processing path --------------------------------------------------------
     async def handle(self, events: Sequence[Event], recommend: bool = True) -> Outcome:

@@ -41,6 +41,9 @@ class Ranker:
         self.warmup = warmup
         self.updates = 0
         self.positives = 0
+        #: Where this model's learning stands in the labels the workers share (opaque
+        #: here: kept in the snapshot and given back by ``restore``); None: nowhere.
+        self.seen_labels: dict[str, Any] | None = None
         self.model = compose.Pipeline(
             preprocessing.StandardScaler(),
             linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=1e-4))
@@ -123,10 +126,11 @@ class Ranker:
         self.updates += 1
         self.positives += bool(clicked)
 
-    def snapshot(self) -> bytes:
+    def snapshot(self, seen_labels: Mapping[str, Any] | None = None) -> bytes:
         """The learned state as JSON: the scaler's running statistics, the weights, the
-        intercept and the optimizer's step count. ``restore`` of it continues exactly
-        where this ranker is (the same scores, the same next updates).
+        intercept and the optimizer's step count, and ``seen_labels`` (where its
+        learning stands in the shared labels) when given. ``restore`` of it continues
+        exactly where this ranker is (the same scores, the same next updates).
 
         >>> r = Ranker(["covis"])
         >>> r.learn({"covis": 1.0, "n_sources": 1.0}, True)
@@ -138,7 +142,8 @@ class Ranker:
             "format": SNAPSHOT_FORMAT, "updates": self.updates, "positives": self.positives,
             "scaler": {"counts": dict(scaler.counts), "means": dict(scaler.means), "vars": dict(scaler.vars)},
             "weights": lr._weights.to_dict(), "intercept": lr.intercept,
-            "steps": lr.optimizer.n_iterations})
+            "steps": lr.optimizer.n_iterations,
+            **({"seen_labels": dict(seen_labels)} if seen_labels is not None else {})})
 
     def restore(self, blob: bytes) -> None:
         """Take the state ``snapshot`` wrote; raises ``SnapshotError`` (and changes
@@ -158,6 +163,7 @@ class Ranker:
         lr.intercept = state["intercept"]
         lr.optimizer.n_iterations = state["steps"]
         self.updates, self.positives = state["updates"], state["positives"]
+        self.seen_labels = state.get("seen_labels")
 
 
 def parse_snapshot(blob: bytes) -> dict[str, Any]:
@@ -182,28 +188,36 @@ def parse_snapshot(blob: bytes) -> dict[str, Any]:
             and numbers(state.get("weights")) and number(state.get("intercept"))
             and all(type(state.get(c)) is int and state[c] >= 0 for c in ("updates", "positives", "steps"))):
         raise SnapshotError("ranker snapshot damaged: a field is missing or not a number")
+    seen = state.get("seen_labels")
+    if seen is not None and not (
+            isinstance(seen, dict) and isinstance(seen.get("origin"), str) and type(seen.get("sent")) is int
+            and isinstance(seen.get("positions"), dict)
+            and all(k.isdigit() and type(v) is int and v >= 0 for k, v in seen["positions"].items())):
+        raise SnapshotError("ranker snapshot damaged: seen_labels is not {origin, sent, positions}")
     return state
 
 
-def labels_json(origin: str, labels: list[tuple[Mapping[str, float], bool]]) -> bytes:
+def labels_json(origin: str, labels: list[tuple[Mapping[str, float], bool]], seq: int = 0) -> bytes:
     """The ``ranker-labels`` message of one worker's labels (``origin``: that worker
-    process's random id, so that it skips its own).
+    process's random id, so that it skips its own; ``seq``: the message's number among
+    that process's, so that a ranker restored from its snapshot skips the ones in it).
 
-    >>> parse_labels(labels_json("w1", [({"covis": 0.5}, True)]))
-    ('w1', [({'covis': 0.5}, True)])
+    >>> parse_labels(labels_json("w1", [({"covis": 0.5}, True)], seq=3))
+    ('w1', 3, [({'covis': 0.5}, True)])
     """
-    return orjson.dumps({"from": origin, "labels": [[f, bool(y)] for f, y in labels]})
+    return orjson.dumps({"from": origin, "seq": seq, "labels": [[f, bool(y)] for f, y in labels]})
 
 
-def parse_labels(blob: bytes) -> tuple[str, list[tuple[dict[str, float], bool]]]:
-    """(origin, labels) of a ``ranker-labels`` message, every number checked; ValueError
-    for anything else (nothing of a bad message is learned)."""
+def parse_labels(blob: bytes) -> tuple[str, int, list[tuple[dict[str, float], bool]]]:
+    """(origin, seq, labels) of a ``ranker-labels`` message, every number checked;
+    ValueError for anything else (nothing of a bad message is learned)."""
     try:
         msg = orjson.loads(blob)
     except orjson.JSONDecodeError:
         raise ValueError("not JSON") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("from"), str) or not isinstance(msg.get("labels"), list):
-        raise ValueError("not a labels message: needs from (text) and labels (a list)")
+    if (not isinstance(msg, dict) or not isinstance(msg.get("from"), str) or not isinstance(msg.get("labels"), list)
+            or type(msg.get("seq", 0)) is not int):
+        raise ValueError("not a labels message: needs from (text), seq (a whole number) and labels (a list)")
     out = []
     for row in msg["labels"]:
         if not (isinstance(row, list) and len(row) == 2 and isinstance(row[1], bool) and isinstance(row[0], dict)
@@ -211,4 +225,4 @@ def parse_labels(blob: bytes) -> tuple[str, list[tuple[dict[str, float], bool]]]
                         and math.isfinite(v) for k, v in row[0].items())):
             raise ValueError("a label is not [features (names to numbers), clicked (true/false)]")
         out.append(({k: float(v) for k, v in row[0].items()}, row[1]))
-    return msg["from"], out
+    return msg["from"], msg.get("seq", 0), out

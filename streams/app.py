@@ -139,6 +139,14 @@ class Runtime:
         self.started_at = time.time()
         #: this process's id on ``ranker-labels`` (random: two workers never share one)
         self.label_origin = uuid.uuid4().hex
+        #: whether this worker shares its ranker's labels (``create_app`` turns it on)
+        self.shares_labels = False
+        #: messages this process sent to ``ranker-labels``; each carries its number
+        self.labels_sent = 0
+        #: per partition of ``ranker-labels``: the offset after the last message read
+        self.labels_read: dict[int, int] = {}
+        #: where the restored snapshot's learning stood in ``ranker-labels`` (None: none)
+        self.labels_resume: dict[str, Any] | None = None
 
     def _build_recommender(self, settings: Settings) -> Recommender:
         """The recommender of the tuned profile (the same settings ``streamrec replay``
@@ -267,23 +275,51 @@ class Runtime:
         """Produce the labels this worker's ranker learned, for the other workers."""
         raise NotImplementedError
 
+    def _labels_message(self) -> tuple[bytes, int] | None:
+        """The labels the ranker learned since the last message, as the next message."""
+        labels = self.recommender.take_labels()
+        if not labels:
+            return None
+        self.labels_sent += 1
+        return labels_json(self.label_origin, labels, self.labels_sent), len(labels)
+
+    async def _send_labels_message(self, made: tuple[bytes, int] | None) -> None:
+        if made is not None:
+            self.metrics.ranker_labels.labels("here").inc(made[1])
+            self.metrics.ranker_updates.set(self.recommender.ranker.updates)
+            await self.send_labels(made[0])
+
     async def share_labels(self) -> int:
         """Send the labels the ranker learned since the last call, in one message (a
         timer calls this every ``LABELS_EVERY_S``: labels need no haste, and one message
         a second costs the broker and the other workers less than one per batch)."""
-        labels = self.recommender.take_labels()
-        if labels:
-            self.metrics.ranker_labels.labels("here").inc(len(labels))
-            self.metrics.ranker_updates.set(self.recommender.ranker.updates)
-            await self.send_labels(labels_json(self.label_origin, labels))
-        return len(labels)
+        made = self._labels_message()
+        await self._send_labels_message(made)
+        return made[1] if made else 0
+
+    async def snapshot(self) -> None:
+        """Snapshot the ranker with where its learning stands in ``ranker-labels``: the
+        offsets read there, and this process's messages it holds. The labels it learned
+        but has not sent yet go out numbered into the snapshot, taken together with
+        its state (nothing awaited between), so that a worker restored from it learns
+        every other label once and none of these twice."""
+        made = self._labels_message() if self.shares_labels else None
+        seen = ({"origin": self.label_origin, "sent": self.labels_sent,
+                 "positions": {str(p): o for p, o in self.labels_read.items()}} if self.shares_labels else None)
+        try:
+            await self.recommender.snapshot(seen)
+        finally:
+            await self._send_labels_message(made)
 
     def learn_peer_labels(self, blob: bytes) -> int:
         """Learn the labels of one ``ranker-labels`` message another worker sent; returns
-        how many (0 for this worker's own, which it learned already). Raises ValueError
-        for a message that is not one."""
-        origin, labels = parse_labels(blob)
+        how many (0 for this worker's own, which it learned already, and for those the
+        restored snapshot holds). Raises ValueError for a message that is not one."""
+        origin, seq, labels = parse_labels(blob)
         if origin == self.label_origin:
+            return 0
+        resume = self.labels_resume
+        if resume is not None and origin == resume["origin"] and seq <= resume["sent"]:
             return 0
         if self.recommender.learn_labels(labels):
             log.warning("labels from another worker name features this ranker does not have: left out")
@@ -399,6 +435,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
 
     if settings.share_ranker_labels:
         rt.recommender.share_labels()
+        rt.shares_labels = True
         rt.send_labels = send_labels  # type: ignore[method-assign]
     rt.send_recommendation = send_recommendation  # type: ignore[method-assign]
     rt.send_dead_letter = send_dead_letter  # type: ignore[method-assign]
@@ -432,6 +469,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
             log.warning("could not load the ranker snapshot: %s", e)
         rt.metrics.ranker_updates.set(rt.recommender.ranker.updates)
         if settings.share_ranker_labels:
+            rt.labels_resume = rt.recommender.ranker.seen_labels
             rt.labels_feed = asyncio.ensure_future(_follow_labels(rt))
         if rt.catalog is not None:
             await rt.catalog.start()
@@ -460,7 +498,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     @app.timer(settings.snapshot_every_s)
     async def snapshot() -> None:
         try:
-            await rt.recommender.snapshot()
+            await rt.snapshot()
         except StoreError as e:
             log.warning("snapshot skipped: %s", e)
 
@@ -495,23 +533,37 @@ async def _follow_catalog(rt: Runtime) -> None:
 
 async def _follow_labels(rt: Runtime) -> None:
     """Every worker's ranker learns every worker's labels: ``ranker-labels`` is read in
-    full by a consumer outside the group, from the newest offsets (what came before is
-    in the snapshot the worker restored, up to the last 30 s of it)."""
+    full by a consumer outside the group. A ranker restored from a snapshot goes on from
+    the offsets its snapshot had read (skipping the messages of the snapshot's writer
+    that the snapshot holds); a cold one learns every label the topic keeps."""
     from aiokafka import AIOKafkaConsumer
 
     s = rt.settings
     own = rt.label_origin.encode()  # the key of this worker's own messages: skipped unread
+    resume = {int(p): o for p, o in (rt.labels_resume or {}).get("positions", {}).items()}
+    rt.labels_read.update(resume)  # a partition with nothing new keeps its place for the next snapshot
     # labels need no haste: a fetch waits up to a second for 64 KiB of them
     consumer = AIOKafkaConsumer(s.topic("ranker-labels"), bootstrap_servers=s.kafka_bootstrap, group_id=None,
-                                auto_offset_reset="latest", enable_auto_commit=False,
+                                auto_offset_reset="earliest", enable_auto_commit=False,
                                 fetch_max_wait_ms=int(LABELS_EVERY_S * 1000), fetch_min_bytes=65_536,
                                 **s.kafka_kwargs())
     await consumer.start()
     try:
+        if resume:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30.0
+            while not consumer.assignment() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            for tp in consumer.assignment():
+                if tp.partition in resume:
+                    consumer.seek(tp, resume[tp.partition])
         while True:
             batch = await consumer.getmany(timeout_ms=1000, max_records=500)
             for msgs in batch.values():
                 for m in msgs:
+                    if m.offset < resume.get(m.partition, 0):
+                        continue  # read before the snapshot (fetched ahead of the seek)
+                    rt.labels_read[m.partition] = m.offset + 1
                     if m.key == own:
                         continue
                     try:

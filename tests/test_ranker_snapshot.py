@@ -65,6 +65,8 @@ def test_a_pickle_in_the_snapshot_key_is_never_loaded():
     lambda s: s.update(steps=-1),
     lambda s: s.update(updates=True),
     lambda s: s.update(format="streamrec-ranker/0"),
+    lambda s: s.update(seen_labels={"origin": "w", "sent": 1, "positions": {"0": -1}}),
+    lambda s: s.update(seen_labels={"origin": "w", "positions": {}}),
 ])
 def test_a_damaged_snapshot_is_refused_and_changes_nothing(damage):
     warm = Ranker(SOURCES)
@@ -77,3 +79,16 @@ def test_a_damaged_snapshot_is_refused_and_changes_nothing(damage):
     with pytest.raises(SnapshotError):
         r.restore(orjson.dumps(state))
     assert r.snapshot() == before
+
+
+def test_where_the_learning_stood_in_the_shared_labels_comes_back_with_the_state():
+    r = Ranker(SOURCES)
+    for f, y in labels(5, 50):
+        r.learn(f, y)
+    seen = {"origin": "abc", "sent": 7, "positions": {"0": 12, "3": 4}}
+    fresh = Ranker(SOURCES)
+    fresh.restore(r.snapshot(seen))
+    assert fresh.seen_labels == seen and fresh.updates == 50
+    plain = Ranker(SOURCES)
+    plain.restore(r.snapshot())
+    assert plain.seen_labels is None

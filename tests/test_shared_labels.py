@@ -141,3 +141,91 @@ async def test_two_workers_rankers_both_learn_every_label(broker, worker_env, pr
             w.stop()
     for i in range(2):
         assert b"Traceback" not in (tmp_path / f"w{i}.log").read_bytes()
+
+
+@pytest.mark.services
+@pytest.mark.slow
+async def test_a_restarted_worker_learns_the_labels_sent_while_it_was_down_once(broker, worker_env, redis_url,
+                                                                                 prefix, tmp_path, monkeypatch):
+    """A snapshots its ranker (with where it stood in ``ranker-labels``) and is killed;
+    B, started from that snapshot, learns more labels; A', started from the same
+    snapshot after them, reads B's labels from where the snapshot stood. Both end with
+    every label once (from the newest offsets, A' would have missed B's)."""
+    import redis.asyncio as aioredis
+
+    monkeypatch.chdir(tmp_path)
+    await create_topics(broker, prefix, 4)
+    ports = [free_port() for _ in range(3)]
+
+    def env(n: int, snapshot_every_s: str) -> dict:
+        return {**worker_env, "STREAMREC_CONTENT": "false", "STREAMREC_COPY_IN_WORKER": "false",
+                "STREAMREC_WEB_PORT": str(ports[n]), "STREAMREC_SNAPSHOT_EVERY_S": snapshot_every_s}
+
+    t = time.time() - 3600
+    users = [f"u{n}" for n in range(12)]
+    running: list[Service] = []
+
+    async def updates(http, port) -> float | None:
+        try:
+            return (await _samples(http, port)).get("streamrec_ranker_updates")
+        except aiohttp.ClientError:
+            return None
+
+    async def a_round(col, k: int) -> int:
+        """Clicks of every user, then a feedback click on an item of each new list; the labels it makes."""
+        before = len(col.values(prefix + "recommendations"))
+        await produce(broker, [(prefix + "clicks", u.encode(), {"event_id": f"{u}-r{k}", "user_id": u,
+                                                                "item_id": f"i{(n * 5 + k) % 40}", "ts": t + k * 100 + n})
+                               for n, u in enumerate(users)])
+        assert await col.wait_for(lambda c: len(c.values(prefix + "recommendations")) >= before + len(users), 90)
+        latest = {r["user_id"]: r for r in col.values(prefix + "recommendations")[before:]}
+        made = 0
+        feedback = []
+        for n, u in enumerate(users):
+            pos = (n + k) % 3
+            feedback.append((prefix + "feedback", u.encode(),
+                             {"event_id": f"fb-{u}-r{k}", "user_id": u, "rec_id": latest[u]["rec_id"],
+                              "action": "click", "item_id": latest[u]["items"][pos]["item_id"],
+                              "ts": t + k * 100 + 50 + n}))
+            made += pos + 1
+        await produce(broker, feedback)
+        return made
+
+    try:
+        async with aiohttp.ClientSession() as http, Collector(broker, prefix + "recommendations") as col:
+            running.append(await asyncio.to_thread(start_worker, env(0, "1"), tmp_path / "a.log"))
+            await produce(broker, [(prefix + "items", None, {"item_id": f"i{j}", "title": f"Product {j}", "ts": t})
+                                   for j in range(40)])
+            first = await a_round(col, 1)
+            store = aioredis.Redis.from_url(redis_url)
+            try:
+                async def snapshotted() -> bool:
+                    blob = await store.get(Keys(prefix).snapshot("ranker"))
+                    return blob is not None and orjson.loads(blob)["updates"] == first
+                assert await until(snapshotted, 60)
+            finally:
+                await store.aclose()
+            running.pop().proc.kill()  # no goodbye: the snapshot is all it leaves
+
+            running.append(await asyncio.to_thread(start_worker, env(1, "3600"), tmp_path / "b.log"))
+            second = await a_round(col, 2)
+
+            async def b_learned() -> bool:
+                return await updates(http, ports[1]) == first + second
+            assert await until(b_learned, 60), await updates(http, ports[1])
+
+            running.append(await asyncio.to_thread(start_worker, env(2, "3600"), tmp_path / "a2.log"))
+
+            async def a2_caught_up() -> bool:
+                return await updates(http, ports[2]) == first + second
+            caught_up = await until(a2_caught_up, 60)
+            got = [await _samples(http, p) for p in ports[1:]]
+        assert caught_up, got
+        b, a2 = got
+        assert b["streamrec_ranker_updates"] == a2["streamrec_ranker_updates"] == first + second
+        # A' learned B's labels from the topic; B learned its own, and none of A's again
+        assert a2['streamrec_ranker_labels_total{origin="peers"}'] == second
+        assert b.get('streamrec_ranker_labels_total{origin="peers"}', 0) == 0
+    finally:
+        for w in running:
+            w.stop()
