@@ -571,6 +571,8 @@ async def _follow_labels(rt: Runtime) -> None:
                     except ValueError as e:
                         log.warning("skipped a ranker-labels message at partition %d offset %d: %s",
                                     m.partition, m.offset, e)
+                    # a cold ranker catching up on a long topic must not hold the lists up
+                    await asyncio.sleep(0)
     except asyncio.CancelledError:
         raise
     except Exception as e:  # noqa: BLE001 - the ranker keeps learning its own partitions' labels
