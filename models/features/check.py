@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import orjson
 
@@ -198,6 +198,15 @@ class Report:
                              "loses": d.family.loss} for d in self.damaged]}
 
 
+def _text(name: bytes | str) -> str | None:
+    if isinstance(name, str):
+        return name
+    try:
+        return name.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
@@ -237,8 +246,9 @@ async def check_store(client: Any, prefix: str = "", *, scan_count: int = 1000,
     match = _glob_escape(prefix) + "*"
     while True:
         cursor, raw = await client.scan(cursor, match=match, count=scan_count)
-        names = [k.decode(errors="surrogateescape") if isinstance(k, bytes) else k for k in raw]
-        ours = [(k, fam) for k in names if (fam := family_of(k, prefix)) is not None]
+        # streamrec writes its key names as UTF-8: a name that is not is someone else's
+        names = [_text(k) for k in raw]
+        ours = [(k, fam) for k in names if k is not None and (fam := family_of(k, prefix)) is not None]
         report.keys += len(names)
         report.foreign += len(names) - len(ours)
         if ours:
@@ -267,8 +277,7 @@ async def check_store(client: Any, prefix: str = "", *, scan_count: int = 1000,
     return report
 
 
-async def repair(client: Any, damaged: list[Damage], *, tries: int = 3,
-                 on_key: Callable[[Damage, bool], Awaitable[None] | None] | None = None) -> tuple[int, int]:
+async def repair(client: Any, damaged: list[Damage], *, tries: int = 3) -> tuple[int, int]:
     """Delete each damaged key that is still damaged when it goes; (deleted, left:
     mended or gone meanwhile). A key changed between the check and the delete is
     checked again (up to ``tries`` times)."""
@@ -294,8 +303,4 @@ async def repair(client: Any, damaged: list[Damage], *, tries: int = 3,
                     continue
         deleted += gone
         left += not gone
-        if on_key is not None:
-            await_or_none = on_key(d, gone)
-            if await_or_none is not None:
-                await await_or_none
     return deleted, left
