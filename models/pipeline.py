@@ -268,8 +268,8 @@ class Recommender:
 
     def take_labels(self) -> list[Label]:
         """The labels learned here since the last call (none unless ``share_labels``).
-        A batch that failed keeps its labels for the next call: done again, it teaches
-        nothing twice (``_taught``), so they are sent once, with a later batch."""
+        Those of a batch that failed stay for the next call: done again, the batch
+        teaches nothing twice (``_taught``), so each label is sent once."""
         taken, self._shared = (self._shared, []) if self._shared else ([], self._shared)
         return taken
 
