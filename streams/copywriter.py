@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from models.features import open_store
 from models.features.keys import Keys
 from streams.copy_pool import CopyPool
+from streams.embedded import create_topics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,23 +84,6 @@ def _valid(rec: Any) -> str | None:
     return None
 
 
-async def ensure_topics(settings: Settings, names: list[str]) -> None:
-    """Create the topics that do not exist yet (ignored where the broker refuses)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_kwargs())
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        new = [NewTopic(n, num_partitions=settings.partitions, replication_factor=1)
-               for n in names if n not in existing]
-        if new:
-            with contextlib.suppress(Exception):
-                await admin.create_topics(new)
-    finally:
-        await admin.close()
-
-
 def _open_store(settings: Settings):
     if settings.redis_url.startswith("memory://"):
         return open_store(settings.redis_url)
@@ -112,7 +96,9 @@ async def copywriter(settings: Settings, *, stop: asyncio.Event | None = None,
     stop = stop or asyncio.Event()
     source, target, dead = (settings.topic(n) for n in ("recommendations", "recommendations-enriched",
                                                          "dead-letter"))
-    await ensure_topics(settings, [source, target, dead])
+    # the topics it reads and writes, where missing (a broker that refuses is not an error)
+    await create_topics(settings.kafka_bootstrap, "", settings.partitions, [source, target, dead],
+                        refusal_ok=True, **settings.kafka_kwargs())
     store = _open_store(settings)
     keys = Keys(settings.key_prefix)
     kafka = settings.kafka_kwargs()

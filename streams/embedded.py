@@ -222,11 +222,14 @@ def start_worker(env: dict[str, str], log: Path, ready_timeout_s: float = 120.0,
         raise
 
 
-async def create_topics(bootstrap: str, prefix: str, partitions: int, names: Sequence[str] | None = None,
+async def create_topics(bootstrap: str | list[str], prefix: str, partitions: int,
+                        names: Sequence[str] | None = None, *, refusal_ok: bool = False,
                         **client_kwargs: Any) -> None:
     """Create every streamrec topic (or ``names``), with ``prefix``, up front with
     ``partitions`` partitions; topics that exist already are left as they are.
-    ``client_kwargs`` go to aiokafka's admin client (security settings)."""
+    ``refusal_ok``: a broker that refuses to create them (an ACL, topics managed
+    elsewhere) is not an error. ``client_kwargs`` go to aiokafka's admin client
+    (security settings)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from streams.settings import TOPICS
@@ -238,6 +241,10 @@ async def create_topics(bootstrap: str, prefix: str, partitions: int, names: Seq
         new = [NewTopic(prefix + t, partitions, 1) for t in (TOPICS if names is None else names)
                if prefix + t not in existing]
         if new:
-            await admin.create_topics(new)
+            try:
+                await admin.create_topics(new)
+            except Exception:
+                if not refusal_ok:
+                    raise
     finally:
         await admin.close()
