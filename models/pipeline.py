@@ -199,9 +199,7 @@ def _bought_longest_ago(bought: dict[str, tuple[int, float]], n: int) -> list[st
     >>> _bought_longest_ago({"a": (1, 30.0), "b": (4, 10.0), "c": (1, 20.0)}, 2)
     ['b', 'c']
     """
-    if n == 1:
-        return [min(bought, key=lambda i: (bought[i][1], i))]
-    return heapq.nsmallest(n, bought, key=lambda i: (bought[i][1], i))
+    return heapq.nsmallest(n, bought, key=lambda i: (bought[i][1], i))  # n == 1: one pass, as min()
 
 
 def _new_session_id() -> str:
@@ -266,11 +264,18 @@ class Recommender:
         if self._shared is None:
             self._shared = []
 
+    @property
+    def shares_labels(self) -> bool:
+        """Whether ``share_labels`` was called: the labels learned here are kept to send."""
+        return self._shared is not None
+
     def take_labels(self) -> list[Label]:
         """The labels learned here since the last call (none unless ``share_labels``).
         Those of a batch that failed stay for the next call: done again, the batch
         teaches nothing twice (``_taught``), so each label is sent once."""
-        taken, self._shared = (self._shared, []) if self._shared else ([], self._shared)
+        if not self._shared:
+            return []
+        taken, self._shared = self._shared, []
         return taken
 
     def learn_labels(self, labels: Sequence[Label]) -> int:

@@ -166,6 +166,15 @@ class Ranker:
         self.seen_labels = state.get("seen_labels")
 
 
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _named_numbers(d: Any) -> bool:
+    """Whether ``d`` maps names (text) to finite numbers, as every part of the model does."""
+    return isinstance(d, dict) and all(isinstance(k, str) and _finite_number(v) for k, v in d.items())
+
+
 def parse_snapshot(blob: bytes) -> dict[str, Any]:
     """The state in a ranker snapshot, checked number by number; ``SnapshotError`` when
     ``blob`` is not one (``streamrec check-store`` uses the same check)."""
@@ -177,15 +186,9 @@ def parse_snapshot(blob: bytes) -> dict[str, Any]:
         raise SnapshotError(f"not a ranker snapshot of format {SNAPSHOT_FORMAT} (older releases wrote a "
                             "pickle, which is never loaded): the ranker starts cold")
 
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-    def numbers(d: Any) -> bool:
-        return isinstance(d, dict) and all(isinstance(k, str) and number(v) for k, v in d.items())
-
     scaler = state.get("scaler")
-    if not (isinstance(scaler, dict) and all(numbers(scaler.get(p)) for p in ("counts", "means", "vars"))
-            and numbers(state.get("weights")) and number(state.get("intercept"))
+    if not (isinstance(scaler, dict) and all(_named_numbers(scaler.get(p)) for p in ("counts", "means", "vars"))
+            and _named_numbers(state.get("weights")) and _finite_number(state.get("intercept"))
             and all(type(state.get(c)) is int and state[c] >= 0 for c in ("updates", "positives", "steps"))):
         raise SnapshotError("ranker snapshot damaged: a field is missing or not a number")
     seen = state.get("seen_labels")
@@ -220,9 +223,7 @@ def parse_labels(blob: bytes) -> tuple[str, int, list[tuple[dict[str, float], bo
         raise ValueError("not a labels message: needs from (text), seq (a whole number) and labels (a list)")
     out = []
     for row in msg["labels"]:
-        if not (isinstance(row, list) and len(row) == 2 and isinstance(row[1], bool) and isinstance(row[0], dict)
-                and all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                        and math.isfinite(v) for k, v in row[0].items())):
+        if not (isinstance(row, list) and len(row) == 2 and isinstance(row[1], bool) and _named_numbers(row[0])):
             raise ValueError("a label is not [features (names to numbers), clicked (true/false)]")
         out.append(({k: float(v) for k, v in row[0].items()}, row[1]))
     return msg["from"], msg.get("seq", 0), out

@@ -139,8 +139,6 @@ class Runtime:
         self.started_at = time.time()
         #: this process's id on ``ranker-labels`` (random: two workers never share one)
         self.label_origin = uuid.uuid4().hex
-        #: whether this worker shares its ranker's labels (``create_app`` turns it on)
-        self.shares_labels = False
         #: messages this process sent to ``ranker-labels``; each carries its number
         self.labels_sent = 0
         #: per partition of ``ranker-labels``: the offset after the last message read
@@ -303,9 +301,10 @@ class Runtime:
         but has not sent yet go out numbered into the snapshot, taken together with
         its state (nothing awaited between), so that a worker restored from it learns
         every other label once and none of these twice."""
-        made = self._labels_message() if self.shares_labels else None
+        shares = self.recommender.shares_labels
+        made = self._labels_message() if shares else None
         seen = ({"origin": self.label_origin, "sent": self.labels_sent,
-                 "positions": {str(p): o for p, o in self.labels_read.items()}} if self.shares_labels else None)
+                 "positions": {str(p): o for p, o in self.labels_read.items()}} if shares else None)
         try:
             await self.recommender.snapshot(seen)
         finally:
@@ -435,7 +434,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
 
     if settings.share_ranker_labels:
         rt.recommender.share_labels()
-        rt.shares_labels = True
         rt.send_labels = send_labels  # type: ignore[method-assign]
     rt.send_recommendation = send_recommendation  # type: ignore[method-assign]
     rt.send_dead_letter = send_dead_letter  # type: ignore[method-assign]
