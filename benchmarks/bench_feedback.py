@@ -7,15 +7,22 @@ clicks the first item of category ``s`` in each list it is shown (with probabili
 as a ``feedback`` impression with its ``rec_id``; a click on a shown item is a
 ``clicks`` event carrying that ``rec_id``.
 
-Three arms over the same visits (the ranker's ``cat_affinity`` feature, the share of the
+Five arms over the same visits (the ranker's ``cat_affinity`` feature, the share of the
 shopper's recent items in a candidate's category, is what lets it learn "this segment
 clicks this category"):
 
 - ``ignore``: shoppers never act on lists (every click is random browsing);
 - ``feedback``: clicks on shown items and impressions are reported;
 - ``feedback+negatives``: as ``feedback``, plus a ``dismiss`` for each shown item ranked
-  above the clicked one (skip-above), or for the top three of a list with no click:
-  the labels the online ranker needs to leave its prior;
+  above the clicked one (skip-above), or for the top three of a list with no click;
+- ``prior only``: as ``feedback+negatives``, but the model never ranks (the prior blend
+  ranks every list; the sources still learn from the clicks): what the model adds;
+- ``random clicks``: as ``feedback+negatives``, but the shopper clicks a shown item at
+  random, whatever its category: feedback the model cannot rank better from, so it
+  must not win its trial.
+
+The model ranks once it has learned its warm-up (500 labels) and won its trial
+(interleaved lists, see ``models.ranking``); the first visit it ranked is printed.
 
 Printed: the preferred category's share of shown items per window of visits, the
 click-through per window, and CTR per source and model version from the store's CTR
@@ -38,11 +45,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.events import Click, Feedback, Item
+from models.features.keys import Keys
+from models.features.memory import MemoryStore
 from models.pipeline import Recommender, RecommenderConfig
+from streams.replay import build_recommender
 
 BASE_TS = 1_700_000_000.0
-ARMS = ("ignore", "feedback", "feedback+negatives")
-NEGATIVES = ("feedback+negatives",)
+ARMS = ("ignore", "feedback", "feedback+negatives", "prior only", "random clicks")
+NEGATIVES = ("feedback+negatives", "prior only", "random clicks")
 
 @dataclass
 class Sim:
@@ -56,6 +66,9 @@ class Sim:
     k: int = 10
     windows: int = 5
     seed: int = 7
+    #: a tuned profile (``models/tuned.toml``; the worker's default is ``events``), or
+    #: None for the pipeline's defaults (session-kNN off, the ranker learning from next clicks)
+    profile: str | None = None
 
 
 @dataclass
@@ -71,6 +84,8 @@ class ArmResult:
     ctr: dict[str, Any] = field(default_factory=dict)
     ranker: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the first visit whose lists the model ranked (None: the prior blend ranked them all)
+    model_ranks_from: int | None = None
 
 
 class _Clock:
@@ -85,7 +100,12 @@ async def run_arm(arm: str, sim: Sim) -> ArmResult:
     """One arm of the simulation (every arm has the same catalog, shoppers and seed)."""
     rng = random.Random(sim.seed)
     clock = _Clock()
-    rec = Recommender.in_memory(config=RecommenderConfig(k=sim.k), clock=clock)
+    if sim.profile is None:
+        rec = Recommender.in_memory(config=RecommenderConfig(k=sim.k), clock=clock)
+    else:  # a tuned profile, built as the worker builds it (the text encoder left out)
+        rec = build_recommender(sim.profile, sim.k, MemoryStore(), Keys(), clock)
+    if arm == "prior only":
+        rec.ranker.warmup = 1 << 62
     cats = [f"cat{c}" for c in range(sim.categories)]
     category = {f"{c}-{n}": c for c in cats for n in range(sim.items_per_category)}
     items = list(category)
@@ -103,6 +123,8 @@ async def run_arm(arm: str, sim: Sim) -> ArmResult:
         return f"e{next(ids)}"
 
     for visit in range(sim.visits):
+        if rec.ranker.active and out.model_ranks_from is None:
+            out.model_ranks_from = visit + 1
         window = min(visit // per_window, sim.windows - 1)
         clock.now = BASE_TS + 3600.0 * (visit + 1)  # a new session every visit
         # every shopper opens the visit with a random product
@@ -127,7 +149,8 @@ async def run_arm(arm: str, sim: Sim) -> ArmResult:
                     feedback.append(Feedback(event_id(), user, r.rec_id, "impression", clock.now))
                 choice = None
                 if arm != "ignore" and rng.random() < sim.p_click:
-                    choice = next((i for i in shown if category[i] == segment), None)
+                    choice = (rng.choice(shown) if shown else None) if arm == "random clicks" else \
+                        next((i for i in shown if category[i] == segment), None)
                 if arm != "ignore" and choice is None and shown and rng.random() < sim.p_noise:
                     choice = rng.choice(shown)
                 if choice is not None:
@@ -154,7 +177,7 @@ async def run_arm(arm: str, sim: Sim) -> ArmResult:
     [raw] = await rec.store.read([("hgetall", rec.keys.ctr())])
     out.ctr = _ctr(raw)
     rk = rec.ranker
-    out.ranker = {"updates": rk.updates, "positives": rk.positives, "active": rk.active}
+    out.ranker = {"updates": rk.updates, "positives": rk.positives, "active": rk.active, **rk.status()}
     return out
 
 
@@ -198,8 +221,13 @@ def table(sim: Sim, results: list[ArmResult]) -> str:
                 lines.append(f"{r.arm:<22}{label:<14}{e['impression']:>12.0f}{e['click']:>9.0f}"
                              f"{e['dismiss']:>11.0f}{ctr:>8}")
     lines.append("")
-    lines.append("ranker: " + "; ".join(f"{r.arm}: {r.ranker['updates']} labels, {r.ranker['positives']} positive, "
-                                        f"{'active' if r.ranker['active'] else 'prior only'}" for r in results))
+    lines.append("ranker (trial: clicks on interleaved lists, the model's share of them)")
+    for r in results:
+        trial = r.ranker["trial"]
+        share = "-" if trial["model_share"] is None else f"{trial['model_share']:.3f}"
+        lines.append(f"{r.arm:<22}{r.ranker['updates']:>7} labels, {r.ranker['positives']:>5} positive; "
+                     f"trial {trial['clicks']:>4} clicks, model {share}; ranks by {r.ranker['ranks_by']}"
+                     + (f" since visit {r.model_ranks_from}" if r.model_ranks_from else ""))
     return "\n".join(lines)
 
 
@@ -215,10 +243,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--categories", type=int, default=Sim.categories)
     p.add_argument("--p-click", type=float, default=Sim.p_click)
     p.add_argument("--seed", type=int, default=Sim.seed)
+    p.add_argument("--profile", choices=["events", "sessions"], default=None,
+                   help="a tuned profile, as the worker builds it (default: the pipeline's defaults)")
     p.add_argument("--json", help="also write the JSON report here")
     a = p.parse_args(argv)
     sim = Sim(visits=a.visits, shoppers_per_segment=a.shoppers, categories=a.categories, p_click=a.p_click,
-              seed=a.seed)
+              seed=a.seed, profile=a.profile)
     report = asyncio.run(run(sim))
     results = report.pop("_results")
     print(table(sim, results))

@@ -1,6 +1,6 @@
 """The worker's processing path without the broker: CPU per event by batch size.
 
-    python -m benchmarks.bench_hotpath --batches 1 10 100 [--no-content] [--gc-gen0-threshold 0]
+    python -m benchmarks.bench_hotpath --batches 1 10 100 [--no-content] [--gc-gen0-threshold 0] [--ranks-by model]
 
 Runs ``Runtime.handle`` (what the Faust agent calls for each batch) against an
 embedded Redis over simulated shoppers: a 5,000-item catalog embedded first, 3,000
@@ -13,6 +13,10 @@ its pauses during the measured events are reported: the longest one stops the ev
 loop, and every list in the batch it lands in waits for it. So are the catalog
 searches the content sources made (calls, and queries in them: anchors and taste
 vectors not found among the kept rows).
+``--ranks-by model``: the online model ranks every list, as once storefront feedback has
+taught it and it has won its trial (it is given its warm-up's labels and a won trial
+first; a fifth of the lists are then interleaved, as in the worker); by default the
+prior blend ranks, as before any feedback.
 ``streamrec bench`` measures the same path through the broker.
 """
 
@@ -22,9 +26,11 @@ import argparse
 import asyncio
 import gc
 import json
+import random
 import time
 
 from models.events import parse_value
+from models.ranking import Ranker
 from streams.app import Runtime, settle_gc
 from streams.embedded import start_redis
 from streams.settings import GC_GEN0_THRESHOLD, Settings
@@ -59,10 +65,24 @@ class GcPauses:
             self.ms.append((time.perf_counter() - self._start) * 1000)
 
 
+def let_the_model_rank(ranker: Ranker, seed: int = 0) -> None:
+    """Give ``ranker`` its warm-up's labels (clicks likelier on higher source scores) and
+    a won trial, so that the model ranks, as feedback and a trial would have it."""
+    rng = random.Random(seed)
+    for _ in range(ranker.warmup):
+        signals = {s: rng.random() for s in ranker.sources if rng.random() < 0.5}
+        ranker.learn({**ranker.features(signals, {s: rng.randrange(20) for s in signals}),
+                      "cat_affinity": rng.random()}, rng.random() < 0.2 + 0.5 * sum(signals.values()) / 3)
+    ranker.add_trials([True] * ranker.trial_min)
+    assert ranker.active
+
+
 async def measure(batch: int, content: bool, events: int, redis_url: str,
-                  gc_gen0_threshold: int = GC_GEN0_THRESHOLD) -> dict:
+                  gc_gen0_threshold: int = GC_GEN0_THRESHOLD, ranks_by: str = "prior") -> dict:
     rt = Runtime(Settings(redis_url=redis_url, content=content, copy_in_worker=False,
-                          key_prefix=f"hot{batch}{int(content)}:", _env_file=None))
+                          key_prefix=f"hot{batch}{int(content)}{ranks_by}:", _env_file=None))
+    if ranks_by == "model":
+        let_the_model_rank(rt.recommender.ranker)
 
     async def drop(user_id: str, payload: bytes) -> None:
         return None
@@ -105,7 +125,7 @@ async def measure(batch: int, content: bool, events: int, redis_url: str,
     if splits:
         print(f"WARNING: {splits} batches raised and were redone one event at a time: "
               "these figures are not the normal path's", flush=True)
-    return {"batch": batch, "content": content, "events": events, "batch_splits": splits,
+    return {"batch": batch, "content": content, "ranks_by": ranks_by, "events": events, "batch_splits": splits,
             "cpu_ms_per_event": round(1000 * cpu / events, 2), "events_per_s": round(events / wall, 1),
             "gc_gen0_threshold": gc_gen0_threshold, "gc_pauses": len(pauses.ms),
             "gc_ms_total": round(sum(pauses.ms), 1), "gc_ms_max": round(max(pauses.ms, default=0.0), 1),
@@ -119,6 +139,8 @@ def main() -> None:
     p.add_argument("--no-content", action="store_true", help="content and new-item sources off")
     p.add_argument("--gc-gen0-threshold", type=int, default=GC_GEN0_THRESHOLD,
                    help="as the worker's setting (0: Python's defaults, nothing frozen)")
+    p.add_argument("--ranks-by", choices=["prior", "model"], default="prior",
+                   help="what ranks the lists: the prior blend (before feedback) or the online model")
     p.add_argument("--report")
     a = p.parse_args()
     redis = start_redis()
@@ -126,7 +148,7 @@ def main() -> None:
         rows = []
         for b in a.batches:
             rows.append(asyncio.run(measure(b, not a.no_content, a.events, f"redis://127.0.0.1:{redis.port}/0",
-                                            a.gc_gen0_threshold)))
+                                            a.gc_gen0_threshold, a.ranks_by)))
             r = rows[-1]
             print(f"batch {b:>4}: {r['cpu_ms_per_event']:.2f} ms CPU per event, {r['events_per_s']:,.0f} events/s, "
                   f"{r['gc_pauses']} GC pauses ({r['gc_ms_total']:.0f} ms in all, longest {r['gc_ms_max']:.1f} ms), "

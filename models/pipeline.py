@@ -41,6 +41,7 @@ import asyncio
 import heapq
 import inspect
 import math
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -58,7 +59,7 @@ from models.events import (Cart, Click, Event, Feedback, Forget, Item, Recommend
 from models.features.item_meta import ItemMeta, ItemMetaCache
 from models.features.keys import Keys
 from models.features.store import FeatureStore, StoreDataError, WriteOp
-from models.ranking import Ranker
+from models.ranking import Ranker, Trial, team_draft
 
 SEP = "\x1f"  # ids never hold control characters (models.events rejects them)
 #: How long a session's item list outlives its last click (session-kNN neighbours).
@@ -243,9 +244,11 @@ class Recommender:
         #: (the store failed under it, or the worker redoes it one event at a time)
         #: teaches the ranker once. The store keeps no trace of a batch that failed.
         self._taught: OrderedDict[str, None] = OrderedDict()
-        #: The labels the ranker learned here since ``take_labels``, for the rankers of
-        #: the other workers (each sees only its partitions' shoppers); None: not kept.
+        #: The labels the ranker learned here since ``take_labels``, and the clicks on
+        #: interleaved lists counted here, for the rankers of the other workers (each
+        #: sees only its partitions' shoppers); None: not kept.
         self._shared: list[Label] | None = None
+        self._shared_trials: list[Trial] = []
 
     @classmethod
     def in_memory(cls, **kw: Any) -> "Recommender":
@@ -269,30 +272,44 @@ class Recommender:
         """Whether ``share_labels`` was called: the labels learned here are kept to send."""
         return self._shared is not None
 
-    def take_labels(self) -> list[Label]:
-        """The labels learned here since the last call (none unless ``share_labels``).
-        Those of a batch that failed stay for the next call: done again, the batch
-        teaches nothing twice (``_taught``), so each label is sent once."""
+    def take_labels(self) -> tuple[list[Label], list[Trial]]:
+        """The labels learned here since the last call, and the trial's clicks counted
+        here (none unless ``share_labels``). Those of a batch that failed stay for the
+        next call: done again, the batch teaches nothing twice (``_taught``), so each
+        label is sent once."""
         if not self._shared:
-            return []
+            return [], []
         taken, self._shared = self._shared, []
-        return taken
+        trials, self._shared_trials = self._shared_trials, []
+        return taken, trials
 
-    def learn_labels(self, labels: Sequence[Label]) -> int:
-        """Learn labels another worker's ranker learned (not shared again). Features this
-        ranker does not have (a worker of another configuration, or junk) are left out,
-        so that nothing sent can grow the model without bound; returns how many were."""
+    def learn_labels(self, labels: Sequence[Label], trials: Sequence[Trial] = ()) -> int:
+        """Learn labels another worker's ranker learned, and count its trial's clicks
+        (not shared again). Features this ranker does not have
+        (a worker of another configuration, or junk) are left out, so that nothing sent
+        can grow the model without bound; returns how many were."""
         known, dropped = self.ranker.feature_names, 0
         for features, clicked in labels:
             kept = {f: v for f, v in features.items() if f in known}
             dropped += len(features) - len(kept)
             self.ranker.learn(kept, clicked)
+        self.ranker.add_trials(trials)
         return dropped
 
     def _learn(self, features: dict[str, float], clicked: bool) -> None:
         self.ranker.learn(features, clicked)
         if self._shared is not None:
             self._shared.append((features, clicked))
+
+    def _credit(self, rec: dict, clicked: str) -> None:
+        """Count a click on an interleaved list for the ranker that placed the item."""
+        teams = rec.get("trial")
+        if teams is None or clicked not in rec.get("features", {}):
+            return
+        by_model = clicked in teams.get("model", ())
+        self.ranker.add_trials([by_model])
+        if self._shared is not None:
+            self._shared_trials.append(by_model)
 
     # -- snapshots -------------------------------------------------------------------
     async def restore(self) -> bool:
@@ -618,6 +635,8 @@ class Recommender:
         feats = rec.get("features", {})
         order = rec.get("items", [])
         if item_id in feats:
+            if teach:
+                self._credit(rec, item_id)
             for other in order[: order.index(item_id)]:
                 learn(feats[other], False)
             learn(feats[item_id], True)
@@ -653,6 +672,8 @@ class Recommender:
                     writes.append(("hincr", k.ctr(), f"{action}:source:{src}", 1.0))
                 writes.append(("hincr", k.ctr(), f"{action}:version:{rec['model_version']}", 1.0))
                 if action == "click":
+                    if learn is not _no_lesson:
+                        self._credit(rec, item)
                     order = rec["items"]
                     for other in order[: order.index(item)] if item in order else ():
                         if other not in rec.get("clicked", ()):  # shown above, skipped: a negative
@@ -672,10 +693,14 @@ class Recommender:
         recent = ctx.recent_items[:20]
         # a few spare candidates replace unavailable ones; a category cap may need more
         size = 2 * cfg.k if cfg.max_per_category else cfg.k + max(5, cfg.k // 4)
-        if self.ranker.active:  # the model weighs category affinity: every candidate needs it
+        # drawn by the event, not the list id: a batch done again shows the same lists
+        trial = self.ranker.in_trial(trigger.event_id)
+        placed_by_model: set[str] = set()
+        if self.ranker.active or trial:  # the model weighs category affinity: every candidate needs it
             anchors = [a for c in cands.values() for a in c.because.values() if a]
             meta = await self.item_meta.get([*cands, *recent, *anchors])
-            head = self._rank(cands, size, category_affinity(recent, cands, meta))
+            head = self._rank(cands, size, category_affinity(recent, cands, meta),
+                              interleave=placed_by_model if trial else None, seed=trigger.event_id)
         else:  # the prior ranks; affinity is only recorded (as a label feature) for the head
             head = self._rank(cands, size)
             anchors = [a for _, c, _ in head for a in c.because.values() if a]
@@ -691,6 +716,8 @@ class Recommender:
         record = {"rec_id": rec_id, "user_id": ctx.user_id, "items": [c.item_id for _, c, _ in ranked],
                   "sources": {i.item_id: i.sources for i in items},
                   "features": {c.item_id: f for _, c, f in ranked}, "model_version": cfg.model_version}
+        if trial:  # interleaved: who placed each item, for the clicks on it
+            record["trial"] = {"model": [c.item_id for _, c, _ in ranked if c.item_id in placed_by_model]}
         return Recommendation(
             rec_id=rec_id, user_id=ctx.user_id, trigger_event_id=trigger.event_id, ts=self.clock(),
             items=items, model_version=cfg.model_version,
@@ -699,15 +726,18 @@ class Recommender:
                      "cart_item_ids": list(ctx.cart)[:10],
                      "titles": {i: t for i, t in titles.items() if t}})
 
-    def _rank(self, cands: dict[str, Candidate], head: int, affinity: dict[str, float] | None = None
-              ) -> list[tuple[float, Candidate, dict]]:
+    def _rank(self, cands: dict[str, Candidate], head: int, affinity: dict[str, float] | None = None,
+              interleave: set[str] | None = None, seed: str = "") -> list[tuple[float, Candidate, dict]]:
         """The best ``head`` candidates as (score, candidate, ranker features).
 
         ``affinity`` (item -> share of the shopper's recent items in its category) is a
         ranker feature when the shopper has history with known categories.
 
-        While the ranker is still warming up, the prior blend orders everything and
-        features (stored to label the list) are built only for the head."""
+        While the model does not rank, the prior blend orders everything and features
+        (stored to label the list) are built only for the head. With ``interleave`` (a
+        list of the ranker's trial) the head is the prior blend's order and the model's
+        merged by team draft (drawn by ``seed``), the items the model placed added to
+        ``interleave``; each item's score is the one of the ranker that ranks."""
         by_source: dict[str, list[tuple[float, str]]] = {}
         for c in cands.values():
             for s, v in c.signals.items():
@@ -727,14 +757,21 @@ class Recommender:
             return f
 
         cs = list(cands.values())
-        if not ranker.active:
+        if not ranker.active and interleave is None:
             order = sorted(zip([-p for p in ranker.prior_scores([c.signals for c in cs])],
                                [c.item_id for c in cs], cs))[:head]  # best first, ties by item id
             return [(-neg, c, feats(c)) for neg, _, c in order]
         fs = [feats(c) for c in cs]
         scored = list(zip(ranker.score_many(fs, [c.signals for c in cs]), cs, fs))
         scored.sort(key=lambda t: (-t[0], t[1].item_id))
-        return scored[:head]
+        if interleave is None:
+            return scored[:head]
+        by_id = {c.item_id: (score, c, f) for score, c, f in scored}
+        model = sorted(zip(ranker.probabilities(fs), cs), key=lambda t: (-t[0], t[1].item_id))
+        prior = sorted(zip(ranker.prior_scores([c.signals for c in cs]), cs), key=lambda t: (-t[0], t[1].item_id))
+        merged = team_draft([c.item_id for _, c in prior], [c.item_id for _, c in model], head, random.Random(seed))
+        interleave.update(item for item, by_model in merged if by_model)
+        return [by_id[item] for item, _ in merged]
 
     def _filter_and_diversify(self, head: list, k: int, meta: dict[str, ItemMeta]) -> list:
         """Drop unavailable items; cap items per category when configured."""

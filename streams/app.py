@@ -80,11 +80,29 @@ class Metrics:
                                      "Labels the ranker learned: from this worker's shoppers, or sent by the others",
                                      ["origin"], registry=r)
         self.ranker_updates = Gauge("streamrec_ranker_updates", "Labels the ranker has learned in all "
-                                    "(it ranks once it has learned its warm-up's worth)", registry=r)
+                                    "(it ranks once it has learned its warm-up's worth and won its trial)",
+                                    registry=r)
+        self.ranker_trial = Gauge("streamrec_ranker_trial_model_share",
+                                  "The ranker's trial: the share of the latest clicks on interleaved lists "
+                                  "that went to items the model placed (above 0.5: shoppers prefer its order)",
+                                  registry=r)
+        self.ranker_trial_clicks = Gauge("streamrec_ranker_trial_clicks",
+                                         "Clicks on interleaved lists the trial's verdict rests on", registry=r)
+        self.ranker_model_ranks = Gauge("streamrec_ranker_model_ranks",
+                                        "1 when the model ranks, 0 when the prior blend does", registry=r)
         self.loop_lag = Histogram("streamrec_event_loop_lag_seconds",
                                   "How late the event loop ran a 100 ms timer: every list in the worker "
                                   "waited as long (a long batch, a garbage collection, a starved CPU)",
                                   registry=r, buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+
+    def export_ranker(self, ranker: Ranker) -> None:
+        """Set the ranker's gauges: labels learned, the trial's figures, what ranks."""
+        self.ranker_updates.set(ranker.updates)
+        share = ranker.model_share()
+        if share is not None:
+            self.ranker_trial.set(share)
+        self.ranker_trial_clicks.set(len(ranker.trials))
+        self.ranker_model_ranks.set(1 if ranker.active else 0)
 
 
 async def watch_loop_lag(observe: Callable[[float], Any], interval_s: float = 0.1,
@@ -275,16 +293,16 @@ class Runtime:
 
     def _labels_message(self) -> tuple[bytes, int] | None:
         """The labels the ranker learned since the last message, as the next message."""
-        labels = self.recommender.take_labels()
+        labels, trials = self.recommender.take_labels()
         if not labels:
             return None
         self.labels_sent += 1
-        return labels_json(self.label_origin, labels, self.labels_sent), len(labels)
+        return labels_json(self.label_origin, labels, self.labels_sent, trials), len(labels)
 
     async def _send_labels_message(self, made: tuple[bytes, int] | None) -> None:
         if made is not None:
             self.metrics.ranker_labels.labels("here").inc(made[1])
-            self.metrics.ranker_updates.set(self.recommender.ranker.updates)
+            self.metrics.export_ranker(self.recommender.ranker)
             await self.send_labels(made[0])
 
     async def share_labels(self) -> int:
@@ -314,16 +332,16 @@ class Runtime:
         """Learn the labels of one ``ranker-labels`` message another worker sent; returns
         how many (0 for this worker's own, which it learned already, and for those the
         restored snapshot holds). Raises ValueError for a message that is not one."""
-        origin, seq, labels = parse_labels(blob)
+        origin, seq, labels, trials = parse_labels(blob)
         if origin == self.label_origin:
             return 0
         resume = self.labels_resume
         if resume is not None and origin == resume["origin"] and seq <= resume["sent"]:
             return 0
-        if self.recommender.learn_labels(labels):
+        if self.recommender.learn_labels(labels, trials):
             log.warning("labels from another worker name features this ranker does not have: left out")
         self.metrics.ranker_labels.labels("peers").inc(len(labels))
-        self.metrics.ranker_updates.set(self.recommender.ranker.updates)
+        self.metrics.export_ranker(self.recommender.ranker)
         return len(labels)
 
 
@@ -465,7 +483,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
                 log.info("ranker restored from snapshot (%d updates)", rt.recommender.ranker.updates)
         except (StoreError, SnapshotError) as e:  # a cold ranker ranks by the prior blend meanwhile
             log.warning("could not load the ranker snapshot: %s", e)
-        rt.metrics.ranker_updates.set(rt.recommender.ranker.updates)
+        rt.metrics.export_ranker(rt.recommender.ranker)
         if settings.share_ranker_labels:
             rt.labels_resume = rt.recommender.ranker.seen_labels
             rt.labels_feed = asyncio.ensure_future(_follow_labels(rt))

@@ -534,9 +534,8 @@ def build_web_app(rt: Any, producer: Any, *, config: WebConfig | None = None, fa
         ranker = rt.recommender.ranker
         out: dict[str, Any] = {"store": store_ok, "broker": bool(broker_state["ok"]),
                                "live_subscribers": hub.count,
-                               # the model ranks once it has learned its warm-up's worth of labels
-                               "ranker": {"labels": ranker.updates, "warmup": ranker.warmup,
-                                          "ranks_by": "model" if ranker.active else "prior blend"}}
+                               # the model ranks once it has learned its warm-up and won its trial
+                               "ranker": ranker.status()}
         if faust_app is not None:
             try:
                 out["assigned_partitions"] = len(faust_app.consumer.assignment())
@@ -548,6 +547,7 @@ def build_web_app(rt: Any, producer: Any, *, config: WebConfig | None = None, fa
         return _json(out, status=200 if ok else 503)
 
     async def metrics_text(request: web.Request) -> web.Response:
+        rt.metrics.export_ranker(rt.recommender.ranker)  # the ranker's figures as they are now
         body = generate_latest(rt.metrics.registry) + generate_latest(metrics.registry)
         body += b"".join(line for line in generate_latest(REGISTRY).splitlines(keepends=True)
                          if b"streamrec_" in line)

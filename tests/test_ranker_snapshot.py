@@ -23,13 +23,22 @@ def labels(seed: int, n: int) -> list[tuple[dict[str, float], bool]]:
     return out
 
 
+def judged(r: Ranker, seed: int, n: int) -> None:
+    """``r`` learns ``n`` labels and counts a trial click after each (the model's 70 % of the time)."""
+    rng = random.Random(seed)
+    for f, y in labels(seed, n):
+        r.learn(f, y)
+        r.add_trials([rng.random() < 0.7])
+
+
 def test_a_restored_ranker_scores_and_learns_exactly_as_the_one_it_came_from():
     warm = Ranker(SOURCES, warmup=50)
-    for f, y in labels(1, 400):
-        warm.learn(f, y)
+    judged(warm, 1, 400)
+    assert warm.active and len(warm.trials) == 400
     fresh = Ranker(SOURCES, warmup=50)
     fresh.restore(warm.snapshot())
     assert (fresh.updates, fresh.positives, fresh.active) == (warm.updates, warm.positives, True)
+    assert fresh.trials == warm.trials and fresh.model_won
     probe = labels(2, 50)
     feats, sigs = [f for f, _ in probe], [{s: f[s] for s in SOURCES if s in f} for f, _ in probe]
     assert fresh.score_many(feats, sigs) == warm.score_many(feats, sigs)
@@ -67,11 +76,13 @@ def test_a_pickle_in_the_snapshot_key_is_never_loaded():
     lambda s: s.update(format="streamrec-ranker/0"),
     lambda s: s.update(seen_labels={"origin": "w", "sent": 1, "positions": {"0": -1}}),
     lambda s: s.update(seen_labels={"origin": "w", "positions": {}}),
+    lambda s: s.update(trial={"clicks": [True, 1], "model_won": False}),
+    lambda s: s.update(trial={"clicks": [True], "model_won": 1}),
+    lambda s: s.update(trial={"model_won": True}),
 ])
 def test_a_damaged_snapshot_is_refused_and_changes_nothing(damage):
     warm = Ranker(SOURCES)
-    for f, y in labels(4, 100):
-        warm.learn(f, y)
+    judged(warm, 4, 100)
     state = orjson.loads(warm.snapshot())
     damage(state)
     r = Ranker(SOURCES)

@@ -36,13 +36,14 @@ async def test_a_ranker_fed_the_labels_another_learned_becomes_the_same_ranker(p
     events = shop_stream(n=800)
     recs = await feed(here, events, 40)
     await feed(here, with_feedback(events, recs), 40)
-    labels = here.take_labels()
-    assert len(labels) == here.ranker.updates > 100 and here.take_labels() == []
+    labels, trials = here.take_labels()
+    assert len(labels) == here.ranker.updates > 100 and here.take_labels() == ([], [])
+    assert list(here.ranker.trials) == trials and len(trials) > 20  # each click on an interleaved list
     assert set().union(*(f for f, _ in labels)) <= here.ranker.feature_names
     there = recommender(MemoryStore(), Keys(prefix))
-    assert there.learn_labels(labels) == 0
-    assert there.ranker.snapshot() == here.ranker.snapshot()
-    assert there.take_labels() == []  # learned from a peer: not shared again
+    assert there.learn_labels(labels, trials) == 0
+    assert there.ranker.snapshot() == here.ranker.snapshot()  # the trial's lists and verdict too
+    assert there.take_labels() == ([], [])  # learned from a peer: not shared again
 
 
 async def test_a_batch_done_again_shares_its_labels_once(prefix):
@@ -53,8 +54,9 @@ async def test_a_batch_done_again_shares_its_labels_once(prefix):
     flaky = recommender(FailsEachBatchOnce(MemoryStore(), Keys(prefix)), Keys(prefix))
     flaky.share_labels()
     assert await handle_redoing_failures(flaky, events, 50) > 20
-    shared = flaky.take_labels()
-    assert len(shared) == flaky.ranker.updates == clean.ranker.updates == len(clean.take_labels()) > 100
+    (shared, judged), (clean_shared, clean_judged) = flaky.take_labels(), clean.take_labels()
+    assert len(shared) == flaky.ranker.updates == clean.ranker.updates == len(clean_shared) > 100
+    assert judged == clean_judged == list(flaky.ranker.trials) and judged  # each trial click counted once
 
 
 def test_a_worker_skips_its_own_labels_and_refuses_what_is_not_labels():

@@ -308,8 +308,8 @@ async def test_health_metrics_ctr_openapi_and_cors(api):
         async with http.get(api.base + "/healthz") as r:
             health = await r.json()
             assert r.status == 200 and health["store"] is True
-        warmup = api.rt.recommender.ranker.warmup
-        assert health["ranker"] == {"labels": 0, "warmup": warmup, "ranks_by": "prior blend"}
+        assert health["ranker"] == {"labels": 0, "warmup": 500, "ranks_by": "prior blend",
+                                    "trial": {"lists": 0.2, "clicks": 0, "needs": 100, "model_share": None}}
         async with http.get(api.base + "/ctr") as r:
             report = await r.json()
         assert report["sources"]["covis"] == {"impressions": 10.0, "clicks": 2.0, "dismissals": 0.0, "ctr": 0.2}
@@ -317,6 +317,7 @@ async def test_health_metrics_ctr_openapi_and_cors(api):
         async with http.get(api.base + "/metrics") as r:
             text = await r.text()
         assert 'streamrec_ctr{source="covis"} 0.2' in text
+        assert "streamrec_ranker_model_ranks 0.0" in text and "streamrec_ranker_trial_clicks 0.0" in text
         assert "streamrec_events_total" in text and "streamrec_web_requests_total" in text
         async with http.get(api.base + "/openapi.json") as r:
             doc = await r.json()

@@ -5,6 +5,8 @@ lists."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.bench_feedback import Sim, run_arm
 
 
@@ -20,12 +22,29 @@ async def test_impressions_and_clicks_with_rec_id_are_attributed_exactly():
     assert sum(e["click"] for e in sources.values()) >= r.clicks  # an item may have several sources
 
 
-async def test_feedback_raises_the_segment_category_share():
-    sim = Sim(visits=12, shoppers_per_segment=3, windows=3)
+@pytest.mark.parametrize("profile", [None, "events"])  # events: the worker's default profile
+async def test_feedback_raises_the_segment_category_share(profile):
+    """The model learns from feedback, wins its trial on interleaved lists, and ranks:
+    the preferred category climbs far above what the same feedback does under the prior."""
+    sim = Sim(visits=24, shoppers_per_segment=6, windows=3, profile=profile)
     ignored = await run_arm("ignore", sim)
     learned = await run_arm("feedback+negatives", sim)
+    prior = await run_arm("prior only", sim)
     chance = 1 / sim.categories
     assert learned.share_by_window[-1] > learned.share_by_window[0] + 0.1
     assert learned.share_by_window[-1] > chance + 0.25
     assert learned.share_by_window[-1] > ignored.share_by_window[-1] + 0.25
-    assert learned.ctr["versions"]["streamrec-1"]["dismiss"] > 0 and learned.ranker["active"]
+    assert learned.ctr["versions"]["streamrec-1"]["dismiss"] > 0
+    assert learned.ranker["ranks_by"] == "model" and learned.ranker["trial"]["model_share"] > 0.6
+    assert learned.model_ranks_from is not None and learned.model_ranks_from < sim.visits
+    assert prior.ranker["ranks_by"] == "prior blend"
+    assert learned.share_by_window[-1] > prior.share_by_window[-1] + 0.25  # the model's doing, not the sources'
+
+
+async def test_the_model_does_not_take_over_when_clicks_say_nothing():
+    """Shoppers who click shown items at random teach the model labels but give it no
+    edge on interleaved lists: the prior blend keeps ranking."""
+    sim = Sim(visits=24, shoppers_per_segment=6, windows=3, profile="events")
+    r = await run_arm("random clicks", sim)
+    assert r.ranker["labels"] > 5000 and r.ranker["trial"]["clicks"] >= 200
+    assert r.ranker["ranks_by"] == "prior blend" and r.model_ranks_from is None
