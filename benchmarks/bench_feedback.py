@@ -96,13 +96,15 @@ class _Clock:
         return self.now
 
 
-async def run_arm(arm: str, sim: Sim) -> ArmResult:
-    """One arm of the simulation (every arm has the same catalog, shoppers and seed)."""
+async def run_arm(arm: str, sim: Sim, rec: Recommender | None = None) -> ArmResult:
+    """One arm of the simulation (every arm has the same catalog, shoppers and seed);
+    ``rec``: the recommender to run it on (e.g. a worker's, on Redis) instead of one
+    built from ``sim``."""
     rng = random.Random(sim.seed)
     clock = _Clock()
-    if sim.profile is None:
+    if rec is None and sim.profile is None:
         rec = Recommender.in_memory(config=RecommenderConfig(k=sim.k), clock=clock)
-    else:  # a tuned profile, built as the worker builds it (the text encoder left out)
+    elif rec is None:  # a tuned profile, built as the worker builds it (the text encoder left out)
         rec = build_recommender(sim.profile, sim.k, MemoryStore(), Keys(), clock)
     if arm == "prior only":
         rec.ranker.warmup = 1 << 62

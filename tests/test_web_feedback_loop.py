@@ -48,3 +48,23 @@ async def test_the_model_does_not_take_over_when_clicks_say_nothing():
     r = await run_arm("random clicks", sim)
     assert r.ranker["labels"] > 5000 and r.ranker["trial"]["clicks"] >= 200
     assert r.ranker["ranks_by"] == "prior blend" and r.model_ranks_from is None
+
+
+async def test_the_worker_model_takes_over_on_redis(redis_url, prefix):
+    """The recommender a worker builds (default settings: the events profile, Redis, the
+    item-side cache) learns from the feedback, wins its trial and ranks; its gauges say so."""
+    from streams.app import Runtime
+    from streams.settings import Settings
+
+    rt = Runtime(Settings(redis_url=redis_url, key_prefix=prefix, content=False, _env_file=None))
+    try:
+        r = await run_arm("feedback+negatives", Sim(visits=24, shoppers_per_segment=6, windows=3),
+                          rec=rt.recommender)
+    finally:
+        await rt.store.close()
+    assert r.ranker["ranks_by"] == "model" and r.model_ranks_from is not None
+    assert r.share_by_window[-1] > r.share_by_window[0] + 0.15
+    rt.metrics.export_ranker(rt.recommender.ranker)
+    sample = rt.metrics.registry.get_sample_value
+    assert sample("streamrec_ranker_model_ranks") == 1.0 and sample("streamrec_ranker_trial_clicks") >= 100
+    assert sample("streamrec_ranker_trial_model_share") > 0.6
