@@ -187,7 +187,8 @@ class Runtime:
         cfg.session_gap_s, cfg.dedupe_ttl_s = settings.session_gap_s, settings.dedupe_ttl_s
         cfg.rec_ttl_s = settings.rec_ttl_s
         cfg.coalesce_per_user = settings.coalesce_per_user
-        ranker = Ranker([src.name for src in sources], prior=prior, warmup=warmup)
+        ranker = Ranker([src.name for src in sources], prior=prior, warmup=warmup,
+                        trial_share=settings.ranker_trial_share)
         return Recommender(self.store, self.keys, cfg, sources=sources, ranker=ranker)
 
     # -- the per-batch path -----------------------------------------------------------------

@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     share_ranker_labels: bool = Field(True, description=(
         "every worker's ranker learns every worker's labels: each sends the labels it learned "
         "to ranker-labels and learns the others' from it (off: each learns its partitions' only)"))
+    ranker_trial_share: float = Field(0.2, ge=0, le=1, description=(
+        "the share of lists interleaved from the prior blend's order and the online model's "
+        "once the model has learned its warm-up: clicks on them decide which ranks "
+        "(0 = no experiment shown to shoppers, and the prior blend always ranks)"))
     gc_gen0_threshold: int = Field(GC_GEN0_THRESHOLD, ge=0, description=(
         "once started, the worker freezes what it has built (modules, app, catalog) out of "
         "the garbage collector's reach and collects its youngest generation after this many "

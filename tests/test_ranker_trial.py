@@ -91,3 +91,19 @@ async def test_the_same_event_draws_the_same_list(prefix):
         {u: [i.item_id for i in r.items] for u, r in lb.items()}
     assert {u for u, r in la.items() if "trial" in r.context["_record"]} == \
         {u for u, r in lb.items() if "trial" in r.context["_record"]}
+
+
+async def test_a_shop_can_keep_the_experiment_off(prefix, monkeypatch):
+    """``STREAMREC_RANKER_TRIAL_SHARE=0``: no list is interleaved, so the model never wins
+    and the prior blend ranks every list, however warm the model is."""
+    from streams.app import Runtime
+    from streams.settings import Settings
+
+    monkeypatch.setenv("STREAMREC_RANKER_TRIAL_SHARE", "0")
+    rt = Runtime(Settings(redis_url="memory://", key_prefix=prefix, content=False, _env_file=None))
+    rec = rt.recommender
+    rec.config.learn_ranker = False
+    warm(rec)
+    lists = await shop(rec)
+    assert lists and not any("trial" in r.context["_record"] for r in lists.values())
+    assert rec.ranker.status()["trial"]["lists"] == 0.0 and rec.ranker.status()["ranks_by"] == "prior blend"
