@@ -170,21 +170,24 @@ class Ranker:
             self.model_won = False
 
     def probabilities(self, features: Sequence[Mapping[str, float]]) -> list[float]:
-        """The model's click probability of each candidate (River's ``predict_proba_one``)."""
+        """The model's click probability of each candidate: River's ``predict_proba_one``
+        (scale each feature, weigh, add up) with each feature's scale and weight folded
+        into one coefficient and offset first, once per call."""
         scaler, lr = self.model.steps["StandardScaler"], self.model.steps["LogisticRegression"]
-        means, variances = scaler.means, scaler.vars
-        learned = lr._weights.to_dict()
-        w = {f: learned.get(f, 0.0) for fs in features for f in fs}  # one lookup per distinct feature
-        scale = {f: (means.get(f, 0.0), variances.get(f, 0.0) ** 0.5) for f in w}
-        out = []
+        means, learned = scaler.means, lr._weights.to_dict()
+        folded = {}  # feature -> (weight / sd, weight * mean / sd); a feature of no spread adds nothing
+        for f, var in scaler.vars.items():
+            if var > 0 and learned.get(f):
+                c = learned[f] / var ** 0.5
+                folded[f] = (c, c * means.get(f, 0.0))
+        nothing, exp, out = (0.0, 0.0), math.exp, []
         for fs in features:
             z = lr.intercept
             for f, x in fs.items():
-                m, sd = scale[f]
-                if sd:
-                    z += w[f] * (x - m) / sd
-            z = max(-30.0, min(30.0, z))
-            out.append(1.0 / (1.0 + math.exp(-z)))
+                c, offset = folded.get(f, nothing)
+                z += c * x - offset
+            z = -30.0 if z < -30.0 else 30.0 if z > 30.0 else z
+            out.append(1.0 / (1.0 + exp(-z)))
         return out
 
     def score(self, features: Mapping[str, float], signals: Mapping[str, float]) -> float:
