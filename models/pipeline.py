@@ -699,8 +699,11 @@ class Recommender:
         if self.ranker.active or trial:  # the model weighs category affinity: every candidate needs it
             anchors = [a for c in cands.values() for a in c.because.values() if a]
             meta = await self.item_meta.get([*cands, *recent, *anchors])
-            head = self._rank(cands, size, category_affinity(recent, cands, meta),
-                              interleave=placed_by_model if trial else None, seed=trigger.event_id)
+            affinity = category_affinity(recent, cands, meta)
+            if trial:
+                head, placed_by_model = self._interleave(cands, size, affinity, trigger.event_id)
+            else:
+                head = self._rank(cands, size, affinity)
         else:  # the prior ranks; affinity is only recorded (as a label feature) for the head
             head = self._rank(cands, size)
             anchors = [a for _, c, _ in head for a in c.because.values() if a]
@@ -726,18 +729,11 @@ class Recommender:
                      "cart_item_ids": list(ctx.cart)[:10],
                      "titles": {i: t for i, t in titles.items() if t}})
 
-    def _rank(self, cands: dict[str, Candidate], head: int, affinity: dict[str, float] | None = None,
-              interleave: set[str] | None = None, seed: str = "") -> list[tuple[float, Candidate, dict]]:
-        """The best ``head`` candidates as (score, candidate, ranker features).
-
-        ``affinity`` (item -> share of the shopper's recent items in its category) is a
-        ranker feature when the shopper has history with known categories.
-
-        While the model does not rank, the prior blend orders everything and features
-        (stored to label the list) are built only for the head. With ``interleave`` (a
-        list of the ranker's trial) the head is the prior blend's order and the model's
-        merged by team draft (drawn by ``seed``), the items the model placed added to
-        ``interleave``; each item's score is the one of the ranker that ranks."""
+    def _features_of(self, cands: dict[str, Candidate], affinity: dict[str, float] | None
+                     ) -> Callable[[Candidate], dict]:
+        """A function giving a candidate's ranker features: each source's score and
+        reciprocal rank among ``cands``, and ``affinity`` (item -> share of the shopper's
+        recent items in its category) when the shopper has history with known categories."""
         by_source: dict[str, list[tuple[float, str]]] = {}
         for c in cands.values():
             for s, v in c.signals.items():
@@ -747,31 +743,49 @@ class Recommender:
             pairs.sort()  # best first, ties by item id
             for r, (_, i) in enumerate(pairs):
                 rank[(s, i)] = r
-        ranker = self.ranker
-        features = ranker.features
+        features = self.ranker.features
 
         def feats(c: Candidate) -> dict:
             f = features(c.signals, {s: rank[(s, c.item_id)] for s in c.signals})
             if affinity is not None:
                 f["cat_affinity"] = affinity.get(c.item_id, 0.0)
             return f
+        return feats
 
+    def _rank(self, cands: dict[str, Candidate], head: int, affinity: dict[str, float] | None = None
+              ) -> list[tuple[float, Candidate, dict]]:
+        """The best ``head`` candidates as (score, candidate, ranker features).
+
+        While the model does not rank, the prior blend orders everything and features
+        (stored to label the list) are built only for the head."""
+        feats, ranker = self._features_of(cands, affinity), self.ranker
         cs = list(cands.values())
-        if not ranker.active and interleave is None:
+        if not ranker.active:
             order = sorted(zip([-p for p in ranker.prior_scores([c.signals for c in cs])],
                                [c.item_id for c in cs], cs))[:head]  # best first, ties by item id
             return [(-neg, c, feats(c)) for neg, _, c in order]
         fs = [feats(c) for c in cs]
         scored = list(zip(ranker.score_many(fs, [c.signals for c in cs]), cs, fs))
         scored.sort(key=lambda t: (-t[0], t[1].item_id))
-        if interleave is None:
-            return scored[:head]
-        by_id = {c.item_id: (score, c, f) for score, c, f in scored}
-        model = sorted(zip(ranker.probabilities(fs), cs), key=lambda t: (-t[0], t[1].item_id))
-        prior = sorted(zip(ranker.prior_scores([c.signals for c in cs]), cs), key=lambda t: (-t[0], t[1].item_id))
-        merged = team_draft([c.item_id for _, c in prior], [c.item_id for _, c in model], head, random.Random(seed))
-        interleave.update(item for item, by_model in merged if by_model)
-        return [by_id[item] for item, _ in merged]
+        return scored[:head]
+
+    def _interleave(self, cands: dict[str, Candidate], head: int, affinity: dict[str, float] | None,
+                    draw: str) -> tuple[list[tuple[float, Candidate, dict]], set[str]]:
+        """A list of the ranker's trial: ``head`` candidates merged by team draft (coins
+        drawn by ``draw``) from the prior blend's order and the model's, as (score,
+        candidate, features) in list order, and the items the model placed. Each item's
+        score is the one the ranker that ranks gives it."""
+        feats, ranker = self._features_of(cands, affinity), self.ranker
+        cs = list(cands.values())
+        fs = [feats(c) for c in cs]
+        shown = {c.item_id: (score, c, f) for score, c, f in zip(ranker.score_many(fs, [c.signals for c in cs]), cs, fs)}
+
+        def order(scores: list[float]) -> list[str]:  # best first, ties by item id
+            return [i for _, i in sorted(zip([-x for x in scores], [c.item_id for c in cs]))]
+
+        merged = team_draft(order(ranker.prior_scores([c.signals for c in cs])), order(ranker.probabilities(fs)),
+                            head, random.Random(draw))
+        return [shown[i] for i, _ in merged], {i for i, by_model in merged if by_model}
 
     def _filter_and_diversify(self, head: list, k: int, meta: dict[str, ItemMeta]) -> list:
         """Drop unavailable items; cap items per category when configured."""

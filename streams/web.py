@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -496,10 +497,11 @@ def build_web_app(rt: Any, producer: Any, *, config: WebConfig | None = None, fa
 
     # -- catalog, ctr ------------------------------------------------------------------------
     async def catalog(request: web.Request) -> web.Response:
-        try:
-            limit = int(request.query.get("limit", "24"))
-        except ValueError:
+        raw = request.query.get("limit", "24")
+        # digits only: int() would also take spaces, underscores and other scripts' digits
+        if not re.fullmatch(r"-?[0-9]{1,9}", raw):
             return _error(400, "limit: must be an integer")
+        limit = int(raw)
         if not 1 <= limit <= cfg.catalog_limit:
             return _error(400, f"limit: must be from 1 to {cfg.catalog_limit}")
         [ids] = await rt.store.read([("smembers", rt.keys.catalog_ids())])

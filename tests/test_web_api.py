@@ -298,6 +298,18 @@ async def test_stream_starts_with_the_current_list_and_limits_subscribers(api):
 
 # -- operations -----------------------------------------------------------------------------------------
 
+async def test_catalog_limit_is_digits_only(api):
+    """``int()`` takes " 5", "5\\v", "1_0" and other scripts' digits; the contract says an
+    integer, so each of those is refused, as is one out of range."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(api.base + "/catalog?limit=5") as r:
+            assert r.status == 200 and "items" in await r.json()
+        for bad in ("5%0B", "%205", "1_0", "%EF%BC%95", "5.0", "", "0", "100000"):
+            async with http.get(api.base + "/catalog?limit=" + bad) as r:
+                assert r.status == 400, bad
+                assert (await r.json())["error"].startswith("limit: must be")
+
+
 async def test_health_metrics_ctr_openapi_and_cors(api):
     ctr = api.rt.keys.ctr()
     api.call(api.rt.store.write, [("hincr", ctr, "impression:source:covis", 10.0),
