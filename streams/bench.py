@@ -40,11 +40,7 @@ once it has embedded every title (content candidates on, as in production).
 Every measurement runs on an embedded broker of its own: each worker's throughput run
 (after 2,000 unpaced events) and each paced run, which reads fresh topics through a
 fresh worker process on the same store (a restarted worker: its features, models and
-catalog vectors carry over) after unpaced events: ``LATENCY_WARM`` of the stress stream,
-or the live shop's last ``LIVE_LEAD_IN_S`` seconds before the measured ones (the
-sessions in flight when the clock starts began in them, so the worker knows them, as
-one that has served the shop all along does; with 500 events of lead-in instead, most
-of the first seconds' events were the first the worker saw of their session). The embedded
+catalog vectors carry over) after ``LATENCY_WARM`` unpaced events. The embedded
 broker's fetches cost more with every batch it holds (``benchmarks/soak.py`` has the
 measurements), and at these rates every event is a batch of its own; a Kafka broker
 finds an offset through its log index instead. Fresh topics on one broker did not keep
@@ -265,9 +261,8 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     if workload == "live":  # a live shop at each rate; its warm-up is the shop's seconds before
         lat = []
         for n, (r, k) in enumerate(zip(rates, n_lat)):
-            shop = list(simulate_live_shop(k, rate=r, seed=42 + n, start_ts=LIVE_START_TS, lead_in_s=LIVE_LEAD_IN_S))
-            lead = sum(e["value"]["ts"] < LIVE_START_TS for e in shop)  # the shop's minute before
-            lat.append((shop[:lead], shop[lead:]))
+            shop = list(simulate_live_shop(LATENCY_WARM + k, rate=r, seed=42 + n))
+            lat.append((shop[:LATENCY_WARM], shop[LATENCY_WARM:]))
     elif workload == "stress":
         lat = [(take(LATENCY_WARM), take(n)) for n in n_lat]
     else:
@@ -426,13 +421,8 @@ async def _delete_topics(bootstrap: str, prefix: str, client_kwargs: dict) -> No
         await admin.close()
 
 
-#: Events each paced run's fresh worker gets unpaced before its clock starts (stress).
+#: Events each paced run's fresh worker gets unpaced before its clock starts.
 LATENCY_WARM = 500
-#: A live shop's seconds before the measured ones that each paced run's fresh worker gets
-#: unpaced first: the sessions in flight when the clock starts began within them (they
-#: last 48 s on average), as they did for a worker that has served the shop all along.
-LIVE_LEAD_IN_S = 60.0
-LIVE_START_TS = 1_700_000_000.0  # the live shop's measured events start here; the lead-in's are earlier
 
 
 def sustained_rate(latency: Sequence[dict], slo_ms: float) -> float | None:
