@@ -40,7 +40,12 @@ once it has embedded every title (content candidates on, as in production).
 Every measurement runs on an embedded broker of its own: each worker's throughput run
 (after 2,000 unpaced events) and each paced run, which reads fresh topics through a
 fresh worker process on the same store (a restarted worker: its features, models and
-catalog vectors carry over) after ``LATENCY_WARM`` unpaced events. The embedded
+catalog vectors carry over) after ``LATENCY_WARM`` unpaced events. For a live shop the
+store first gets the shop's minute before the measured one (``LIVE_LEAD_IN_S``, through
+the processing path in this process): the sessions in flight when the clock starts
+began in it, so the worker knows them, as one that has served the shop all along does
+(with 500 events alone, most of the first seconds' events were the first it saw of
+their session). The embedded
 broker's fetches cost more with every batch it holds (``benchmarks/soak.py`` has the
 measurements), and at these rates every event is a batch of its own; a Kafka broker
 finds an offset through its log index instead. Fresh topics on one broker did not keep
@@ -261,10 +266,12 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     if workload == "live":  # a live shop at each rate; its warm-up is the shop's seconds before
         lat = []
         for n, (r, k) in enumerate(zip(rates, n_lat)):
-            shop = list(simulate_live_shop(LATENCY_WARM + k, rate=r, seed=42 + n))
-            lat.append((shop[:LATENCY_WARM], shop[LATENCY_WARM:]))
+            shop = list(simulate_live_shop(LATENCY_WARM + k, rate=r, seed=42 + n, start_ts=LIVE_START_TS,
+                                           lead_in_s=LIVE_LEAD_IN_S))
+            lead = sum(e["value"]["ts"] < LIVE_START_TS for e in shop)  # the shop's minute before
+            lat.append((shop[:lead], shop[lead:lead + LATENCY_WARM], shop[lead + LATENCY_WARM:]))
     elif workload == "stress":
-        lat = [(take(LATENCY_WARM), take(n)) for n in n_lat]
+        lat = [([], take(LATENCY_WARM), take(n)) for n in n_lat]
     else:
         raise ValueError(f"workload: {workload!r} is neither 'stress' nor 'live'")
     stamp = workload == "live"  # a live shop's events carry the time they are sent
@@ -315,9 +322,11 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                                      "latency": []}
                 finally:
                     worker.stop()
-            for r, (warm_up, part) in zip(rates, lat):
+            for r, (lead_in, warm_up, part) in zip(rates, lat):
                 # a fresh broker, the same store: a restarted worker on the state built so far
                 topics = f"{keys}r{r:.0f}-"
+                if lead_in and name == "streamrec":
+                    asyncio.run(_apply_lead_in(redis_url, keys, lead_in))
                 with _broker_for(logdir, kafka_url, topics, partitions, kw) as (bootstrap, broker):
                     worker = start(env(bootstrap, topics), logdir / f"{name}-{r:.0f}.log")
                     try:
@@ -423,6 +432,42 @@ async def _delete_topics(bootstrap: str, prefix: str, client_kwargs: dict) -> No
 
 #: Events each paced run's fresh worker gets unpaced before its clock starts.
 LATENCY_WARM = 500
+#: A live shop's seconds before the measured ones, applied to the store before each paced
+#: run's worker starts: the sessions in flight when the clock starts began in them (they
+#: last 48 s on average), and a worker that has served the shop all along knows them.
+LIVE_LEAD_IN_S = 60.0
+LIVE_START_TS = 1_700_000_000.0  # the live shop's events from here on are sent; earlier ones are the lead-in
+
+
+async def _apply_lead_in(redis_url: str, key_prefix: str, events: list[dict]) -> None:
+    """The live shop's lead-in, applied to the store through the processing path
+    (``Runtime.handle``, content on, as a worker runs it; outputs dropped), stamped as
+    the time just gone. Written straight to the store, not sent through the broker: an
+    embedded broker holding those events slows every fetch of the run after (sent
+    through it, 30,000 events at 500 events/s took the pass-through's p99 to 253 ms)."""
+    from models.events import parse_value
+    from streams.app import Runtime
+    from streams.settings import Settings
+
+    rt = Runtime(Settings(redis_url=redis_url, key_prefix=key_prefix, copy_in_worker=False, _env_file=None))
+
+    async def drop(user_id: str, payload: bytes) -> None:
+        return None
+
+    rt.send_recommendation = drop  # type: ignore[method-assign]
+    try:
+        if rt.catalog is not None:  # the catalog's vectors, as a starting worker reads them
+            await rt.catalog.start()
+            await rt.catalog.rebuild()
+        shift = time.time() - LIVE_START_TS
+        parsed = [parse_value(e["topic"], {**e["value"], "ts": round(e["value"]["ts"] + shift, 3)}, now=time.time())
+                  for e in events]
+        for i in range(0, len(parsed), 100):
+            await rt.handle(parsed[i:i + 100])
+    finally:
+        if rt.catalog is not None:
+            await rt.catalog.close()
+        await rt.store.close()
 
 
 def sustained_rate(latency: Sequence[dict], slo_ms: float) -> float | None:

@@ -62,7 +62,8 @@ def _interaction(base: dict, r: float) -> dict:
 
 def simulate_live_shop(n_events: int, rate: float, n_items: int = 5000, n_categories: int = 12, seed: int = 0,
                        start_ts: float = 1_700_000_000.0, think_s: float = 8.0, returning: float = 0.3,
-                       past_shoppers: int = 2000, burn_in_s: float = 120.0) -> Iterator[dict]:
+                       past_shoppers: int = 2000, burn_in_s: float = 120.0, lead_in_s: float = 0.0
+                       ) -> Iterator[dict]:
     """Click and cart events of a live shop taking ``rate`` events per second.
 
     Sessions arrive at random (Poisson) at the rate that makes ``rate`` events per
@@ -73,7 +74,10 @@ def simulate_live_shop(n_events: int, rate: float, n_items: int = 5000, n_catego
     others to shoppers never seen before. ``ts`` is the event's time in the shop:
     ``rate`` events per second of it; sessions last six think times on average, so
     about ``rate * 6 * think_s / 7`` shoppers browse at once (3,400 at 500 events/s).
-    The first ``burn_in_s`` seconds (while that crowd builds up) are not yielded.
+    The first ``burn_in_s`` seconds (while that crowd builds up) are not yielded, but
+    for their last ``lead_in_s`` (stamped before ``start_ts``, on top of the
+    ``n_events``): fed to a worker before a measurement, they give it the sessions in
+    flight from their start, as a worker that has served the shop all along has them.
     Deterministic for a given seed.
 
     >>> events = list(simulate_live_shop(2000, rate=100, seed=1))
@@ -88,7 +92,7 @@ def simulate_live_shop(n_events: int, rate: float, n_items: int = 5000, n_catego
     arrivals = rate / 7.0  # sessions per second: 7 interactions per session on average
     #: (time of the session's next interaction, session number, shopper, category, left)
     browsing: list[tuple[float, int, str, int, int]] = []
-    t, next_arrival, sessions, n = 0.0, rnd.expovariate(arrivals), 0, 0
+    t, next_arrival, sessions, n, lead_n = 0.0, rnd.expovariate(arrivals), 0, 0, 0
     while n < n_events:
         if not browsing or next_arrival < browsing[0][0]:
             t = next_arrival
@@ -101,10 +105,15 @@ def simulate_live_shop(n_events: int, rate: float, n_items: int = 5000, n_catego
         t, sid, shopper, cat, left = heapq.heappop(browsing)
         if left > 1:
             heapq.heappush(browsing, (t + rnd.expovariate(1 / think_s), sid, shopper, cat, left - 1))
-        if t < burn_in_s:
+        if t < burn_in_s - lead_in_s:
             continue
         items = per_cat[cat]
         item = f"i{items[min(int(rnd.paretovariate(1.3)) - 1, len(items) - 1)]}"
-        yield _interaction({"event_id": f"live{seed}-ev{n}", "user_id": shopper, "item_id": item,
-                            "ts": round(start_ts + t - burn_in_s, 3)}, rnd.random())
-        n += 1
+        lead = t < burn_in_s
+        yield _interaction({"event_id": f"live{seed}-{'lead' if lead else 'ev'}{lead_n if lead else n}",
+                            "user_id": shopper, "item_id": item, "ts": round(start_ts + t - burn_in_s, 3)},
+                           rnd.random())
+        if lead:
+            lead_n += 1
+        else:
+            n += 1

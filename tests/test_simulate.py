@@ -44,3 +44,26 @@ def test_a_live_shop_s_session_browses_one_category_and_the_shop_is_deterministi
         categories[e["value"]["user_id"]].add(int(e["value"]["item_id"][1:]) % 12)
     assert all(len(c) == 1 for c in categories.values())
 
+
+
+def test_a_lead_in_gives_the_sessions_in_flight_from_their_start():
+    """Without a lead-in most of the first seconds' events are the first seen of their
+    session (it began in the burn-in); with the shop's minute before, few are."""
+    start, rate = 1_700_000_000.0, 200
+
+    def first_seen_share(events):
+        seen, firsts, first_seconds = set(), 0, 0
+        for e in events:
+            v = e["value"]
+            if start <= v["ts"] < start + 5:
+                first_seconds += 1
+                firsts += v["user_id"] not in seen
+            seen.add(v["user_id"])
+        return firsts / first_seconds
+
+    plain = list(simulate_live_shop(10 * rate, rate=rate, seed=3, start_ts=start, returning=0.0))
+    led = list(simulate_live_shop(10 * rate, rate=rate, seed=3, start_ts=start, returning=0.0, lead_in_s=60.0))
+    lead = [e for e in led if e["value"]["ts"] < start]
+    assert all(e["value"]["ts"] >= start for e in plain) and len(led) - len(lead) == len(plain)
+    assert 0.8 * 60 * rate < len(lead) < 1.2 * 60 * rate
+    assert first_seen_share(plain) > 0.6 and first_seen_share(led) < 0.2
