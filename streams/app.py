@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import tempfile
 import time
 import uuid
@@ -99,8 +100,7 @@ class Metrics:
         """Set the ranker's gauges: labels learned, the trial's figures, what ranks."""
         self.ranker_updates.set(ranker.updates)
         share = ranker.model_share()
-        if share is not None:
-            self.ranker_trial.set(share)
+        self.ranker_trial.set(share if share is not None else math.nan)  # no click counted yet: no share
         self.ranker_trial_clicks.set(len(ranker.trials))
         self.ranker_model_ranks.set(1 if ranker.active else 0)
 

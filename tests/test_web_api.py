@@ -330,6 +330,7 @@ async def test_health_metrics_ctr_openapi_and_cors(api):
             text = await r.text()
         assert 'streamrec_ctr{source="covis"} 0.2' in text
         assert "streamrec_ranker_model_ranks 0.0" in text and "streamrec_ranker_trial_clicks 0.0" in text
+        assert "streamrec_ranker_trial_model_share NaN" in text  # no trial click yet: no share, not 0
         assert "streamrec_events_total" in text and "streamrec_web_requests_total" in text
         async with http.get(api.base + "/openapi.json") as r:
             doc = await r.json()
