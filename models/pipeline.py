@@ -778,13 +778,14 @@ class Recommender:
         feats, ranker = self._features_of(cands, affinity), self.ranker
         cs = list(cands.values())
         fs = [feats(c) for c in cs]
-        shown = {c.item_id: (score, c, f) for score, c, f in zip(ranker.score_many(fs, [c.signals for c in cs]), cs, fs)}
+        priors, model = ranker.prior_scores([c.signals for c in cs]), ranker.probabilities(fs)
+        scores = ranker.blend(model, priors) if ranker.active else priors
+        shown = {c.item_id: (score, c, f) for score, c, f in zip(scores, cs, fs)}
 
-        def order(scores: list[float]) -> list[str]:  # best first, ties by item id
-            return [i for _, i in sorted(zip([-x for x in scores], [c.item_id for c in cs]))]
+        def order(by: list[float]) -> list[str]:  # best first, ties by item id
+            return [i for _, i in sorted(zip([-x for x in by], [c.item_id for c in cs]))]
 
-        merged = team_draft(order(ranker.prior_scores([c.signals for c in cs])), order(ranker.probabilities(fs)),
-                            head, random.Random(draw))
+        merged = team_draft(order(priors), order(model), head, random.Random(draw))
         return [shown[i] for i, _ in merged], {i for i, by_model in merged if by_model}
 
     def _filter_and_diversify(self, head: list, k: int, meta: dict[str, ItemMeta]) -> list:

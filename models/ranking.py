@@ -10,8 +10,8 @@ The trial is an interleaving experiment (team-draft interleaving, Radlinski et a
 2008). Once the model has learned its warm-up, a share of the lists (``trial_share``,
 drawn by the triggering event's id) is merged from both orders: turn by turn, in an
 order drawn by coin, the prior blend and the model each place their best item not yet
-placed, and the list records who placed what. A click on such a list counts for whoever placed the item.
-Both rankers hold the top places equally often, so where shoppers look first, and
+placed, and the list records who placed what. A click on such a list counts for
+whoever placed the item. Both rankers hold the top places equally often, so where shoppers look first, and
 which items a list can show at all, favour neither; the clicks say which ranks what
 shoppers want higher. The model takes over once it has drawn at least ``trial_min`` of
 the latest ``trial_clicks`` clicks counted and its share of them beats a half by
@@ -205,9 +205,13 @@ class Ranker:
         True
         """
         priors = self.prior_scores(signals)
-        if not self.active:
-            return priors
-        return [p + 1e-3 * math.tanh(prior) for p, prior in zip(self.probabilities(features), priors)]
+        return self.blend(self.probabilities(features), priors) if self.active else priors
+
+    @staticmethod
+    def blend(probabilities: Sequence[float], priors: Sequence[float]) -> list[float]:
+        """The model's scores as it ranks: its click probability, the prior blend
+        breaking ties."""
+        return [p + 1e-3 * math.tanh(prior) for p, prior in zip(probabilities, priors)]
 
     def learn(self, features: Mapping[str, float], clicked: bool) -> None:
         self.model.learn_one(dict(features), bool(clicked))
