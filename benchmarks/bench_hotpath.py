@@ -1,6 +1,7 @@
 """The worker's processing path without the broker: CPU per event by batch size.
 
     python -m benchmarks.bench_hotpath --batches 1 10 100 [--no-content] [--gc-gen0-threshold 0] [--ranks-by model]
+        [--workload stress|live] [--item-cache-s S]
 
 Runs ``Runtime.handle`` (what the Faust agent calls for each batch) against an
 embedded Redis over simulated shoppers: a 5,000-item catalog embedded first, 3,000
@@ -17,6 +18,11 @@ vectors not found among the kept rows).
 taught it and it has won its trial (it is given its warm-up's labels and a won trial
 first; a fifth of the lists are then interleaved, as in the worker); by default the
 prior blend ranks, as before any feedback.
+``--workload live``: a live shop at 500 events/s (``streams.simulate.simulate_live_shop``)
+instead of the stress stream, its warm-up preceded by the bench's lead-in (the shop's
+minute before, 30,000 events): the store a worker of a running shop meets, whose item
+session lists and co-visitation are full, so a list costs more than on the stress
+stream's young store.
 ``streamrec bench`` measures the same path through the broker.
 """
 
@@ -33,8 +39,13 @@ from models.events import parse_value
 from models.ranking import Ranker
 from streams.app import Runtime, settle_gc
 from streams.embedded import start_redis
+from streams.bench import LIVE_LEAD_IN_S
 from streams.settings import GC_GEN0_THRESHOLD, Settings
-from streams.simulate import catalog, simulate_shoppers
+from streams.simulate import catalog, simulate_live_shop, simulate_shoppers
+
+
+#: events handled (in batches of 100) before the measured ones; a live shop's lead-in comes first
+WARM_UP = 3000
 
 
 async def embed_catalog(rt: Runtime, n_items: int = 5000) -> None:
@@ -78,9 +89,11 @@ def let_the_model_rank(ranker: Ranker, seed: int = 0) -> None:
 
 
 async def measure(batch: int, content: bool, events: int, redis_url: str,
-                  gc_gen0_threshold: int = GC_GEN0_THRESHOLD, ranks_by: str = "prior") -> dict:
+                  gc_gen0_threshold: int = GC_GEN0_THRESHOLD, ranks_by: str = "prior",
+                  workload: str = "stress", item_cache_s: float | None = None) -> dict:
+    extra = {} if item_cache_s is None else {"item_cache_s": item_cache_s}
     rt = Runtime(Settings(redis_url=redis_url, content=content, copy_in_worker=False,
-                          key_prefix=f"hot{batch}{int(content)}{ranks_by}:", _env_file=None))
+                          key_prefix=f"hot{batch}{int(content)}{ranks_by}{workload}:", _env_file=None, **extra))
     if ranks_by == "model":
         let_the_model_rank(rt.recommender.ranker)
 
@@ -88,8 +101,12 @@ async def measure(batch: int, content: bool, events: int, redis_url: str,
         return None
 
     rt.send_recommendation = drop  # type: ignore[method-assign]
-    stream = [parse_value(e["topic"], e["value"], now=2e9)
-              for e in simulate_shoppers(3000 + events, n_users=20_000, n_items=5000, seed=5)]
+    if workload == "live":  # a live shop at 500 events/s, after the bench's lead-in (its minute before)
+        shop = list(simulate_live_shop(WARM_UP + events, rate=500.0, n_items=5000, seed=5, lead_in_s=LIVE_LEAD_IN_S))
+    else:
+        shop = list(simulate_shoppers(WARM_UP + events, n_users=20_000, n_items=5000, seed=5))
+    stream = [parse_value(e["topic"], e["value"], now=2e9) for e in shop]
+    warm_up = len(stream) - events
     pauses = GcPauses()
     gc.callbacks.append(pauses)
     searches = {"calls": 0, "queries": 0}
@@ -106,11 +123,11 @@ async def measure(batch: int, content: bool, events: int, redis_url: str,
 
             index.search = counted
         settle_gc(gc_gen0_threshold)  # the worker does it once started, before traffic
-        for i in range(0, 3000, 100):
+        for i in range(0, warm_up, 100):
             await rt.handle(stream[i:i + 100])
         pauses.recording = True
         cpu, wall = time.process_time(), time.perf_counter()
-        for i in range(3000, 3000 + events, batch):
+        for i in range(warm_up, len(stream), batch):
             await rt.handle(stream[i:i + batch])
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         pauses.recording = False
@@ -125,7 +142,7 @@ async def measure(batch: int, content: bool, events: int, redis_url: str,
     if splits:
         print(f"WARNING: {splits} batches raised and were redone one event at a time: "
               "these figures are not the normal path's", flush=True)
-    return {"batch": batch, "content": content, "ranks_by": ranks_by, "events": events, "batch_splits": splits,
+    return {"batch": batch, "workload": workload, "content": content, "ranks_by": ranks_by, "events": events, "batch_splits": splits,
             "cpu_ms_per_event": round(1000 * cpu / events, 2), "events_per_s": round(events / wall, 1),
             "gc_gen0_threshold": gc_gen0_threshold, "gc_pauses": len(pauses.ms),
             "gc_ms_total": round(sum(pauses.ms), 1), "gc_ms_max": round(max(pauses.ms, default=0.0), 1),
@@ -141,6 +158,10 @@ def main() -> None:
                    help="as the worker's setting (0: Python's defaults, nothing frozen)")
     p.add_argument("--ranks-by", choices=["prior", "model"], default="prior",
                    help="what ranks the lists: the prior blend (before feedback) or the online model")
+    p.add_argument("--workload", choices=["stress", "live"], default="stress",
+                   help="simulated shoppers (the bench's stress stream) or a live shop at 500 events/s "
+                        "after the bench's lead-in (its minute before: a store as a running shop has it)")
+    p.add_argument("--item-cache-s", type=float, help="the worker's STREAMREC_ITEM_CACHE_S (default: its default)")
     p.add_argument("--report")
     a = p.parse_args()
     redis = start_redis()
@@ -148,7 +169,7 @@ def main() -> None:
         rows = []
         for b in a.batches:
             rows.append(asyncio.run(measure(b, not a.no_content, a.events, f"redis://127.0.0.1:{redis.port}/0",
-                                            a.gc_gen0_threshold, a.ranks_by)))
+                                            a.gc_gen0_threshold, a.ranks_by, a.workload, a.item_cache_s)))
             r = rows[-1]
             print(f"batch {b:>4}: {r['cpu_ms_per_event']:.2f} ms CPU per event, {r['events_per_s']:,.0f} events/s, "
                   f"{r['gc_pauses']} GC pauses ({r['gc_ms_total']:.0f} ms in all, longest {r['gc_ms_max']:.1f} ms), "

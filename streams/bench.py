@@ -29,7 +29,11 @@ The paced runs send one of two workloads (``--workload``): ``stress`` (the defau
 per event whatever the rate, so most shoppers start a new session with every event) or
 ``live`` (``simulate_live_shop`` at the paced rate: sessions arriving, 30 % of them
 returning shoppers, each event stamped with the time it is handed to the producer).
-The throughput run sends the stress stream in both.
+The throughput run drains the same workload: the stress stream, or the live shop of the
+highest rate (its crowd), sent unpaced after ``THROUGHPUT_WARM`` events, its store first
+given the shop's minute before as the paced runs' is (below): a running shop's store,
+whose item session lists and co-visitation are full, costs more per list than the
+stress stream's young one.
 
 Topics have ``--partitions`` partitions (4 unless given; one run with 16 gave the
 streamrec worker a p99 of 430 ms at 500 events/s against 198 ms with 4, right after).
@@ -38,7 +42,7 @@ Both first receive a 5,000-item catalog; the streamrec worker's measurements sta
 once it has embedded every title (content candidates on, as in production).
 
 Every measurement runs on an embedded broker of its own: each worker's throughput run
-(after 2,000 unpaced events) and each paced run, which reads fresh topics through a
+(after ``THROUGHPUT_WARM`` unpaced events) and each paced run, which reads fresh topics through a
 fresh worker process on the same store (a restarted worker: its features, models and
 catalog vectors carry over) after ``LATENCY_WARM`` unpaced events. For a live shop the
 store first gets the shop's minute before the measured one (``LIVE_LEAD_IN_S``, through
@@ -67,6 +71,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import math
 import os
 import sys
@@ -257,13 +262,17 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     redis = None if redis_url else start_redis(log_dir=logdir)
     redis_url = redis_url or f"redis://127.0.0.1:{redis.port}/0"
     n_lat = [latency_events or int(min(events, r * 20)) for r in rates]
-    stream = iter(simulate_shoppers(2000 + events + sum(n_lat) + LATENCY_WARM * len(rates), seed=42))
+    stream = iter(simulate_shoppers(THROUGHPUT_WARM + events + sum(n_lat) + LATENCY_WARM * len(rates), seed=42))
 
     def take(n: int) -> list[dict]:
         return list(itertools.islice(stream, n))
 
-    warm, thr = take(2000), take(events)
     if workload == "live":  # a live shop at each rate; its warm-up is the shop's seconds before
+        # the throughput run drains the crowd of the highest rate, after its lead-in
+        shop = list(simulate_live_shop(THROUGHPUT_WARM + events, rate=max(rates), seed=41, start_ts=LIVE_START_TS,
+                                       lead_in_s=LIVE_LEAD_IN_S))
+        lead = sum(e["value"]["ts"] < LIVE_START_TS for e in shop)
+        thr_lead_in, warm, thr = shop[:lead], shop[lead:lead + THROUGHPUT_WARM], shop[lead + THROUGHPUT_WARM:]
         lat = []
         for n, (r, k) in enumerate(zip(rates, n_lat)):
             shop = list(simulate_live_shop(LATENCY_WARM + k, rate=r, seed=42 + n, start_ts=LIVE_START_TS,
@@ -271,6 +280,7 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
             lead = sum(e["value"]["ts"] < LIVE_START_TS for e in shop)  # the shop's minute before
             lat.append((shop[:lead], shop[lead:lead + LATENCY_WARM], shop[lead + LATENCY_WARM:]))
     elif workload == "stress":
+        thr_lead_in, warm, thr = [], take(THROUGHPUT_WARM), take(events)
         lat = [([], take(LATENCY_WARM), take(n)) for n in n_lat]
     else:
         raise ValueError(f"workload: {workload!r} is neither 'stress' nor 'live'")
@@ -317,9 +327,11 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                     asyncio.run(_seed(bootstrap, keys, items, kw))
                     if name == "streamrec":  # measure the recommender, not the catalog's first embedding
                         asyncio.run(_wait_for_vectors(redis_url, keys, [e["value"]["item_id"] for e in items]))
-                    measure(bootstrap, keys, warm, None)
-                    results[name] = {"throughput": measure(bootstrap, keys, thr, None, watched(worker, broker)),
-                                     "latency": []}
+                        if thr_lead_in:  # the store as a shop's running worker meets it
+                            asyncio.run(_apply_lead_in(redis_url, keys, thr_lead_in))
+                    measure(bootstrap, keys, warm, None, stamp=stamp)
+                    results[name] = {"throughput": measure(bootstrap, keys, thr, None, watched(worker, broker),
+                                                           stamp=stamp), "latency": []}
                 finally:
                     worker.stop()
             for r, (lead_in, warm_up, part) in zip(rates, lat):
@@ -432,6 +444,8 @@ async def _delete_topics(bootstrap: str, prefix: str, client_kwargs: dict) -> No
 
 #: Events each paced run's fresh worker gets unpaced before its clock starts.
 LATENCY_WARM = 500
+#: unpaced events before the throughput run
+THROUGHPUT_WARM = 2000
 #: A live shop's seconds before the measured ones, applied to the store before each paced
 #: run's worker starts: the sessions in flight when the clock starts began in them (they
 #: last 48 s on average), and a worker that has served the shop all along knows them.
@@ -455,6 +469,9 @@ async def _apply_lead_in(redis_url: str, key_prefix: str, events: list[dict]) ->
         return None
 
     rt.send_recommendation = drop  # type: ignore[method-assign]
+    content_log = logging.getLogger("models.content")  # its start-up lines are a worker's, not the bench's table's
+    level = content_log.level
+    content_log.setLevel(logging.WARNING)
     try:
         if rt.catalog is not None:  # the catalog's vectors, as a starting worker reads them
             await rt.catalog.start()
@@ -465,6 +482,7 @@ async def _apply_lead_in(redis_url: str, key_prefix: str, events: list[dict]) ->
         for i in range(0, len(parsed), 100):
             await rt.handle(parsed[i:i + 100])
     finally:
+        content_log.setLevel(level)
         if rt.catalog is not None:
             await rt.catalog.close()
         await rt.store.close()

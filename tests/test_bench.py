@@ -61,9 +61,9 @@ def test_bench_runs_small_and_every_measurement_gets_a_fresh_broker(monkeypatch,
 
 
 def test_the_live_workload_stamps_each_event_as_it_is_sent(redis_url):
-    """``--workload live``: the paced runs send a live shop's events, each stamped with
-    the time it was handed to the producer; the worker keeps that time as the
-    shopper's session time (the lead-in's events: the minute before, as it was applied)."""
+    """``--workload live``: the throughput and paced runs send a live shop's events, each
+    stamped with the time it was handed to the producer; the worker keeps that time as
+    the shopper's session time (the lead-in's events: the minute before, as it was applied)."""
     import asyncio
     import time
 
@@ -78,15 +78,18 @@ def test_the_live_workload_stamps_each_event_as_it_is_sent(redis_url):
         [row] = res[name]["latency"]
         assert row["outputs"] == row["events"] == 100
 
-    async def session_times() -> list[float]:
+    async def session_times(shoppers: str) -> list[float]:
         client = redis.asyncio.from_url(redis_url)
         try:
             return [float(await client.hget(k, "last"))
-                    async for k in client.scan_iter(match="b*{u:live4*}:session", count=1000)]
+                    async for k in client.scan_iter(match=f"b*{{u:{shoppers}}}:session", count=1000)]
         finally:
             await client.aclose()
 
-    last = asyncio.run(session_times())
+    # the throughput run drained a live shop of its own (seed 41; the paced run's is 42)
+    drained = asyncio.run(session_times("live41-*"))
+    assert len(drained) > 50 and all(before - bench.LIVE_LEAD_IN_S <= t <= after for t in drained)
+    last = asyncio.run(session_times("live4*"))
     # new shoppers of the live shop, seen by the worker: those whose session went on into
     # the measured run at the time their event was sent; the others at their time in the
     # lead-in, the minute before it was applied to the store
