@@ -463,29 +463,37 @@ async def _apply_lead_in(redis_url: str, key_prefix: str, events: list[dict]) ->
     from streams.app import Runtime
     from streams.settings import Settings
 
-    rt = Runtime(Settings(redis_url=redis_url, key_prefix=key_prefix, copy_in_worker=False, _env_file=None))
-
     async def drop(user_id: str, payload: bytes) -> None:
         return None
 
-    rt.send_recommendation = drop  # type: ignore[method-assign]
-    content_log = logging.getLogger("models.content")  # its start-up lines are a worker's, not the bench's table's
-    level = content_log.level
-    content_log.setLevel(logging.WARNING)
+    with _quiet("models.content"):  # its start-up lines are a worker's, not the bench table's
+        rt = Runtime(Settings(redis_url=redis_url, key_prefix=key_prefix, copy_in_worker=False, _env_file=None))
+        rt.send_recommendation = drop  # type: ignore[method-assign]
+        try:
+            if rt.catalog is not None:  # the catalog's vectors, as a starting worker reads them
+                await rt.catalog.start()
+                await rt.catalog.rebuild()
+            shift = time.time() - LIVE_START_TS
+            parsed = [parse_value(e["topic"], {**e["value"], "ts": round(e["value"]["ts"] + shift, 3)},
+                                  now=time.time()) for e in events]
+            for i in range(0, len(parsed), 100):
+                await rt.handle(parsed[i:i + 100])
+        finally:
+            if rt.catalog is not None:
+                await rt.catalog.close()
+            await rt.store.close()
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """``logger``'s INFO lines (and its children's) left out meanwhile."""
+    log_ = logging.getLogger(logger)
+    level = log_.level
+    log_.setLevel(logging.WARNING)
     try:
-        if rt.catalog is not None:  # the catalog's vectors, as a starting worker reads them
-            await rt.catalog.start()
-            await rt.catalog.rebuild()
-        shift = time.time() - LIVE_START_TS
-        parsed = [parse_value(e["topic"], {**e["value"], "ts": round(e["value"]["ts"] + shift, 3)}, now=time.time())
-                  for e in events]
-        for i in range(0, len(parsed), 100):
-            await rt.handle(parsed[i:i + 100])
+        yield
     finally:
-        content_log.setLevel(level)
-        if rt.catalog is not None:
-            await rt.catalog.close()
-        await rt.store.close()
+        log_.setLevel(level)
 
 
 def sustained_rate(latency: Sequence[dict], slo_ms: float) -> float | None:
