@@ -258,40 +258,32 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     measurement's topics are created up front and deleted after it."""
     exit_on_sigterm()
     rates = sorted({float(r) for r in ([rate] if isinstance(rate, (int, float)) else rate)})
-    logdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
-    redis = None if redis_url else start_redis(log_dir=logdir)
-    redis_url = redis_url or f"redis://127.0.0.1:{redis.port}/0"
     n_lat = [latency_events or int(min(events, r * 20)) for r in rates]
-    stream = iter(simulate_shoppers(THROUGHPUT_WARM + events + sum(n_lat) + LATENCY_WARM * len(rates), seed=42))
-
-    def take(n: int) -> list[dict]:
-        return list(itertools.islice(stream, n))
-
-    if workload == "live":  # a live shop at each rate; its warm-up is the shop's seconds before
-        # the throughput run drains the crowd of the highest rate, after its lead-in
-        shop = list(simulate_live_shop(THROUGHPUT_WARM + events, rate=max(rates), seed=41, start_ts=LIVE_START_TS,
-                                       lead_in_s=LIVE_LEAD_IN_S))
-        lead = sum(e["value"]["ts"] < LIVE_START_TS for e in shop)
-        thr_lead_in, warm, thr = shop[:lead], shop[lead:lead + THROUGHPUT_WARM], shop[lead + THROUGHPUT_WARM:]
-        lat = []
-        for n, (r, k) in enumerate(zip(rates, n_lat)):
-            shop = list(simulate_live_shop(LATENCY_WARM + k, rate=r, seed=42 + n, start_ts=LIVE_START_TS,
-                                           lead_in_s=LIVE_LEAD_IN_S))
-            lead = sum(e["value"]["ts"] < LIVE_START_TS for e in shop)  # the shop's minute before
-            lat.append((shop[:lead], shop[lead:lead + LATENCY_WARM], shop[lead + LATENCY_WARM:]))
+    if workload == "live":  # a live shop at each rate, after the shop's minute before
+        # the throughput run drains the crowd of the highest rate
+        thr_lead_in, warm, thr = _live_shop(THROUGHPUT_WARM, events, max(rates), seed=41)
+        lat = [_live_shop(LATENCY_WARM, k, r, seed=42 + n) for n, (r, k) in enumerate(zip(rates, n_lat))]
     elif workload == "stress":
+        stream = iter(simulate_shoppers(THROUGHPUT_WARM + events + sum(n_lat) + LATENCY_WARM * len(rates), seed=42))
+
+        def take(n: int) -> list[dict]:
+            return list(itertools.islice(stream, n))
+
         thr_lead_in, warm, thr = [], take(THROUGHPUT_WARM), take(events)
         lat = [([], take(LATENCY_WARM), take(n)) for n in n_lat]
     else:
         raise ValueError(f"workload: {workload!r} is neither 'stress' nor 'live'")
     stamp = workload == "live"  # a live shop's events carry the time they are sent
+    kw = load_settings(kafka_url=kafka_url).kafka_kwargs() if kafka_url else {}
+    logdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    redis = None if redis_url else start_redis(log_dir=logdir)
+    redis_url = redis_url or f"redis://127.0.0.1:{redis.port}/0"
     # the events built above live to the end: keep the collector's walks over them (tens
     # of ms with this process's clock stopped) out of the latencies it measures
     settle_gc(GC_GEN0_THRESHOLD)
     results: dict = {"machine": {"cpus": os.cpu_count()}, "events": events, "rates": rates, "slo_ms": slo_ms,
                      "partitions": partitions, "workload": workload,
                      "broker": "external" if kafka_url else "embedded, one per measurement"}
-    kw = load_settings(kafka_url=kafka_url).kafka_kwargs() if kafka_url else {}
     log_rows: list[dict] = []
     try:
         for name, out_topic, id_of in (("passthrough", "passthrough-out", _passthrough_id),
@@ -451,6 +443,15 @@ THROUGHPUT_WARM = 2000
 #: last 48 s on average), and a worker that has served the shop all along knows them.
 LIVE_LEAD_IN_S = 60.0
 LIVE_START_TS = 1_700_000_000.0  # the live shop's events from here on are sent; earlier ones are the lead-in
+
+
+def _live_shop(n_warm: int, n: int, rate: float, seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """A live shop at ``rate``: its lead-in (the minute before ``LIVE_START_TS``), then
+    ``n_warm`` unpaced warm-up events, then ``n`` measured ones."""
+    shop = list(simulate_live_shop(n_warm + n, rate=rate, seed=seed, start_ts=LIVE_START_TS,
+                                   lead_in_s=LIVE_LEAD_IN_S))
+    lead = sum(e["value"]["ts"] < LIVE_START_TS for e in shop)
+    return shop[:lead], shop[lead:lead + n_warm], shop[lead + n_warm:]
 
 
 async def _apply_lead_in(redis_url: str, key_prefix: str, events: list[dict]) -> None:
