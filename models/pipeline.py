@@ -21,8 +21,10 @@ the batch's repeated increments are summed into one command each, the candidate
 sources are asked concurrently (their reads share one pipeline), and, with
 ``coalesce_per_user``, a shopper with several triggers in one batch gets one list
 (the worker also puts ``models.features.cache.ItemSideCache`` in front of the
-sources: item-side aggregates up to a second old). The first two change nothing
-that is stored or recommended.
+store, and moves its ``shop_clock`` with each batch: item-side aggregates are read
+from memory, with this worker's own writes applied to them and other workers' up
+to the cache's TTL late). The first two change nothing that is stored or
+recommended; nor does the cache, for a single worker.
 
 >>> import asyncio
 >>> from models.events import Click
@@ -56,6 +58,7 @@ from models.candidates.popular import Popularity
 from models.candidates.sequential import Sequential
 from models.events import (Cart, Click, Event, Feedback, Forget, Item, Recommendation,
                            RecommendedItem, Review)
+from models.features.cache import ShopClock
 from models.features.item_meta import ItemMeta, ItemMetaCache
 from models.features.keys import Keys
 from models.features.store import FeatureStore, StoreDataError, WriteOp
@@ -216,7 +219,8 @@ class Recommender:
                  ranker: Ranker | None = None,
                  clock: Callable[[], float] = time.time,
                  new_session_id: Callable[[], str] = _new_session_id,
-                 new_rec_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+                 new_rec_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+                 shop_clock: ShopClock | None = None) -> None:
         self.store = store
         self.keys = keys or Keys()
         self.config = config or RecommenderConfig()
@@ -225,6 +229,8 @@ class Recommender:
         self.clock = clock
         self.new_session_id = new_session_id
         self.new_rec_id = new_rec_id
+        #: Moved on to each batch's latest event time (what times the item-side cache).
+        self.shop_clock = shop_clock
         #: Called with (catalog items) after a batch is stored, e.g. to embed titles.
         self.on_items: list[Callable[[list[Item]], Any]] = []
         for source in self.sources:  # sources that learn from the catalog (content)
@@ -341,6 +347,8 @@ class Recommender:
         if not events:
             return out
         k, cfg = self.keys, self.config
+        if self.shop_clock is not None:
+            self.shop_clock.advance(max(e.ts for e in events))
         for begin in self.on_batch:
             begin()
 
@@ -824,7 +832,7 @@ class Recommender:
         writes: list[WriteOp] = [("set", k.rec(r.rec_id), blob, cfg.rec_ttl_s)]
         if latest:
             writes += [("set", k.last_rec(r.user_id), blob, cfg.rec_ttl_s),
-                       ("set", k.latest_rec(r.user_id), orjson.dumps(r.to_dict()), None)]
+                       ("set", k.latest_rec(r.user_id), orjson.dumps(r.wire()), None)]
         return writes
 
 
@@ -887,10 +895,10 @@ def pack_record(record: dict[str, Any]) -> bytes:
     feats = record.get("features") or {}
     if list(feats) != list(record.get("items", ())):
         return orjson.dumps(record)
-    names = sorted({name for f in feats.values() for name in f})
+    names = sorted(set().union(*feats.values()))
     packed = {key: v for key, v in record.items() if key != "features"}
     packed["feature_names"] = names
-    packed["feature_rows"] = [[f.get(name) for name in names] for f in feats.values()]
+    packed["feature_rows"] = [list(map(f.get, names)) for f in feats.values()]
     return orjson.dumps(packed)
 
 
@@ -907,6 +915,6 @@ def unpack_record(blob: bytes) -> dict[str, Any]:
 
 def recommendation_json(r: Recommendation) -> bytes:
     """The wire JSON of a recommendation event (internal context left out, copy context kept)."""
-    d = r.to_dict()
+    d = r.wire()
     d["context"] = {key: v for key, v in r.context.items() if not key.startswith("_")}
     return orjson.dumps(d)

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from models.events import INPUT_TOPICS, Event, Item, Rejected, parse
 from models.features import StoreError, open_store
-from models.features.cache import ItemSideCache
+from models.features.cache import ItemSideCache, ShopClock
 from models.features.keys import Keys
 from models.features.store import FeatureStore, StoreDataError
 from models.pipeline import Recommender, recommendation_json
@@ -148,6 +148,8 @@ class Runtime:
         self.catalog: Any = None
         self.catalog_feed: asyncio.Future | None = None
         self.labels_feed: asyncio.Future | None = None
+        #: the item-side cache's clock: the shop's time, moved on by the recommender's batches
+        self.shop_clock = ShopClock()
         if recommender is None:
             recommender = self._build_recommender(settings)
         self.recommender = recommender
@@ -177,10 +179,10 @@ class Runtime:
             source, self.catalog = stack
             return source
 
-        # the sources read hot item-side aggregates through a short-lived cache (remote stores)
+        # the sources read hot item-side aggregates through a cache (remote stores)
         source_store: FeatureStore = self.store
         if settings.item_cache_s > 0 and self.store.kind != "memory":
-            source_store = ItemSideCache(self.store, self.keys, ttl_s=settings.item_cache_s)
+            source_store = ItemSideCache(self.store, self.keys, ttl_s=settings.item_cache_s, clock=self.shop_clock)
         cfg, sources, prior, warmup = tuned.build(settings.profile, source_store, self.keys, k=settings.k,
                                                   content=content)
         settings.apply_business_rules(cfg)
@@ -189,7 +191,8 @@ class Runtime:
         cfg.coalesce_per_user = settings.coalesce_per_user
         ranker = Ranker([src.name for src in sources], prior=prior, warmup=warmup,
                         trial_share=settings.ranker_trial_share)
-        return Recommender(self.store, self.keys, cfg, sources=sources, ranker=ranker)
+        # the recommender writes through the cache, which applies the writes to what it holds
+        return Recommender(source_store, self.keys, cfg, sources=sources, ranker=ranker, shop_clock=self.shop_clock)
 
     # -- the per-batch path -----------------------------------------------------------------
     def decode(self, topic: str, partition: int | None, offset: int | None, key: bytes | None,
