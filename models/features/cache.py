@@ -123,13 +123,14 @@ class ItemSideCache:
         self.clock = clock
         self._item_tag = f"{keys.prefix}{{i:"
         self._popularity = keys.popularity(0).rsplit(":", 1)[0] + ":"
-        #: op -> (when read, answer), oldest first
-        self._cache: OrderedDict[ReadOp, tuple[float, Any]] = OrderedDict()
-        self._inflight: dict[ReadOp, asyncio.Future] = {}
-        #: reads in flight that a write touched meanwhile: their answers are not kept
-        self._stale: set[ReadOp] = set()
-        #: read name -> the sizes (n) cached under it, to find what a write touches
-        self._sizes: dict[str, set[int]] = {name: set() for name in CACHED_OPS}
+        #: (read, key) -> (when read, (n read, answer)), oldest first: one answer per key,
+        #: the longest asked for; a read of fewer gets its head (the sources ask for a
+        #: number that varies with the shopper: more when more items are excluded)
+        self._cache: OrderedDict[tuple[str, str], tuple[float, tuple[int, Any]]] = OrderedDict()
+        #: (read, key) -> (n, future) of a read under way
+        self._inflight: dict[tuple[str, str], tuple[int, asyncio.Future]] = {}
+        #: reads under way that a write touched meanwhile: their answers are not kept
+        self._stale: set[asyncio.Future] = set()
         if getattr(store, "write_ahead", None) is not None:  # (else it offers none either)
             self.write_ahead = self._write_ahead
         self.hits = 0
@@ -142,52 +143,59 @@ class ItemSideCache:
         now = self.clock()
         out: list[Any] = [None] * len(ops)
         forward: list[int] = []  # positions read from the store by this call
-        futures: dict[ReadOp, asyncio.Future] = {}  # cacheable ops this call reads for everyone
-        waits: list[tuple[int, asyncio.Future]] = []  # positions another call is reading
-        for n, op in enumerate(ops):
+        reading: list[tuple[int, tuple[str, str], asyncio.Future]] = []  # ...that others may wait on
+        waits: list[tuple[int, int, asyncio.Future]] = []  # positions another call is reading
+        for i, op in enumerate(ops):
             if not self.cacheable(op):
-                forward.append(n)
+                forward.append(i)
                 continue
-            hit = self._cache.get(op)
-            if hit is not None and now - hit[0] < self.ttl_s:
-                out[n] = hit[1]
+            slot, n = (op[0], op[1]), op[2]
+            hit = self._cache.get(slot)
+            if hit is not None and now - hit[0] < self.ttl_s and (n <= hit[1][0] or len(hit[1][1]) < hit[1][0]):
+                answer = hit[1][1]  # (shorter than read: the whole list, whatever n)
+                out[i] = answer[:n] if n < len(answer) else answer
                 self.hits += 1
-            elif op in self._inflight:
-                waits.append((n, self._inflight[op]))
+                continue
+            flying = self._inflight.get(slot)
+            if flying is not None and n <= flying[0]:
+                waits.append((i, n, flying[1]))
                 self.hits += 1
-            else:
-                forward.append(n)
-                self.misses += 1
-                if op not in futures:
-                    futures[op] = self._inflight[op] = asyncio.get_running_loop().create_future()
+                continue
+            forward.append(i)
+            self.misses += 1
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[slot] = (n, fut)
+            reading.append((i, slot, fut))
         if forward:
             try:
-                got = await self.store.read([ops[n] for n in forward])
+                got = await self.store.read([ops[i] for i in forward])
             except BaseException as e:
-                for op, fut in futures.items():
-                    self._inflight.pop(op, None)
+                for _, slot, fut in reading:
+                    if self._inflight.get(slot, (0, None))[1] is fut:
+                        del self._inflight[slot]
+                    self._stale.discard(fut)
                     if isinstance(e, Exception):
                         fut.set_exception(e)  # the calls waiting on this read fail the same way
                         fut.exception()  # marked retrieved: no warning when nobody waits
                     else:
                         fut.cancel()
                 raise
-            for n, value in zip(forward, got):
-                out[n] = value
-            if futures:
-                stamp = self.clock()
-                for n in forward:
-                    fut = futures.get(ops[n]) if self.cacheable(ops[n]) else None
-                    if fut is not None and not fut.done():
-                        if ops[n] in self._stale:  # written meanwhile: this answer may predate it
-                            self._stale.discard(ops[n])
-                        else:
-                            keep(self._cache, ops[n], stamp, out[n], self.ttl_s, self.max_entries)
-                            self._sizes[ops[n][0]].add(ops[n][2])
-                        fut.set_result(out[n])
-                        self._inflight.pop(ops[n], None)
-        for n, fut in waits:
-            out[n] = await fut
+            for i, value in zip(forward, got):
+                out[i] = value
+            stamp = self.clock()
+            for i, slot, fut in reading:
+                if self._inflight.get(slot, (0, None))[1] is fut:
+                    del self._inflight[slot]
+                if fut in self._stale:  # written meanwhile: this answer may predate it
+                    self._stale.discard(fut)
+                else:
+                    n, old = ops[i][2], self._cache.get(slot)
+                    if old is None or stamp - old[0] >= self.ttl_s or n >= old[1][0]:
+                        keep(self._cache, slot, stamp, (n, out[i]), self.ttl_s, self.max_entries)
+                fut.set_result(out[i])
+        for i, n, fut in waits:
+            answer = await fut
+            out[i] = answer[:n] if n < len(answer) else answer
         return out
 
     async def write(self, ops: Sequence[WriteOp]) -> None:
@@ -213,29 +221,31 @@ class ItemSideCache:
         """Bring the cached answers that ``ops`` (written to the store) touch up to date,
         or drop them where that cannot be done exactly."""
         cache, inflight, stale = self._cache, self._inflight, self._stale
-        lranges, ztops = self._sizes["lrange"], self._sizes["ztop"]
         item_tag, popularity = self._item_tag, self._popularity
         for op in ops:
             name, key = op[0], op[1]
             if not (key.startswith(item_tag) or key.startswith(popularity)):
                 continue
-            # the reads a write can touch: an lpush a list's, an increment or trim a zset's
+            # the answers a write can touch: an lpush a list's, an increment or trim a zset's
             if name == "zincr" or name == "ztrim":
-                reads = [("ztop", key, n) for n in ztops]
+                slots: tuple = (("ztop", key),)
             elif name == "lpush":
-                reads = [("lrange", key, n) for n in lranges]
+                slots = (("lrange", key),)
             else:
-                reads = [("lrange", key, n) for n in lranges] + [("ztop", key, n) for n in ztops]
-            for read in reads:
-                if inflight and read in inflight:
-                    stale.add(read)
-                hit = cache.get(read)
+                slots = (("lrange", key), ("ztop", key))
+            for slot in slots:
+                if inflight:
+                    flying = inflight.get(slot)
+                    if flying is not None:
+                        stale.add(flying[1])
+                hit = cache.get(slot)
                 if hit is not None:
-                    answer = _after(op, read, hit[1])
+                    n, answer = hit[1]
+                    answer = _after(op, (slot[0], key, n), answer)
                     if answer is None:
-                        del cache[read]
+                        del cache[slot]
                     else:  # in place: it keeps its age (other workers' writes are still up to ttl_s late)
-                        cache[read] = (hit[0], answer)
+                        cache[slot] = (hit[0], (n, answer))
 
     async def ping(self) -> bool:
         return await self.store.ping()
