@@ -21,10 +21,9 @@ the batch's repeated increments are summed into one command each, the candidate
 sources are asked concurrently (their reads share one pipeline), and, with
 ``coalesce_per_user``, a shopper with several triggers in one batch gets one list
 (the worker also puts ``models.features.cache.ItemSideCache`` in front of the
-store, and moves its ``shop_clock`` with each batch: item-side aggregates are read
-from memory, with this worker's own writes applied to them and other workers' up
-to the cache's TTL late). The first two change nothing that is stored or
-recommended; nor does the cache, for a single worker.
+sources, timed by the ``shop_clock`` each batch moves: item-side aggregates up to a
+second of the shop's time old). The first two change nothing that is stored or
+recommended.
 
 >>> import asyncio
 >>> from models.events import Click

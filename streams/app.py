@@ -179,7 +179,7 @@ class Runtime:
             source, self.catalog = stack
             return source
 
-        # the sources read hot item-side aggregates through a cache (remote stores)
+        # the sources read hot item-side aggregates through a short-lived cache (remote stores)
         source_store: FeatureStore = self.store
         if settings.item_cache_s > 0 and self.store.kind != "memory":
             source_store = ItemSideCache(self.store, self.keys, ttl_s=settings.item_cache_s, clock=self.shop_clock)
@@ -191,8 +191,7 @@ class Runtime:
         cfg.coalesce_per_user = settings.coalesce_per_user
         ranker = Ranker([src.name for src in sources], prior=prior, warmup=warmup,
                         trial_share=settings.ranker_trial_share)
-        # the recommender writes through the cache, which applies the writes to what it holds
-        return Recommender(source_store, self.keys, cfg, sources=sources, ranker=ranker, shop_clock=self.shop_clock)
+        return Recommender(self.store, self.keys, cfg, sources=sources, ranker=ranker, shop_clock=self.shop_clock)
 
     # -- the per-batch path -----------------------------------------------------------------
     def decode(self, topic: str, partition: int | None, offset: int | None, key: bytes | None,

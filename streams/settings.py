@@ -103,11 +103,10 @@ class Settings(BaseSettings):
         "the garbage collector's reach and collects its youngest generation after this many "
         "new objects instead of 700: pauses of a few to about 25 ms instead of 75-90 ms "
         "(0 = Python's defaults, nothing frozen)"))
-    item_cache_s: float = Field(10.0, ge=0, le=60, description=(
-        "seconds (the shop's time: events' timestamps, or the wall clock when it runs ahead) "
-        "the candidate sources reuse an item's co-visitation, next-item and session lists and "
-        "the popularity ranking read from Redis; the worker applies its own writes to them, so "
-        "only other workers' writes show up to this late (0 = read every time)"))
+    item_cache_s: float = Field(1.0, ge=0, le=60, description=(
+        "seconds of the shop's time (its events' timestamps, or the wall clock where that runs "
+        "ahead) the candidate sources reuse an item's co-visitation, next-item and session lists "
+        "and the popularity ranking read from Redis (0 = read every time)"))
     profile: Literal["events", "sessions"] = Field(
         "events", description="tuned recommender settings in models/tuned.toml")
     model_path: str | None = Field(None, description="ONNX text encoder folder (model.onnx + tokenizer.json)")

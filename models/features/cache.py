@@ -2,19 +2,15 @@
 
 The candidate sources read the same hot item-side aggregates over and over: the
 co-visitation and next-item zsets of popular items, their session lists, the
-popularity ranking. Reading them afresh for every list is most of a worker's store
-traffic. ``ItemSideCache`` answers such reads from memory for ``ttl_s`` seconds of its
-clock (the worker gives it a ``ShopClock``: the shop's own time, see there) and
-forwards everything else, every per-user key, unchanged. Reads of one key issued at
-the same time (the lists of one batch are built concurrently) share one store read.
-
-Writes pass through it too, and it applies this process's own writes to what it
-holds (write-through): an ``lpush`` to a cached session list, a ``zincr`` to a cached
-top-n, a ``ztrim`` keep the answer exact; any other write to a cached key, or an
-increment it cannot place (a member outside a full top-n), drops the answer. So a
-shopper always sees the effect of their own last click (their own transitions count
-in the next-item zsets at once), and a single worker's lists are exactly those of no
-cache at all; only other workers' writes are seen up to ``ttl_s`` late.
+popularity ranking. Those aggregates summarise every shopper, so a second of the
+shop's time changes no list in a way a shopper could tell, while reading them afresh
+for every list is most of a worker's store traffic. ``ItemSideCache`` answers such
+reads from memory for ``ttl_s`` seconds of its clock (the worker gives it a
+``ShopClock``: the shop's own time, so a backlog drained in a moment does not serve
+minutes-old answers) and forwards everything else, every per-user key, every write,
+unchanged. Reads of one key issued at the same time (the lists of one batch are
+built concurrently) share one store read, and a read of fewer items than a cached
+answer holds gets its head.
 
 Only ``ztop`` and ``lrange`` of item-side keys (hash tag ``{i:...}``) and of the
 popularity zsets are cached; per-user, per-session and dedupe keys never are.
@@ -22,19 +18,16 @@ popularity zsets are cached; per-user, per-session and dedupe keys never are.
 >>> import asyncio
 >>> from models.features.memory import MemoryStore
 >>> from models.features.keys import Keys
->>> keys, now, backend = Keys(), [0.0], MemoryStore()
->>> store = ItemSideCache(backend, keys, ttl_s=1.0, clock=lambda: now[0])
->>> async def covis_of_a():
-...     return (await store.read([("ztop", keys.covis("a"), 5)]))[0]
->>> asyncio.run(store.write([("zincr", keys.covis("a"), "b", 1.0)]))
->>> asyncio.run(covis_of_a())
-[('b', 1.0)]
->>> asyncio.run(store.write([("zincr", keys.covis("a"), "c", 2.0)]))  # its own write: applied
+>>> keys, now = Keys(), [0.0]
+>>> store = ItemSideCache(MemoryStore(), keys, ttl_s=1.0, clock=lambda: now[0])
+>>> async def covis_of_a(n=5):
+...     return (await store.read([("ztop", keys.covis("a"), n)]))[0]
+>>> asyncio.run(store.write([("zincr", keys.covis("a"), "b", 1.0), ("zincr", keys.covis("a"), "c", 2.0)]))
 >>> asyncio.run(covis_of_a())
 [('c', 2.0), ('b', 1.0)]
->>> asyncio.run(backend.write([("zincr", keys.covis("a"), "d", 3.0)]))  # another worker's write
->>> asyncio.run(covis_of_a())  # within ttl_s: not seen yet
-[('c', 2.0), ('b', 1.0)]
+>>> asyncio.run(store.write([("zincr", keys.covis("a"), "d", 3.0)]))
+>>> asyncio.run(covis_of_a(1))  # within ttl_s: the cached answer's head
+[('c', 2.0)]
 >>> now[0] = 1.5
 >>> asyncio.run(covis_of_a())
 [('d', 3.0), ('c', 2.0), ('b', 1.0)]
@@ -45,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from models.features.keys import Keys
 from models.features.store import FeatureStore, ReadOp, WriteOp
@@ -129,10 +122,6 @@ class ItemSideCache:
         self._cache: OrderedDict[tuple[str, str], tuple[float, tuple[int, Any]]] = OrderedDict()
         #: (read, key) -> (n, future) of a read under way
         self._inflight: dict[tuple[str, str], tuple[int, asyncio.Future]] = {}
-        #: reads under way that a write touched meanwhile: their answers are not kept
-        self._stale: set[asyncio.Future] = set()
-        if getattr(store, "write_ahead", None) is not None:  # (else it offers none either)
-            self.write_ahead = self._write_ahead
         self.hits = 0
         self.misses = 0
 
@@ -173,7 +162,6 @@ class ItemSideCache:
                 for _, slot, fut in reading:
                     if self._inflight.get(slot, (0, None))[1] is fut:
                         del self._inflight[slot]
-                    self._stale.discard(fut)
                     if isinstance(e, Exception):
                         fut.set_exception(e)  # the calls waiting on this read fail the same way
                         fut.exception()  # marked retrieved: no warning when nobody waits
@@ -186,12 +174,9 @@ class ItemSideCache:
             for i, slot, fut in reading:
                 if self._inflight.get(slot, (0, None))[1] is fut:
                     del self._inflight[slot]
-                if fut in self._stale:  # written meanwhile: this answer may predate it
-                    self._stale.discard(fut)
-                else:
-                    n, old = ops[i][2], self._cache.get(slot)
-                    if old is None or stamp - old[0] >= self.ttl_s or n >= old[1][0]:
-                        keep(self._cache, slot, stamp, (n, out[i]), self.ttl_s, self.max_entries)
+                n, old = ops[i][2], self._cache.get(slot)
+                if old is None or stamp - old[0] >= self.ttl_s or n >= old[1][0]:
+                    keep(self._cache, slot, stamp, (n, out[i]), self.ttl_s, self.max_entries)
                 fut.set_result(out[i])
         for i, n, fut in waits:
             answer = await fut
@@ -200,52 +185,6 @@ class ItemSideCache:
 
     async def write(self, ops: Sequence[WriteOp]) -> None:
         await self.store.write(ops)
-        self.written(ops)
-
-    def _write_ahead(self, ops: Sequence[WriteOp], *, lazy: bool = False) -> Awaitable[None]:
-        """The store's ``write_ahead`` (reads issued after it see the write), applied to
-        the cached answers at once; should the write fail, the cache is emptied (what
-        it applied never landed)."""
-        done = self.store.write_ahead(ops, lazy=lazy)
-        self.written(ops)
-        return self._undone_on_failure(done)
-
-    async def _undone_on_failure(self, done: Awaitable[None]) -> None:
-        try:
-            await done
-        except BaseException:
-            self._cache.clear()
-            raise
-
-    def written(self, ops: Sequence[WriteOp]) -> None:
-        """Bring the cached answers that ``ops`` (written to the store) touch up to date,
-        or drop them where that cannot be done exactly."""
-        cache, inflight, stale = self._cache, self._inflight, self._stale
-        item_tag, popularity = self._item_tag, self._popularity
-        for op in ops:
-            name, key = op[0], op[1]
-            if not (key.startswith(item_tag) or key.startswith(popularity)):
-                continue
-            # the answers a write can touch: an lpush a list's, an increment or trim a zset's
-            if name == "zincr" or name == "ztrim":
-                slots: tuple = (("ztop", key),)
-            elif name == "lpush":
-                slots = (("lrange", key),)
-            else:
-                slots = (("lrange", key), ("ztop", key))
-            for slot in slots:
-                if inflight:
-                    flying = inflight.get(slot)
-                    if flying is not None:
-                        stale.add(flying[1])
-                hit = cache.get(slot)
-                if hit is not None:
-                    n, answer = hit[1]
-                    answer = _after(op, (slot[0], key, n), answer)
-                    if answer is None:
-                        del cache[slot]
-                    else:  # in place: it keeps its age (other workers' writes are still up to ttl_s late)
-                        cache[slot] = (hit[0], (n, answer))
 
     async def ping(self) -> bool:
         return await self.store.ping()
@@ -256,42 +195,3 @@ class ItemSideCache:
     def __getattr__(self, name: str) -> Any:  # anything else a backend offers (e.g. scan)
         return getattr(self.store, name)
 
-
-def _after(write: WriteOp, read: ReadOp, answer: list) -> list | None:
-    """``read``'s answer once ``write`` is applied to its key, or None when that cannot
-    be told without reading (a new answer: cached answers are shared, never changed).
-
-    >>> _after(("lpush", "k", "s3", 3), ("lrange", "k", 2), ["s2", "s1"])
-    ['s3', 's2']
-    >>> _after(("zincr", "k", "b", 2.0), ("ztop", "k", 2), [("a", 3.0), ("b", 1.5)])
-    [('b', 3.5), ('a', 3.0)]
-    >>> _after(("zincr", "k", "c", 1.0), ("ztop", "k", 3), [("a", 3.0), ("b", 1.5)])  # the whole zset
-    [('a', 3.0), ('b', 1.5), ('c', 1.0)]
-    >>> print(_after(("zincr", "k", "c", 1.0), ("ztop", "k", 2), [("a", 3.0), ("b", 1.5)]))  # c's score unknown
-    None
-    """
-    name, n = write[0], read[2]
-    if read[0] == "lrange":
-        return [write[2], *answer][:min(n, write[3])] if name == "lpush" else None
-    if name == "ztrim":  # keeps the top write[2]: a top-n within them is unchanged
-        return answer[:write[2]]
-    if name != "zincr":
-        return None
-    member, inc = write[2], write[3]
-    for at, (m, score) in enumerate(answer):
-        if m == member:
-            break
-    else:
-        if len(answer) >= n:
-            return None  # it was below the top n by an unknown score
-        at, score = len(answer), 0.0
-    raised = (member, score + inc)
-    to = at  # it moves up past those it now outranks (ZREVRANGE's order: score, then member)
-    while to and _by_score_then_member(answer[to - 1]) < _by_score_then_member(raised):
-        to -= 1
-    return [*answer[:to], raised, *answer[to:at], *answer[at + 1:]][:n]
-
-
-def _by_score_then_member(item: tuple[str, float]) -> tuple[float, str]:
-    """Redis ZREVRANGE's order: highest score first, ties by member descending."""
-    return (item[1], item[0])
