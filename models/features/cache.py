@@ -194,4 +194,3 @@ class ItemSideCache:
 
     def __getattr__(self, name: str) -> Any:  # anything else a backend offers (e.g. scan)
         return getattr(self.store, name)
-
