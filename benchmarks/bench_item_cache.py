@@ -25,14 +25,12 @@ import asyncio
 import gc
 import time
 
-from models import tuned
 from models.features.cache import ItemSideCache
 from models.features.keys import Keys
 from models.features.memory import MemoryStore
-from models.pipeline import Recommender
-from models.ranking import Ranker
 from streams.readers import FORMATS, open_recording
-from streams.replay import ReplayClock, replay
+from streams.replay import ReplayClock, build_recommender, replay
+
 
 async def run_arm(path: str, fmt: str, ttl_s: float, k: int = 20, limit: int | None = None) -> dict:
     """Replay ``path`` with the cache kept ``ttl_s`` event seconds (0: none); the
@@ -42,11 +40,7 @@ async def run_arm(path: str, fmt: str, ttl_s: float, k: int = 20, limit: int | N
     clock = ReplayClock()
     store, keys = MemoryStore(clock=clock), Keys()
     cache = ItemSideCache(store, keys, ttl_s=ttl_s, clock=clock) if ttl_s > 0 else None
-    cfg, sources, prior, warmup = tuned.build(profile, cache or store, keys, k=k, content=None)
-    ranker = Ranker([s.name for s in sources], prior=prior, warmup=warmup)
-    sessions, recs = iter(range(1, 1 << 62)), iter(range(1, 1 << 62))
-    rec = Recommender(store, keys, cfg, sources=sources, ranker=ranker, clock=clock,
-                      new_session_id=lambda: f"s{next(sessions)}", new_rec_id=lambda: f"r{next(recs)}")
+    rec = build_recommender(profile, k, store, keys, clock, source_store=cache)
     out = await replay(recording, rec, clock, k=k, limit=limit, progress=False, total=recording.total)
     return {"metrics": out["metrics"], "cases": out["test_cases"],
             "hits": cache.hits if cache else 0, "misses": cache.misses if cache else 0}

@@ -88,10 +88,12 @@ def _open_store(url: str, clock: ReplayClock):
 
 
 def build_recommender(profile: str, k: int, store: Any, keys: Keys, clock: ReplayClock,
-                      content: Callable | None = None, settings: Any = None) -> Recommender:
+                      content: Callable | None = None, settings: Any = None,
+                      source_store: Any = None) -> Recommender:
     """A ``Recommender`` with the tuned settings of ``profile`` and deterministic ids,
-    and the business rules that ``settings`` sets (as the worker applies them)."""
-    cfg, sources, prior, warmup = tuned.build(profile, store, keys, k=k, content=content)
+    and the business rules that ``settings`` sets (as the worker applies them); its
+    candidate sources read ``source_store`` (e.g. a cache in front of ``store``) if given."""
+    cfg, sources, prior, warmup = tuned.build(profile, source_store or store, keys, k=k, content=content)
     if settings is not None:
         settings.apply_business_rules(cfg)
     ranker = Ranker([s.name for s in sources], prior=prior, warmup=warmup)
