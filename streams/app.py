@@ -502,8 +502,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         if settings.web_port:
             await _start_web(rt, app)
         settle_gc(settings.gc_gen0_threshold)
-        log.info("worker %s ready: store=%s topics=%s", settings.worker_id, rt.store.kind,
-                 ",".join(settings.topic(t) for t in INPUT_TOPICS))
+        log.info("worker %s ready: store=%s topics=%s event loop=%s", settings.worker_id, rt.store.kind,
+                 ",".join(settings.topic(t) for t in INPUT_TOPICS), type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     @app.task
     async def watch_event_loop() -> None:
@@ -661,6 +661,21 @@ def faust_worker(app: faust.App, loglevel: str = "info"):
     return worker
 
 
+def use_event_loop(name: str) -> None:
+    """Make the event loops this process creates from now on ``name``'s: ``uvloop``
+    (libuv, in C) or ``asyncio`` (Python's own). Call it before the app and its worker
+    exist: Faust's consumer thread makes its own loop as it starts."""
+    if name != "uvloop":
+        return
+    try:
+        import uvloop
+    except ImportError as e:
+        raise SystemExit("STREAMREC_EVENT_LOOP=uvloop needs the uvloop package (pip install uvloop); "
+                         "or set STREAMREC_EVENT_LOOP=asyncio") from e
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker until interrupted (``streamrec worker``)."""
+    use_event_loop(settings.event_loop)
     faust_worker(create_app(settings), loglevel).execute_from_commandline()

@@ -542,11 +542,12 @@ def start_passthrough(env: dict, log: Path):
 
 def passthrough_main() -> None:
     """A bare Faust agent with the worker's batching: forward each value, nothing else."""
-    from streams.app import StreamrecApp, faust_worker
+    from streams.app import StreamrecApp, faust_worker, use_event_loop
     from streams.batching import take_batches
     from streams.settings import load_settings
 
     s = load_settings()
+    use_event_loop(s.event_loop)  # as the worker does
     app = StreamrecApp(f"{s.app_id}-pt", broker=s.kafka_url, store="memory://", key_serializer="raw",
                     value_serializer="raw", topic_partitions=s.partitions, web_enabled=False,
                     consumer_auto_offset_reset="earliest", broker_commit_interval=1.0, producer_acks=-1,

@@ -15,6 +15,7 @@ False
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -103,6 +104,9 @@ class Settings(BaseSettings):
         "the garbage collector's reach and collects its youngest generation after this many "
         "new objects instead of 700: pauses of a few to about 25 ms instead of 75-90 ms "
         "(0 = Python's defaults, nothing frozen)"))
+    event_loop: Literal["uvloop", "asyncio"] = Field("asyncio" if sys.platform == "win32" else "uvloop", description=(
+        "the worker's event loop: uvloop's (libuv, in C: less CPU for Faust's and aiokafka's "
+        "socket reads, writes and wake-ups) or Python's own"))
     item_cache_s: float = Field(1.0, ge=0, le=60, description=(
         "seconds of the shop's time (its events' timestamps, or the wall clock where that runs "
         "ahead) the candidate sources reuse an item's co-visitation, next-item and session lists "

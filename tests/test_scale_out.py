@@ -83,6 +83,7 @@ async def test_two_then_three_workers(broker, redis_url, worker_env, prefix, tmp
              "STREAMREC_COPY_IN_WORKER": "false",
              "STREAMREC_WEB_PORT": str(port), "STREAMREC_WORKER_ID": f"w{i + 1}"}
             for i, port in enumerate(ports)]
+    envs[1]["STREAMREC_EVENT_LOOP"] = "asyncio"  # the others run the default, uvloop: one group, both loops
     t0 = time.time() - 3 * 3600
     workers: list[Service] = []
     joining: asyncio.Task | None = None
@@ -137,6 +138,8 @@ async def test_two_then_three_workers(broker, redis_url, worker_env, prefix, tmp
         assert made[2] > 0 and made[0] > 0 and made[1] > 0, made
         assert all(n >= 10 for n in lag_checks), lag_checks
         assert all(w.proc.poll() is None for w in workers), "a worker died"
+        loops = [(tmp_path / f"w{i + 1}.log").read_text().split("event loop=", 1)[1].split()[0] for i in range(3)]
+        assert loops == ["uvloop", "asyncio", "uvloop"], loops
         # and its log shows the assignment it received
         log3 = (tmp_path / "w3.log").read_text()
         assert "newly assigned partitions" in log3 and prefix + "clicks" in log3.split("newly assigned partitions", 1)[1]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import faust
 import pytest
 from pydantic import ValidationError
@@ -62,3 +65,12 @@ def test_redis_tls_url_and_credentials_are_accepted():
 
     store = open_store(s.redis_url, **kw)  # connects lazily: building the client must work
     assert store.kind == "redis"
+
+
+@pytest.mark.parametrize("name", ["uvloop", "asyncio"])
+def test_the_worker_event_loop_setting_picks_the_loop(name):
+    # in a child process: the choice is process-wide (an event loop policy)
+    code = ("import asyncio; from streams.app import use_event_loop; use_event_loop(%r); "
+            "loop = asyncio.new_event_loop(); print(type(loop).__module__.split('.')[0]); loop.close()" % name)
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert got.stdout.split()[-1] == name
