@@ -502,8 +502,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         if settings.web_port:
             await _start_web(rt, app)
         settle_gc(settings.gc_gen0_threshold)
+        loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
         log.info("worker %s ready: store=%s topics=%s event loop=%s", settings.worker_id, rt.store.kind,
-                 ",".join(settings.topic(t) for t in INPUT_TOPICS), type(asyncio.get_running_loop()).__module__.split(".")[0])
+                 ",".join(settings.topic(t) for t in INPUT_TOPICS), loop_kind)
 
     @app.task
     async def watch_event_loop() -> None:

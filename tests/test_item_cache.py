@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import random
 
-import orjson
 import pytest
 
 from models.features import open_store

@@ -138,7 +138,8 @@ async def test_two_then_three_workers(broker, redis_url, worker_env, prefix, tmp
         assert made[2] > 0 and made[0] > 0 and made[1] > 0, made
         assert all(n >= 10 for n in lag_checks), lag_checks
         assert all(w.proc.poll() is None for w in workers), "a worker died"
-        loops = [(tmp_path / f"w{i + 1}.log").read_text().split("event loop=", 1)[1].split()[0] for i in range(3)]
+        loops = [(tmp_path / f"w{i + 1}.log").read_text().split("event loop=", 1)[1].split()[0]
+                 for i in range(3)]
         assert loops == ["uvloop", "asyncio", "uvloop"], loops
         # and its log shows the assignment it received
         log3 = (tmp_path / "w3.log").read_text()
