@@ -5,8 +5,9 @@
 
 Reads py-spy's raw output (one ``frame;frame;... count`` line per stack), keeps the
 stacks of the process whose command line contains ``--process``, drops start-up (the
-catalog's first embedding, imports) and idle waits (the event loop's ``select``, idle
-pool threads), and counts every remaining sample once: in the recommender when any
+catalog's first embedding, imports) and idle waits (asyncio's ``select``, idle pool
+threads, and uvloop's loop: its wait runs in C, so py-spy shows the thread in the
+Python frame that started the loop, with nothing above it), and counts every remaining sample once: in the recommender when any
 frame is in ``models/`` (split by source), else by the deepest frame of a known part.
 """
 
@@ -18,6 +19,9 @@ from collections import Counter
 from typing import Iterable
 
 STARTUP_OR_IDLE = ("TextEncoder", "models/content/catalog.py", "_find_and_load", "EpollSelector.select")
+#: Frames that start an event loop (the worker's, Faust's consumer thread's): a sample
+#: that ends in one is uvloop waiting in C (asyncio's loop shows its ``select``)
+LOOP_ENTRIES = ("Worker.execute_from_commandline (mode/worker.py:", "ServiceThread._start_thread (mode/threads.py:")
 #: (part, substring of a frame), the first match from the deepest frame up wins
 OUTSIDE = [("Redis client, outside the recommender's frames", "redis/"), ("aiokafka in the main thread", "aiokafka/"),
            ("Faust and mode", "faust/"), ("Faust and mode", "mode/"), ("worker glue (streams/) and the rest", "streams/"),
@@ -40,7 +44,7 @@ def shares(lines: Iterable[str], process: str = "") -> tuple[Counter, Counter, i
         if not stack or (process and not any(f.startswith("process ") and process in f for f in frames)):
             continue
         n = int(count)
-        if any(p in stack for p in STARTUP_OR_IDLE) or (
+        if any(p in stack for p in STARTUP_OR_IDLE) or frames[-1].startswith(LOOP_ENTRIES) or (
                 "concurrent/futures/thread.py" in stack and "_WorkItem.run" not in stack):
             continue
         busy += n
