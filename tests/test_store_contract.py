@@ -331,3 +331,35 @@ async def test_a_user_who_may_not_ask_a_keys_kind_gets_a_store_error_not_a_data_
     finally:
         await store.close()
         svc.stop()
+
+
+async def test_a_round_trip_reads_every_reply_in_order_as_redis_py_does(redis_store, k, monkeypatch):
+    """Replies are read straight from the connection's hiredis reader (``_replies``):
+    hundreds of them, over many socket reads, error replies kept in place as values,
+    exactly as redis-py's ``read_response`` gives them one by one."""
+    from redis.exceptions import ResponseError
+
+    import models.features.redis as redis_backend
+
+    big = "v" * 5000  # 300 of them: many reads of the socket
+    await redis_store._roundtrip([("SET", k(f"big{i}"), big) for i in range(300)])
+    commands = [c for i in range(300) for c in (("GET", k(f"big{i}")), ("LRANGE", k(f"big{i}"), 0, 1))]
+    fast = await redis_store._roundtrip(commands)
+
+    async def one_by_one(conn, n):  # redis-py's own path
+        out = []
+        for _ in range(n):
+            try:
+                out.append(await conn.read_response())
+            except ResponseError as e:
+                out.append(e)
+        return out
+
+    monkeypatch.setattr(redis_backend, "_replies", one_by_one)
+    slow = await redis_store._roundtrip(commands)
+    assert len(fast) == len(slow) == 600
+    assert fast[0::2] == slow[0::2] == [big.encode()] * 300
+    assert all(isinstance(e, ResponseError) and "WRONGTYPE" in str(e) for e in fast[1::2])
+    assert [type(e) for e in fast[1::2]] == [type(e) for e in slow[1::2]]
+    await redis_store._roundtrip([("DEL", *[k(f"big{i}") for i in range(300)])])
+    assert await redis_store.read([("get", k("big0"))]) == [None]  # the connection stayed usable

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Sequence
 
 import redis.asyncio as aioredis
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import NoPermissionError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError, NoPermissionError, NoScriptError, RedisError, ResponseError
 from redis.utils import HIREDIS_AVAILABLE
 
 from models.features.store import (READ_NEEDS, WRITE_NEEDS, ReadOp, StoreDataError, StoreError, WriteOp,
@@ -47,6 +47,46 @@ if HIREDIS_AVAILABLE:
     from hiredis import pack_command as _pack_command
 else:  # pragma: no cover - hiredis is a dependency
     _pack_command = None
+
+
+try:  # redis-py's marker for "the reader needs more bytes" (False before 6.2)
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA
+except ImportError:  # pragma: no cover - older redis-py
+    NOT_ENOUGH_DATA = False
+
+
+async def _replies(conn: Any, n: int) -> list[Any]:
+    """The next ``n`` replies on ``conn``, error replies as ``ResponseError`` values.
+
+    With hiredis, straight from the connection's reader: redis-py's ``read_response``
+    opens a timeout and checks the connection's health for every reply, several
+    microseconds each, and a batch's round trip carries hundreds of replies (the
+    caller bounds the whole round trip's time and drops the connection on any error,
+    as ``read_response`` does per reply). Without hiredis, through ``read_response``.
+    """
+    parser = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if reader is None or not hasattr(reader, "gets") or not hasattr(parser, "read_from_socket"):
+        replies = []
+        for _ in range(n):
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as e:
+                replies.append(e)
+        return replies
+    gets, more = reader.gets, parser.read_from_socket
+    replies = []
+    while len(replies) < n:
+        reply = gets()
+        if reply is NOT_ENOUGH_DATA:
+            await more()
+            continue
+        # what redis-py's parser raises rather than returns (a refused connection)
+        if isinstance(reply, RedisConnectionError) or (
+                type(reply) is list and reply and isinstance(reply[0], RedisConnectionError)):
+            raise reply if isinstance(reply, RedisConnectionError) else reply[0]
+        replies.append(reply)
+    return replies
 
 
 def _packed(conn: Any, commands: list[tuple]) -> list[bytes]:
@@ -556,12 +596,7 @@ class RedisStore:
                 conn = await pool.get_connection()
                 try:
                     await conn.send_packed_command(_packed(conn, commands))
-                    replies = []
-                    for _ in commands:
-                        try:
-                            replies.append(await conn.read_response())
-                        except ResponseError as e:
-                            replies.append(e)
+                    replies = await _replies(conn, len(commands))
                 except BaseException:
                     await conn.disconnect(nowait=True)
                     raise
