@@ -16,21 +16,8 @@ import argparse
 import asyncio
 import time
 
-from redis.exceptions import ResponseError
-
 import models.features.redis as redis_backend
 from streams.embedded import start_redis
-
-
-async def read_one_by_one(conn, n: int) -> list:
-    """redis-py's own path: ``read_response`` per reply, error replies caught."""
-    out = []
-    for _ in range(n):
-        try:
-            out.append(await conn.read_response())
-        except ResponseError as e:
-            out.append(e)
-    return out
 
 
 async def measure(url: str, commands: int, trips: int, rounds: int) -> dict[str, list[float]]:
@@ -42,7 +29,7 @@ async def measure(url: str, commands: int, trips: int, rounds: int) -> dict[str,
                 for i in range(commands)]
         us: dict[str, list[float]] = {"read_response per reply": [], "the reader (the store's way)": []}
         for _ in range(rounds):
-            for way, read in zip(us, (read_one_by_one, direct)):
+            for way, read in zip(us, (redis_backend.read_each, direct)):
                 redis_backend._replies = read
                 t = time.process_time()
                 for _ in range(trips):

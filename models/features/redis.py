@@ -67,13 +67,7 @@ async def _replies(conn: Any, n: int) -> list[Any]:
     parser = getattr(conn, "_parser", None)
     reader = getattr(parser, "_reader", None)
     if reader is None or not hasattr(reader, "gets") or not hasattr(parser, "read_from_socket"):
-        replies = []
-        for _ in range(n):
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as e:
-                replies.append(e)
-        return replies
+        return await read_each(conn, n)
     gets, more = reader.gets, parser.read_from_socket
     replies = []
     while len(replies) < n:
@@ -86,6 +80,18 @@ async def _replies(conn: Any, n: int) -> list[Any]:
                 type(reply) is list and reply and isinstance(reply[0], RedisConnectionError)):
             raise reply if isinstance(reply, RedisConnectionError) else reply[0]
         replies.append(reply)
+    return replies
+
+
+async def read_each(conn: Any, n: int) -> list[Any]:
+    """The next ``n`` replies on ``conn`` through redis-py's ``read_response``, one call
+    each, error replies as ``ResponseError`` values (``_replies`` without hiredis)."""
+    replies = []
+    for _ in range(n):
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as e:
+            replies.append(e)
     return replies
 
 
