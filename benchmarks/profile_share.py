@@ -7,8 +7,9 @@ Reads py-spy's raw output (one ``frame;frame;... count`` line per stack), keeps 
 stacks of the process whose command line contains ``--process``, drops start-up (the
 catalog's first embedding, imports) and idle waits (asyncio's ``select``, idle pool
 threads, and uvloop's loop: its wait runs in C, so py-spy shows the thread in the
-Python frame that started the loop, with nothing above it), and counts every remaining sample once: in the recommender when any
-frame is in ``models/`` (split by source), else by the deepest frame of a known part.
+Python frame that started the loop, with nothing above it), and counts every remaining
+sample once: in the recommender when any frame is in ``models/`` (split by source),
+else by the deepest frame of a known part.
 """
 
 from __future__ import annotations

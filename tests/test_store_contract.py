@@ -347,7 +347,7 @@ async def test_a_round_trip_reads_every_reply_in_order_as_redis_py_does(redis_st
     fast = await redis_store._roundtrip(commands)
     pool = redis_store._r.connection_pool
     conn = await pool.get_connection()
-    assert hasattr(conn._parser._reader, "gets")  # the round trip above took the reader's way
+    assert hasattr(conn._parser._reader, "gets") and str(conn.protocol) == "2"  # the reader's way was taken
     await pool.release(conn)
 
     monkeypatch.setattr(redis_backend, "_replies", redis_backend.read_each)  # redis-py's own path
@@ -358,3 +358,4 @@ async def test_a_round_trip_reads_every_reply_in_order_as_redis_py_does(redis_st
     assert [type(e) for e in fast[1::2]] == [type(e) for e in slow[1::2]]
     await redis_store._roundtrip([("DEL", *[k(f"big{i}") for i in range(300)])])
     assert await redis_store.read([("get", k("big0"))]) == [None]  # the connection stayed usable
+

@@ -25,7 +25,8 @@ from typing import Any, Awaitable, Sequence
 
 import redis.asyncio as aioredis
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import ConnectionError as RedisConnectionError, NoPermissionError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError, NoScriptError, RedisError, ResponseError
 from redis.utils import HIREDIS_AVAILABLE
 
 from models.features.store import (READ_NEEDS, WRITE_NEEDS, ReadOp, StoreDataError, StoreError, WriteOp,
@@ -62,11 +63,15 @@ async def _replies(conn: Any, n: int) -> list[Any]:
     opens a timeout and checks the connection's health for every reply, several
     microseconds each, and a batch's round trip carries hundreds of replies (the
     caller bounds the whole round trip's time and drops the connection on any error,
-    as ``read_response`` does per reply). Without hiredis, through ``read_response``.
+    as ``read_response`` does per reply). Without hiredis, or on RESP3, through
+    ``read_response``.
     """
     parser = getattr(conn, "_parser", None)
     reader = getattr(parser, "_reader", None)
-    if reader is None or not hasattr(reader, "gets") or not hasattr(parser, "read_from_socket"):
+    # the store speaks RESP2 (``from_url``): no push messages between replies, which on
+    # RESP3 only ``read_response`` sorts out
+    resp2 = str(getattr(conn, "protocol", 2) or 2) == "2"
+    if reader is None or not hasattr(reader, "gets") or not hasattr(parser, "read_from_socket") or not resp2:
         return await read_each(conn, n)
     gets, more = reader.gets, parser.read_from_socket
     replies = []
@@ -76,9 +81,10 @@ async def _replies(conn: Any, n: int) -> list[Any]:
             await more()
             continue
         # what redis-py's parser raises rather than returns (a refused connection)
-        if isinstance(reply, RedisConnectionError) or (
-                type(reply) is list and reply and isinstance(reply[0], RedisConnectionError)):
-            raise reply if isinstance(reply, RedisConnectionError) else reply[0]
+        if isinstance(reply, RedisConnectionError):
+            raise reply
+        if type(reply) is list and reply and isinstance(reply[0], RedisConnectionError):
+            raise reply[0]
         replies.append(reply)
     return replies
 
