@@ -40,7 +40,6 @@ from models.features.store import FeatureStore, StoreDataError
 from models.pipeline import Recommender, recommendation_json
 from models.ranking import Ranker, SnapshotError, labels_json, parse_labels
 from streams.batching import take_batches
-from streams.consumer import worker_transport
 from streams.codecs import dead_letter_record, user_key
 from streams.settings import Settings
 
@@ -363,8 +362,36 @@ def _faust_credentials(settings: Settings) -> Any:
                                  mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context)
 
 
+def _low_latency_transport(fetch_max_wait_ms: int, fetch_min_bytes: int = 1) -> type:
+    """Faust's aiokafka transport with a configurable fetch wait and fetch size.
+
+    Faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers; brokers that hold a
+    fetch until that deadline (Tansu does) then add up to 1.5 s to every event's latency.
+    ``fetch_min_bytes`` above 1 lets the broker hold a fetch until that much data is there
+    (or the wait is over): fewer, larger fetches at some latency.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    class ConsumerThread(driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = fetch_max_wait_ms
+            consumer._fetch_min_bytes = fetch_min_bytes
+            return consumer
+
+    class Consumer(driver.Consumer):
+        def _new_consumer_thread(self) -> Any:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class Transport(driver.Transport):
+        pass
+
+    Transport.Consumer = Consumer
+    return Transport
+
+
 class StreamrecApp(faust.App):
-    """``faust.App`` with the worker's consumer transport (``streams.consumer``).
+    """``faust.App`` with the low-latency consumer transport.
 
     Faust's data directory stays empty (tables live in memory; a worker's state is in
     the feature store), so it goes under the system's temporary folder, not into the
@@ -373,15 +400,13 @@ class StreamrecApp(faust.App):
 
     fetch_max_wait_ms = 100
     fetch_min_bytes = 1
-    in_place_after: int | None = None  # None: every record of a fetch as Faust delivers it
 
     def __init__(self, id: str, **options: Any) -> None:  # noqa: A002 - faust's name
         options.setdefault("datadir", str(Path(tempfile.gettempdir()) / f"faust-{id}-data"))
         super().__init__(id, **options)
 
     def _new_transport(self) -> Any:
-        return worker_transport(self.fetch_max_wait_ms, self.fetch_min_bytes,
-                                self.in_place_after)(self.conf.broker_consumer, self)
+        return _low_latency_transport(self.fetch_max_wait_ms, self.fetch_min_bytes)(self.conf.broker_consumer, self)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
@@ -399,7 +424,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     )
     app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
     app.fetch_min_bytes = settings.kafka_fetch_min_bytes
-    app.in_place_after = settings.kafka_in_place_after
     app.streamrec = rt  # type: ignore[attr-defined]
     inputs = app.topic(*[settings.topic(t) for t in INPUT_TOPICS], key_type=bytes, value_type=bytes,
                        partitions=settings.partitions)

@@ -49,10 +49,6 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(20, ge=1, le=10_000, description="longest a fetch waits for data")
     kafka_fetch_min_bytes: int = Field(1, ge=1, le=52_428_800, description=(
         "data a fetch waits for (up to kafka_fetch_max_wait_ms): above 1, fewer and larger fetches"))
-    kafka_in_place_after: int = Field(16, ge=0, description=(
-        "records of one fetch handed to the agent Faust's way (a task race each); the rest of"
-        " a larger fetch (a backlog) go to the agent's buffer at once, so that its next batch"
-        " takes them in. A large value: every record Faust's way"))
     kafka_session_timeout_s: float = Field(30.0, gt=1, description="how soon a dead worker's partitions move")
 
     # Redis security: a password (ACL user) and TLS via rediss://.
