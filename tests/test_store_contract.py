@@ -344,13 +344,15 @@ async def test_a_round_trip_reads_every_reply_in_order_as_redis_py_does(redis_st
     big = "v" * 5000  # 300 of them: many reads of the socket
     await redis_store._roundtrip([("SET", k(f"big{i}"), big) for i in range(300)])
     commands = [c for i in range(300) for c in (("GET", k(f"big{i}")), ("LRANGE", k(f"big{i}"), 0, 1))]
-    fast = await redis_store._roundtrip(commands)
-    pool = redis_store._r.connection_pool
-    conn = await pool.get_connection()
-    assert hasattr(conn._parser._reader, "gets") and str(conn.protocol) == "2"  # the reader's way was taken
-    await pool.release(conn)
+    read_each = redis_backend.read_each
 
-    monkeypatch.setattr(redis_backend, "_replies", redis_backend.read_each)  # redis-py's own path
+    async def not_taken(conn, n):
+        raise AssertionError("the reader's way was not taken: read_response per reply")
+
+    monkeypatch.setattr(redis_backend, "read_each", not_taken)
+    fast = await redis_store._roundtrip(commands)  # fails if it fell back to read_each
+
+    monkeypatch.setattr(redis_backend, "_replies", read_each)  # redis-py's own path
     slow = await redis_store._roundtrip(commands)
     assert len(fast) == len(slow) == 600
     assert fast[0::2] == slow[0::2] == [big.encode()] * 300
@@ -358,4 +360,3 @@ async def test_a_round_trip_reads_every_reply_in_order_as_redis_py_does(redis_st
     assert [type(e) for e in fast[1::2]] == [type(e) for e in slow[1::2]]
     await redis_store._roundtrip([("DEL", *[k(f"big{i}") for i in range(300)])])
     assert await redis_store.read([("get", k("big0"))]) == [None]  # the connection stayed usable
-
