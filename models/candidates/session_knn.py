@@ -90,12 +90,7 @@ class SessionKNN:
             return []
         anchors = list(weights)
         lists = await self.store.read([("lrange", self.keys.item_sessions(a), self.sample) for a in anchors])
-        sim: dict[str, float] = {}
-        get = sim.get
-        for anchor, sessions in zip(anchors, lists):
-            w = weights[anchor]
-            for sid in sessions:
-                sim[sid] = get(sid, 0.0) + w
+        sim = similar_sessions(anchors, weights, lists)
         sim.pop(ctx.session_id, None)
         if not sim:
             return []
@@ -103,25 +98,12 @@ class SessionKNN:
         # sorting all (a few hundred) is faster than heapq.nlargest, with the same answer
         top = sorted(sim.items(), key=_score, reverse=True)[:self.neighbours]
         sessions = await self._session_items([sid for sid, _ in top], ctx.now)
-        scores: dict[str, float] = {}
-        get = scores.get
-        around = self._around
-        for (sid, s), items in zip(top, sessions):
-            # where the neighbour met the most recent (highest weighted) current item:
-            # anchors are in falling weight, so the first one it holds, first occurrence
-            at = 0
-            for a in anchors:
-                if a in items:
-                    at = items.index(a)
-                    break
-            for item, near in zip(items, around[at]):
-                scores[item] = get(item, 0.0) + s * near
+        scores = item_scores(top, sessions, anchors, self._around)
         if not scores:
             return []
         ranked = sorted(scores.items(), key=_score, reverse=True)[:n]
         top_score = ranked[0][1] or 1.0
         return [(item, v / top_score, "") for item, v in ranked]
-
 
     async def _session_items(self, sids: list[str], now: float) -> list[list[str]]:
         if not self.cache_s:
@@ -150,6 +132,46 @@ class SessionKNN:
         cap = self.session_cap
         # item ids recur across sessions: one string per id, however many sessions hold it
         return [list(map(sys.intern, raw.decode().split(SEP)[:cap])) if raw else [] for raw in got[0]]
+
+
+def similar_sessions(anchors: list[str], weights: dict[str, float], lists: list[list[str]]) -> dict[str, float]:
+    """Past session -> the summed weights of the anchors whose session list
+    (``lists[i]`` for ``anchors[i]``) holds it, in first-seen order.
+
+    >>> similar_sessions(["a", "b"], {"a": 1.0, "b": 0.5}, [["s1", "s2"], ["s2", "s3"]])
+    {'s1': 1.0, 's2': 1.5, 's3': 0.5}
+    """
+    sim: dict[str, float] = {}
+    get = sim.get
+    for anchor, sessions in zip(anchors, lists):
+        w = weights[anchor]
+        for sid in sessions:
+            sim[sid] = get(sid, 0.0) + w
+    return sim
+
+
+def item_scores(top: list[tuple[str, float]], sessions: list[list[str]], anchors: list[str],
+                around: list[list[float]]) -> dict[str, float]:
+    """Item -> the summed ``similarity * around[at][position]`` over the neighbour
+    sessions ``top`` ((id, similarity), their items in ``sessions``), ``at`` being where
+    a neighbour holds the first anchor it holds (0 when none).
+
+    >>> item_scores([("s1", 1.0), ("s2", 0.5)], [["x", "a"], ["a", "y"]], ["a"], [[1.0, 0.5], [0.5, 1.0]])
+    {'x': 0.5, 'a': 1.5, 'y': 0.25}
+    """
+    scores: dict[str, float] = {}
+    get = scores.get
+    for (sid, s), items in zip(top, sessions):
+        # where the neighbour met the most recent (highest weighted) current item:
+        # anchors are in falling weight, so the first one it holds, first occurrence
+        at = 0
+        for a in anchors:
+            if a in items:
+                at = items.index(a)
+                break
+        for item, near in zip(items, around[at]):
+            scores[item] = get(item, 0.0) + s * near
+    return scores
 
 
 SEP = "\x1f"
