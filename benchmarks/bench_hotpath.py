@@ -1,7 +1,7 @@
 """The worker's processing path without the broker: CPU per event by batch size.
 
     python -m benchmarks.bench_hotpath --batches 1 10 100 [--no-content] [--gc-gen0-threshold 0] [--ranks-by model]
-        [--workload stress|live] [--item-cache-s S]
+        [--workload stress|live] [--item-cache-s S] [--shed]
 
 Runs ``Runtime.handle`` (what the Faust agent calls for each batch) against an
 embedded Redis over simulated shoppers: a 5,000-item catalog embedded first, 3,000
@@ -23,6 +23,8 @@ instead of the stress stream, its warm-up preceded by the bench's lead-in (the s
 minute before, 30,000 events): the store a worker of a running shop meets, whose item
 session lists and co-visitation are full, so a list costs more than on the stress
 stream's young store.
+``--shed``: the measured batches are made as a late worker makes them
+(``STREAMREC_SHED_AFTER_MS``): lists without the shed sources, state updated alike.
 ``streamrec bench`` measures the same path through the broker.
 """
 
@@ -90,7 +92,7 @@ def let_the_model_rank(ranker: Ranker, seed: int = 0) -> None:
 
 async def measure(batch: int, content: bool, events: int, redis_url: str,
                   gc_gen0_threshold: int = GC_GEN0_THRESHOLD, ranks_by: str = "prior",
-                  workload: str = "stress", item_cache_s: float | None = None) -> dict:
+                  workload: str = "stress", item_cache_s: float | None = None, shed: bool = False) -> dict:
     extra = {} if item_cache_s is None else {"item_cache_s": item_cache_s}
     rt = Runtime(Settings(redis_url=redis_url, content=content, copy_in_worker=False,
                           key_prefix=f"hot{batch}{int(content)}{ranks_by}{workload}:", _env_file=None, **extra))
@@ -128,7 +130,7 @@ async def measure(batch: int, content: bool, events: int, redis_url: str,
         pauses.recording = True
         cpu, wall = time.process_time(), time.perf_counter()
         for i in range(warm_up, len(stream), batch):
-            await rt.handle(stream[i:i + batch])
+            await rt.handle(stream[i:i + batch], shed=shed)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         pauses.recording = False
     finally:
@@ -142,7 +144,8 @@ async def measure(batch: int, content: bool, events: int, redis_url: str,
     if splits:
         print(f"WARNING: {splits} batches raised and were redone one event at a time: "
               "these figures are not the normal path's", flush=True)
-    return {"batch": batch, "workload": workload, "content": content, "ranks_by": ranks_by, "events": events, "batch_splits": splits,
+    return {"batch": batch, "workload": workload, "content": content, "ranks_by": ranks_by, "shed": shed,
+            "events": events, "batch_splits": splits,
             "cpu_ms_per_event": round(1000 * cpu / events, 2), "events_per_s": round(events / wall, 1),
             "gc_gen0_threshold": gc_gen0_threshold, "gc_pauses": len(pauses.ms),
             "gc_ms_total": round(sum(pauses.ms), 1), "gc_ms_max": round(max(pauses.ms, default=0.0), 1),
@@ -162,6 +165,7 @@ def main() -> None:
                    help="simulated shoppers (the bench's stress stream) or a live shop at 500 events/s "
                         "after the bench's lead-in (its minute before: a store as a running shop has it)")
     p.add_argument("--item-cache-s", type=float, help="the worker's STREAMREC_ITEM_CACHE_S (default: its default)")
+    p.add_argument("--shed", action="store_true", help="measure lists made as a late batch's (without the shed sources)")
     p.add_argument("--report")
     a = p.parse_args()
     redis = start_redis()
@@ -169,7 +173,7 @@ def main() -> None:
         rows = []
         for b in a.batches:
             rows.append(asyncio.run(measure(b, not a.no_content, a.events, f"redis://127.0.0.1:{redis.port}/0",
-                                            a.gc_gen0_threshold, a.ranks_by, a.workload, a.item_cache_s)))
+                                            a.gc_gen0_threshold, a.ranks_by, a.workload, a.item_cache_s, a.shed)))
             r = rows[-1]
             print(f"batch {b:>4}: {r['cpu_ms_per_event']:.2f} ms CPU per event, {r['events_per_s']:,.0f} events/s, "
                   f"{r['gc_pauses']} GC pauses ({r['gc_ms_total']:.0f} ms in all, longest {r['gc_ms_max']:.1f} ms), "

@@ -136,6 +136,9 @@ class Recommendation:
     latency_ms: float
     #: Signals behind the list, for grounded copy (not part of the wire contract's required keys).
     context: dict[str, Any] = field(default_factory=dict)
+    #: The candidate sources this list left out because the worker was running late
+    #: (``STREAMREC_SHED_AFTER_MS``); empty for a full list.
+    skipped_sources: list[str] = field(default_factory=list)
 
     def wire(self) -> dict[str, Any]:
         """The wire JSON's fields (without the internal ``context``), for ``orjson.dumps``,
@@ -145,9 +148,12 @@ class Recommendation:
         >>> import orjson; orjson.loads(orjson.dumps(r.wire()))["items"]
         [{'item_id': 'a', 'score': 0.5, 'sources': ['covis'], 'reason': 'why'}]
         """
-        return {"rec_id": self.rec_id, "user_id": self.user_id, "trigger_event_id": self.trigger_event_id,
-                "ts": self.ts, "model_version": self.model_version, "latency_ms": self.latency_ms,
-                "items": self.items}
+        d = {"rec_id": self.rec_id, "user_id": self.user_id, "trigger_event_id": self.trigger_event_id,
+             "ts": self.ts, "model_version": self.model_version, "latency_ms": self.latency_ms,
+             "items": self.items}
+        if self.skipped_sources:  # a shed list says so (a full list's JSON is as before)
+            d["skipped_sources"] = self.skipped_sources
+        return d
 
 
 def to_dict(event: Event) -> dict[str, Any]:

@@ -8,7 +8,10 @@ starts the next one at once), decodes and
 validates each one (bad ones go to ``dead-letter`` with topic, partition, offset and
 reason), hands the good ones to ``Recommender.handle`` and sends each
 recommendation to ``recommendations``; the copy pool turns it into an event on
-``recommendations-enriched``.
+``recommendations-enriched``. With ``STREAMREC_SHED_AFTER_MS``, a batch whose oldest
+record waited longer than that (by its Kafka timestamp) is handled with ``shed=True``:
+its lists leave out the costly sources (``STREAMREC_SHED_SOURCES``) and say so, so a
+worker that fell behind catches up sooner.
 
 Delivery is at-least-once with idempotent effects: Faust acknowledges an event once
 the agent moves past it, and ``handle`` ignores an ``event_id`` it has applied
@@ -39,7 +42,7 @@ from models.features.keys import Keys
 from models.features.store import FeatureStore, StoreDataError
 from models.pipeline import Recommender, recommendation_json
 from models.ranking import Ranker, SnapshotError, labels_json, parse_labels
-from streams.batching import take_batches
+from streams.batching import batch_is_late, take_batches
 from streams.codecs import dead_letter_record, user_key
 from streams.settings import Settings
 
@@ -63,6 +66,9 @@ class Metrics:
                                     ["topic"], registry=r)
         self.recommendations = Counter("streamrec_recommendations_total", "Recommendations emitted", registry=r)
         self.duplicates = Counter("streamrec_duplicates_total", "Redelivered events ignored", registry=r)
+        self.shed_batches = Counter("streamrec_shed_batches_total", "Batches whose lists left out the shed "
+                                    "sources because their oldest event was late (STREAMREC_SHED_AFTER_MS)",
+                                    registry=r)
         self.store_errors = Counter("streamrec_store_errors_total", "Feature-store failures (retried)", registry=r)
         self.internal_errors = Counter("streamrec_internal_errors_total", "Events that raised in processing",
                                        registry=r)
@@ -189,6 +195,7 @@ class Runtime:
         cfg.session_gap_s, cfg.dedupe_ttl_s = settings.session_gap_s, settings.dedupe_ttl_s
         cfg.rec_ttl_s = settings.rec_ttl_s
         cfg.coalesce_per_user = settings.coalesce_per_user
+        cfg.shed_sources = tuple(n for n in settings.shed_sources.split(",") if n)
         ranker = Ranker([src.name for src in sources], prior=prior, warmup=warmup,
                         trial_share=settings.ranker_trial_share)
         return Recommender(self.store, self.keys, cfg, sources=sources, ranker=ranker, shop_clock=self.shop_clock)
@@ -214,19 +221,22 @@ class Runtime:
             log.warning("event loop held for %.0f ms: every list waiting in this worker waited as long "
                         "(a long batch, a garbage collection, a starved CPU)", lag_s * 1000)
 
-    async def handle(self, events: Sequence[Event]) -> list[tuple[Event, Any]]:
+    async def handle(self, events: Sequence[Event], shed: bool = False) -> list[tuple[Event, Any]]:
         """Run the recommender over ``events``; returns (event, error) pairs for the ones
         that failed for a reason other than an unreachable store (a bug, a damaged key:
-        the batch is redone one event at a time and only those fail).
+        the batch is redone one event at a time and only those fail). With ``shed`` (the
+        batch is late) the lists leave out the shed sources.
 
         Store failures are retried with capped backoff until the store answers again.
         """
         failures: list[tuple[Event, Any]] = []
         if not events:
             return failures
+        if shed:
+            self.metrics.shed_batches.inc()
         with self.metrics.batch_seconds.time():
             try:
-                outcome = await self._with_store_retry(events)
+                outcome = await self._with_store_retry(events, shed)
             except StoreError:
                 raise
             except StoreDataError as e:  # damaged keys: the events that touch them fail alone
@@ -241,7 +251,7 @@ class Runtime:
             if outcome is None:
                 for e in events:
                     try:
-                        one = await self._with_store_retry([e])
+                        one = await self._with_store_retry([e], shed)
                     except Exception as err:  # noqa: BLE001 - reported on dead-letter
                         self.metrics.internal_errors.inc()
                         failures.append((e, err))
@@ -252,11 +262,11 @@ class Runtime:
         await self._emit(outcome)
         return failures
 
-    async def _with_store_retry(self, events: Sequence[Event]):
+    async def _with_store_retry(self, events: Sequence[Event], shed: bool = False):
         delay = 0.05
         while True:
             try:
-                outcome = await self.recommender.handle(events)
+                outcome = await self.recommender.handle(events, shed=shed)
                 self.metrics.store_up.set(1)
                 return outcome
             except StoreError as e:
@@ -460,9 +470,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     rt.send_dead_letter = send_dead_letter  # type: ignore[method-assign]
     rt.send_enriched = send_enriched  # type: ignore[method-assign]
 
+    shed_after_s = settings.shed_after_ms / 1000 if settings.shed_after_ms > 0 else None
+
     @app.agent(inputs, concurrency=1)
     async def process(stream):  # noqa: ANN001 - Faust stream
         async for batch in take_batches(stream, settings.batch_size, within=settings.batch_window_s):
+            # late: its oldest record waited longer than allowed (Kafka timestamps, seconds)
+            shed = shed_after_s is not None and batch_is_late(batch, shed_after_s)
             good: list[Event] = []
             source: dict[int, Any] = {}  # id(event) -> its message, for a dead-letter record
             for ev in batch:
@@ -473,7 +487,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
                 else:
                     good.append(decoded)
                     source[id(decoded)] = m
-            for event, err in await rt.handle(good):
+            for event, err in await rt.handle(good, shed=shed):
                 # the input as it came (topic, partition, offset, bytes): fix the cause, replay it
                 m = source[id(event)]
                 await rt.send_dead_letter(dead_letter_record(

@@ -36,7 +36,8 @@ them has been processed, as with ``take_events``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+import time
+from typing import Any, AsyncIterator, Callable
 
 
 def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list]:
@@ -108,3 +109,17 @@ async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[
     finally:
         stream.enable_acks = acks
         stream._processors.remove(add)  # noqa: SLF001 - what take_events does
+
+
+def batch_is_late(batch: list, after_s: float, now: Callable[[], float] = time.time) -> bool:
+    """Whether the oldest record of ``batch`` (Faust events) was written to Kafka more than
+    ``after_s`` seconds before ``now()``, by the records' Kafka timestamps (a record
+    without one, Kafka's -1, counts as on time).
+
+    >>> from types import SimpleNamespace as NS
+    >>> ev = lambda ts: NS(message=NS(timestamp=ts))
+    >>> [batch_is_late(b, 0.1, now=lambda: 100.0) for b in ([ev(99.95), ev(99.5)], [ev(99.95)], [ev(-0.001)], [])]
+    [True, False, False, False]
+    """
+    stamps = [t for t in (ev.message.timestamp for ev in batch) if t and t > 0]
+    return bool(stamps) and now() - min(stamps) > after_s

@@ -19,6 +19,8 @@ same batching (``take_batches``), over the same simulated shopper stream:
   machine than events/s;
 - where the machine's cores went in every run: the CPU the worker, the broker, the
   embedded Redis and the bench's own process (producer and reader) used, in cores;
+- with ``STREAMREC_SHED_AFTER_MS`` in the environment, the streamrec worker makes late
+  batches' lists without the shed sources; each run then says how many lists were shed;
 - whether a paced run's tail is spread out or made in a short stretch: in how many of
   its seconds the slowest 1 % were sent; with ``--latency-log FILE``, every paced
   output's latency as JSON lines (worker, rate, send time, latency, the part before
@@ -126,6 +128,7 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
     to_send: list[float] = []
     after_send: list[float] = []
     sent: list[float] = []  # each output's input's hand-over (perf_counter), as ``lat``
+    shed = [0]  # lists a late batch made without its shed sources (STREAMREC_SHED_AFTER_MS)
     done = asyncio.Event()
 
     async def read() -> None:
@@ -137,6 +140,7 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
                     event_id, worker_ms = id_of(m.value)
                     t = sent_at.pop(event_id, None)
                     if t is not None:
+                        shed[0] += b'"skipped_sources"' in m.value
                         lat.append((now - t[0]) * 1000)
                         sent.append(t[0])
                         to_send.append(m.timestamp - t[1] * 1000)
@@ -175,7 +179,7 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
     await asyncio.gather(reader, return_exceptions=True)
     await producer.stop()
     await consumer.stop()
-    return {"events": len(events), "outputs": len(lat), "elapsed_s": round(elapsed, 3),
+    return {"events": len(events), "outputs": len(lat), "shed_outputs": shed[0], "elapsed_s": round(elapsed, 3),
             "events_per_s": round(len(lat) / elapsed, 1),
             "p50_ms": round(percentile(lat, 50), 2), "p95_ms": round(percentile(lat, 95), 2),
             "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(max(lat), 2) if lat else None,
@@ -188,6 +192,11 @@ async def _measure(bootstrap: str, prefix: str, out_topic: str, events: list[dic
             "worker_cpu_ms_per_event": None if math.isnan(cpu) else round(cpu * 1000 / max(len(lat), 1), 3),
             "cores": {name: round(s / elapsed, 2) for name, s in used.items() if not math.isnan(s)},
             "slowest_1pct_seconds": tail_seconds(lat, [t - t0 for t in sent]) if rate else None}
+
+
+def _shed(row: dict) -> str:
+    """How many of a run's lists were shed (a late batch's, without the shed sources), if any."""
+    return f", {row['shed_outputs']} of them shed" if row.get("shed_outputs") else ""
 
 
 def tail_seconds(latencies: Sequence[float], sent_s: Sequence[float]) -> int:
@@ -347,13 +356,14 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
                       f"(a batch raised; see the {name}*.log files in {logdir}): its figures are not the normal path's",
                       flush=True)
             print(f"{name:12s} throughput {res['throughput']['events_per_s']:>9,.0f} events/s   "
-                  f"worker CPU {res['throughput']['worker_cpu_ms_per_event'] or math.nan:.2f} ms/event", flush=True)
+                  f"worker CPU {res['throughput']['worker_cpu_ms_per_event'] or math.nan:.2f} ms/event"
+                  f"{_shed(res['throughput'])}", flush=True)
             print(f"{'':12s}   {_cores(res['throughput']['cores'])}", flush=True)
             for row in res["latency"]:
                 inside = (f"  inside the worker p50 {row['worker_p50_ms']:.1f} ms  p99 {row['worker_p99_ms']:.1f} ms"
                           if row["worker_p50_ms"] is not None else "")
                 print(f"{'':12s} at {row['rate']:>5.0f}/s: p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  "
-                      f"({row['outputs']}/{row['events']} answered){inside}", flush=True)
+                      f"({row['outputs']}/{row['events']} answered{_shed(row)}){inside}", flush=True)
                 if row["to_send_p50_ms"] is not None:
                     print(f"{'':12s}   to the worker's send p50 {row['to_send_p50_ms']:.1f} ms  p99 "
                           f"{row['to_send_p99_ms']:.1f} ms; from it to the reader p50 {row['after_send_p50_ms']:.1f} ms"

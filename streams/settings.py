@@ -24,6 +24,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: The worker's default ``gc_gen0_threshold`` (benchmarks settle their own process with it too).
 GC_GEN0_THRESHOLD = 10_000
 
+#: Every candidate source's name (``models/tuned.toml`` picks a profile's).
+SOURCE_NAMES = ("session_knn", "sequential", "covis", "content", "new_items", "buy_again", "popular")
+
 TOPICS = ("clicks", "carts", "items", "reviews", "feedback", "forget",
           "recommendations", "recommendations-enriched", "dead-letter", "ranker-labels")
 
@@ -91,6 +94,13 @@ class Settings(BaseSettings):
     coalesce_per_user: bool = Field(True, description=(
         "a shopper with several clicks/carts in one batch gets one list computed after the "
         "last of them, sent once per trigger (acts only when the worker is busy)"))
+    shed_after_ms: float = Field(0.0, ge=0, description=(
+        "a batch whose oldest event waited longer than this (the worker's clock minus the "
+        "record's Kafka timestamp) gets lists without the shed_sources, which marks each "
+        "(skipped_sources); state is updated alike. A shed list costs about a third less CPU, "
+        "so a worker that fell behind sends simpler lists sooner instead of late ones (0 = never)"))
+    shed_sources: str = Field("session_knn,content,new_items", description=(
+        "the candidate sources a late batch's lists leave out, comma-separated"))
     snapshot_every_s: float = Field(30.0, gt=0)
     share_ranker_labels: bool = Field(True, description=(
         "every worker's ranker learns every worker's labels: each sends the labels it learned "
@@ -127,6 +137,15 @@ class Settings(BaseSettings):
     copy_queue_size: int = Field(1000, ge=1)
     copy_cache_ttl_s: int = Field(24 * 3600, ge=1)
     copy_in_worker: bool = True
+
+    @field_validator("shed_sources")
+    @classmethod
+    def _shed_sources(cls, v: str) -> str:
+        names = [n.strip() for n in v.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(SOURCE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCE_NAMES)}")
+        return ",".join(names)
 
     @field_validator("kafka_url")
     @classmethod

@@ -696,6 +696,9 @@ def openapi_document(cfg: WebConfig | None = None) -> dict:
         "rec_id": {"type": "string"}, "user_id": {"type": "string"}, "trigger_event_id": {"type": "string"},
         "ts": {"type": "number"}, "model_version": {"type": "string"}, "latency_ms": {"type": "number"},
         "items": {"type": "array", "items": {"$ref": "#/components/schemas/RecommendedItem"}},
+        "skipped_sources": {"type": "array", "items": {"type": "string"}, "description": (
+            "only on a list made while the worker ran late (STREAMREC_SHED_AFTER_MS): "
+            "the candidate sources it left out")},
         "copy": {"type": "object", "properties": {
             "headline": {"type": "string"}, "body": {"type": "string"},
             "source": {"type": "string", "enum": ["llm", "template", "cache"]}, "model": {"type": "string"},

@@ -12,7 +12,8 @@ from models.features.cache import ItemSideCache
 from models.features.keys import Keys
 from models.features.memory import MemoryStore
 from models.features.store import StoreDataError
-from models.pipeline import Recommender, RecommenderConfig, default_sources
+from models.candidates.session_knn import SessionKNN
+from models.pipeline import Recommender, RecommenderConfig, default_sources, unpack_record
 from tests.support.dump import dump_store
 from tests.support.faults import FailsEachBatchOnce, handle_redoing_failures
 
@@ -203,9 +204,9 @@ async def test_coalesced_triggers_share_the_freshest_list_and_each_get_an_event(
     built = []
     compute = rec._recommend
 
-    async def counting(trigger, ctx, t0):
+    async def counting(trigger, ctx, t0, *sources):
         built.append(trigger.event_id)
-        return await compute(trigger, ctx, t0)
+        return await compute(trigger, ctx, t0, *sources)
     rec._recommend = counting
     recs = (await rec.handle(batch)).recommendations
     assert sorted(built) == ["x2", "x4"]  # one list per shopper, after their last trigger
@@ -229,6 +230,39 @@ async def test_coalesced_triggers_share_the_freshest_list_and_each_get_an_event(
     first = (await solo.handle(batch)).recommendations
     assert sorted(built) == ["x1", "x2", "x3", "x4"]
     assert [r.trigger_event_id for r in first] == ["x1", "x2", "x3", "x4"]
+
+
+async def test_a_shed_batch_leaves_out_the_shed_sources_and_learns_the_same(backend):
+    store, keys, url = backend
+    # two shops fed alike; the second makes its last batch's lists as a late worker would
+    full_keys, shed_keys = Keys(keys.prefix + "full:"), Keys(keys.prefix + "shed:")
+    shops = []
+    for k in (full_keys, shed_keys):
+        ids = iter(range(10**9))
+        rec = Recommender(store, k, RecommenderConfig(k=5, shed_sources=("session_knn",)),
+                          sources=[SessionKNN(store, k), *default_sources(store, k)], clock=lambda: T0,
+                          new_session_id=lambda ids=ids: f"s{next(ids)}")
+        await feed(rec, shop_stream(), 50)
+        shops.append(rec)
+    late = [Click("late1", "u1", "i3", T0 + 9000), Click("late2", "u2", "i5", T0 + 9001)]
+    full = (await shops[0].handle(late)).recommendations
+    shed = (await shops[1].handle(late, shed=True)).recommendations
+    assert any("session_knn" in i.sources for r in full for i in r.items)  # the source matters here
+    assert all(not r.skipped_sources and "skipped_sources" not in r.wire() for r in full)
+    for r in shed:
+        assert r.skipped_sources == ["session_knn"] and r.wire()["skipped_sources"] == ["session_knn"]
+        assert r.items and not any("session_knn" in i.sources for i in r.items)
+        [blob] = await store.read([("get", shed_keys.rec(r.rec_id))])
+        assert unpack_record(blob).get("shed") is True and "trial" not in unpack_record(blob)
+    # every source learned from the late events alike: the same state in both shops
+    states = [{key[len(k.prefix):]: v for key, v in counters(await dump_store(store, k.prefix, url)).items()}
+              for k in (full_keys, shed_keys)]
+    assert states[0] == states[1] and len(states[0]) > 50
+    # the next click labels a full list for the ranker, never a shed one (fewer sources)
+    before = [rec.ranker.updates for rec in shops]
+    for rec, recs in zip(shops, (full, shed)):
+        await rec.handle([Click("next", "u1", recs[0].items[0].item_id, T0 + 9010)])
+    assert shops[0].ranker.updates > before[0] and shops[1].ranker.updates == before[1]
 
 
 async def test_merged_increments_store_the_same_state(backend):

@@ -45,10 +45,10 @@ def test_a_batch_that_raises_is_split_counted_and_logged(prefix, tmp_path, caplo
                               copy_in_worker=False))
         real = rt.recommender.handle
 
-        async def raises_on_batches(events):  # the injected fault
+        async def raises_on_batches(events, **kw):  # the injected fault
             if len(events) > 1:
                 raise RuntimeError("injected")
-            return await real(events)
+            return await real(events, **kw)
 
         rt.recommender.handle = raises_on_batches  # type: ignore[method-assign]
         sent: list[str] = []
