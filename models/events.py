@@ -136,8 +136,8 @@ class Recommendation:
     latency_ms: float
     #: Signals behind the list, for grounded copy (not part of the wire contract's required keys).
     context: dict[str, Any] = field(default_factory=dict)
-    #: The candidate sources this list left out because the worker was running late
-    #: (``STREAMREC_SHED_AFTER_MS``); empty for a full list.
+    #: The candidate sources this list left out because its batch was late
+    #: (``Recommender.handle(shed=True)``); empty for a full list.
     skipped_sources: list[str] = field(default_factory=list)
 
     def wire(self) -> dict[str, Any]:
