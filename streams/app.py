@@ -42,7 +42,7 @@ from models.features.keys import Keys
 from models.features.store import FeatureStore, StoreDataError
 from models.pipeline import Recommender, recommendation_json
 from models.ranking import Ranker, SnapshotError, labels_json, parse_labels
-from streams.batching import batch_is_late, take_batches
+from streams.batching import oldest_record_age, take_batches
 from streams.codecs import dead_letter_record, user_key
 from streams.settings import Settings
 
@@ -82,6 +82,10 @@ class Metrics:
                                      buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
         self.batch_size = Histogram("streamrec_batch_events", "Events per batch", registry=r,
                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000))
+        self.batch_wait = Histogram("streamrec_batch_record_age_seconds",
+                                    "Age of each batch's oldest record as the batch starts (the worker's "
+                                    "clock minus its Kafka timestamp): how far behind the worker runs",
+                                    registry=r, buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
         self.store_up = Gauge("streamrec_store_up", "1 when the feature store answers", registry=r)
         self.ranker_labels = Counter("streamrec_ranker_labels_total",
                                      "Labels the ranker learned: from this worker's shoppers, or sent by the others",
@@ -475,8 +479,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     @app.agent(inputs, concurrency=1)
     async def process(stream):  # noqa: ANN001 - Faust stream
         async for batch in take_batches(stream, settings.batch_size, within=settings.batch_window_s):
-            # late: its oldest record waited longer than allowed (Kafka timestamps, seconds)
-            shed = shed_after_s is not None and batch_is_late(batch, shed_after_s)
+            age = oldest_record_age(batch)  # how far behind the worker runs (Kafka timestamps)
+            if age is not None:
+                rt.metrics.batch_wait.observe(max(0.0, age))
+            shed = shed_after_s is not None and age is not None and age > shed_after_s
             good: list[Event] = []
             source: dict[int, Any] = {}  # id(event) -> its message, for a dead-letter record
             for ev in batch:

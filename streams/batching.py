@@ -111,15 +111,14 @@ async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[
         stream._processors.remove(add)  # noqa: SLF001 - what take_events does
 
 
-def batch_is_late(batch: list, after_s: float, now: Callable[[], float] = time.time) -> bool:
-    """Whether the oldest record of ``batch`` (Faust events) was written to Kafka more than
-    ``after_s`` seconds before ``now()``, by the records' Kafka timestamps (a record
-    without one, Kafka's -1, counts as on time).
+def oldest_record_age(batch: list, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds since the oldest record of ``batch`` (Faust events) was written to Kafka, by
+    the records' Kafka timestamps; None when none has one (Kafka's -1).
 
     >>> from types import SimpleNamespace as NS
     >>> ev = lambda ts: NS(message=NS(timestamp=ts))
-    >>> [batch_is_late(b, 0.1, now=lambda: 100.0) for b in ([ev(99.95), ev(99.5)], [ev(99.95)], [ev(-0.001)], [])]
-    [True, False, False, False]
+    >>> [oldest_record_age(b, now=lambda: 100.0) for b in ([ev(99.95), ev(99.5)], [ev(-0.001)], [])]
+    [0.5, None, None]
     """
     stamps = [t for t in (ev.message.timestamp for ev in batch) if t and t > 0]
-    return bool(stamps) and now() - min(stamps) > after_s
+    return now() - min(stamps) if stamps else None

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import time
 
+import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.embedded import start_worker
+from streams.embedded import free_port, start_worker
 from streams.settings import Settings
 from tests.support.kafka import Collector, produce
 
@@ -40,7 +41,8 @@ async def test_late_records_get_lists_without_the_shed_sources(broker, worker_en
     t = time.time() - 600
     catalog = [(prefix + "items", None, {"item_id": f"i{j}", "title": f"Product {j}", "ts": t}) for j in range(20)]
     history = [(topic, value["user_id"].encode(), value) for topic, value in clicks(prefix, 0, range(40), t)]
-    env = {**worker_env, "STREAMREC_SHED_AFTER_MS": "10000"}
+    port = free_port()
+    env = {**worker_env, "STREAMREC_SHED_AFTER_MS": "10000", "STREAMREC_WEB_PORT": str(port)}
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         async with Collector(broker, prefix + "recommendations") as col:
@@ -56,6 +58,8 @@ async def test_late_records_get_lists_without_the_shed_sources(broker, worker_en
             await produce_stamped(broker, fresh, int(time.time() * 1000))
             assert await col.wait_for(answered({v["event_id"] for _, v in fresh}), 60)
             recs = {v["trigger_event_id"]: v for v in col.values(prefix + "recommendations")}
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+            metrics = dict(line.rsplit(" ", 1) for line in (await r.text()).splitlines() if not line.startswith("#"))
     finally:
         worker.stop()
     for _, event in late:
@@ -65,6 +69,11 @@ async def test_late_records_get_lists_without_the_shed_sources(broker, worker_en
         assert rec["items"] and not any(set(i["sources"]) & set(SHED) for i in rec["items"]), rec
     for _, event in fresh + [(None, v) for _, _, v in history]:
         assert "skipped_sources" not in recs[event["event_id"]]
+    # operators see it: batches shed, and how far behind the batches started (10 s and more)
+    assert float(metrics["streamrec_shed_batches_total"]) >= 1
+    ages = "streamrec_batch_record_age_seconds"
+    behind = float(metrics[f'{ages}_count']) - float(metrics[f'{ages}_bucket{{le="10.0"}}'])
+    assert behind >= 1 and float(metrics[f'{ages}_count']) > behind  # late batches, and on-time ones
     log = (tmp_path / "worker.log").read_text()
     assert "Traceback" not in log
 
