@@ -551,7 +551,7 @@ def start_passthrough(env: dict, log: Path):
 
 
 def passthrough_main() -> None:
-    """A bare Faust agent with the worker's batching: forward each value, nothing else."""
+    """A bare Faust agent with the worker's batching and sends: forward each value, nothing else."""
     from streams.app import StreamrecApp, faust_worker, use_event_loop
     from streams.batching import take_batches
     from streams.settings import load_settings
@@ -568,11 +568,13 @@ def passthrough_main() -> None:
     inputs = app.topic(s.topic("clicks"), s.topic("carts"), key_type=bytes, value_type=bytes)
     out = app.topic(s.topic("passthrough-out"), key_type=bytes, value_type=bytes, partitions=s.partitions)
 
+    out_name = out.get_topic_name()
+
     @app.agent(inputs, concurrency=1)
     async def forward(stream):  # noqa: ANN001
         async for batch in take_batches(stream, s.batch_size, within=s.batch_window_s):
-            for ev in batch:
-                await out.send(key=ev.message.key, value=ev.message.value, force=True)
+            for ev in batch:  # straight to the producer, as the worker sends (streams.app)
+                await app.producer.send(out_name, ev.message.key, ev.message.value, None, None, None)
 
     @app.task
     async def ready() -> None:

@@ -41,7 +41,9 @@ def test_bench_runs_small_and_every_measurement_gets_a_fresh_broker(monkeypatch,
             assert 1 <= row["slowest_1pct_seconds"] <= row["elapsed_s"] + 1
         for run in (r["throughput"], *r["latency"]):  # every process that shares the machine, seen working
             assert set(run["cores"]) == {"worker", "broker", "redis", "bench"}
-            assert run["cores"]["worker"] > 0 and run["cores"]["broker"] > 0 and run["cores"]["bench"] > 0
+            assert run["cores"]["worker"] > 0 and all(v >= 0 for v in run["cores"].values())
+        for run in r["latency"]:  # seconds long; the 300-event drain can take less than a CPU tick (10 ms)
+            assert run["cores"]["broker"] > 0 and run["cores"]["bench"] > 0
     inside = [row["worker_p50_ms"] for row in res["streamrec"]["latency"]]
     assert all(v is not None and v > 0 for v in inside)
     assert all(row["worker_p50_ms"] is None for row in res["passthrough"]["latency"])
