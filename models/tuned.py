@@ -41,6 +41,17 @@ def load(profile: str, path: Path = TUNED_FILE) -> dict[str, Any]:
     return data[profile]
 
 
+def source_names(path: Path = TUNED_FILE) -> list[str]:
+    """Every candidate source the profiles in ``path`` name, in first-named order.
+
+    >>> "session_knn" in source_names() and "popular" in source_names()
+    True
+    """
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    return list(dict.fromkeys(n for p in data.values() if isinstance(p, dict) for n in p.get("sources", [])))
+
+
 def build(profile: str | dict[str, Any], store: FeatureStore, keys: Keys, k: int = 20,
           content: Callable[[FeatureStore, Keys], CandidateSource] | None = None
           ) -> tuple[RecommenderConfig, list[CandidateSource], dict[str, float], int]:

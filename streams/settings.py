@@ -24,9 +24,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: The worker's default ``gc_gen0_threshold`` (benchmarks settle their own process with it too).
 GC_GEN0_THRESHOLD = 10_000
 
-#: Every candidate source's name (``models/tuned.toml`` picks a profile's).
-SOURCE_NAMES = ("session_knn", "sequential", "covis", "content", "new_items", "buy_again", "popular")
-
 TOPICS = ("clicks", "carts", "items", "reviews", "feedback", "forget",
           "recommendations", "recommendations-enriched", "dead-letter", "ranker-labels")
 
@@ -141,10 +138,13 @@ class Settings(BaseSettings):
     @field_validator("shed_sources")
     @classmethod
     def _shed_sources(cls, v: str) -> str:
+        from models.tuned import source_names  # the sources the tuned profiles name
+
+        known = source_names()
         names = [n.strip() for n in v.split(",") if n.strip()]
-        unknown = sorted(set(names) - set(SOURCE_NAMES))
+        unknown = sorted(set(names) - set(known))
         if unknown:
-            raise ValueError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCE_NAMES)}")
+            raise ValueError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(known)}")
         return ",".join(names)
 
     @field_validator("kafka_url")
