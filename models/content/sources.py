@@ -675,8 +675,11 @@ def _best(weights: list[float], because: list[str], hits: list, n: int) -> list[
             cur = best.get(item_id)
             if cur is None or s > cur[0]:
                 best[item_id] = (s, why)
-    ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
-    return [(item_id, round(s, 6), why) for item_id, (s, why) in ranked]
+    # ranked by the score as reported (6 decimals), ties by id: a batch's search and a
+    # single query's differ in the last bits of a cosine, never in the order they give
+    ranked = sorted(((item_id, round(s, 6), why) for item_id, (s, why) in best.items()),
+                    key=lambda r: (-r[1], r[0]))
+    return ranked[:n]
 
 
 def _distinct(items: Sequence[str], limit: int) -> list[str]:
