@@ -379,15 +379,22 @@ def _faust_credentials(settings: Settings) -> Any:
                                  mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context)
 
 
-def _low_latency_transport(fetch_max_wait_ms: int, fetch_min_bytes: int = 1) -> type:
+def _low_latency_transport(fetch_max_wait_ms: int, fetch_min_bytes: int = 1, in_loop: bool = False) -> type:
     """Faust's aiokafka transport with a configurable fetch wait and fetch size.
 
     Faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers; brokers that hold a
     fetch until that deadline (Tansu does) then add up to 1.5 s to every event's latency.
     ``fetch_min_bytes`` above 1 lets the broker hold a fetch until that much data is there
     (or the wait is over): fewer, larger fetches at some latency.
+
+    ``in_loop``: the aiokafka consumer runs in the app's own event loop instead of a
+    thread of its own (Faust's way), so a fetch is handed over without crossing threads:
+    no second event loop to wake, no lock to pass per ``getmany``, and the consumer's
+    work no longer contends with the agents' for the interpreter lock.
     """
     from faust.transport.drivers import aiokafka as driver
+    from mode import Service
+    from mode.utils.futures import maybe_async
 
     class ConsumerThread(driver.AIOKafkaConsumerThread):
         def _create_worker_consumer(self, transport: Any) -> Any:
@@ -396,9 +403,52 @@ def _low_latency_transport(fetch_max_wait_ms: int, fetch_min_bytes: int = 1) -> 
             consumer._fetch_min_bytes = fetch_min_bytes
             return consumer
 
+    class InLoopConsumerThread(ConsumerThread):
+        """Faust's consumer thread, run as a plain service in the app's event loop."""
+
+        def __init__(self, consumer: Any, *, loop: Any, **kwargs: Any) -> None:
+            super().__init__(consumer, loop=loop, thread_loop=loop, **kwargs)
+
+        async def start(self) -> None:
+            self._thread_started.set()
+            await Service.start(self)
+
+        async def call_thread(self, fun: Any, *args: Any, **kwargs: Any) -> Any:
+            return await maybe_async(fun(*args, **kwargs))
+
+        async def cast_thread(self, fun: Any, *args: Any, **kwargs: Any) -> None:
+            self.add_future(maybe_async(fun(*args, **kwargs)))
+
+        async def on_thread_started(self) -> None:  # no method queue to start
+            pass
+
+        async def stop(self) -> None:
+            if self._started.is_set() and not self._stopped.is_set():
+                self._stopped.set()
+                await self.on_stop()
+                await self.on_thread_stop()  # stops the aiokafka consumer
+                await self._default_stop_children()
+                await self._default_stop_futures()
+                await self._default_stop_exit_stacks()
+                self._shutdown.set()
+                await self.on_shutdown()
+
     class Consumer(driver.Consumer):
         def _new_consumer_thread(self) -> Any:
-            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+            cls = InLoopConsumerThread if in_loop else ConsumerThread
+            return cls(self, loop=self.loop, beacon=self.beacon)
+
+        # with the consumer in this loop, a rebalance's callbacks run here directly
+        async def threadsafe_partitions_revoked(self, receiver_loop: Any, revoked: Any) -> None:
+            if not in_loop:
+                return await super().threadsafe_partitions_revoked(receiver_loop, revoked)
+            await self.on_partitions_revoked(revoked)
+
+        async def threadsafe_partitions_assigned(self, receiver_loop: Any, assigned: Any,
+                                                 generation_id: int = 0) -> None:
+            if not in_loop:
+                return await super().threadsafe_partitions_assigned(receiver_loop, assigned, generation_id)
+            await self.on_partitions_assigned(assigned, generation_id)
 
     class Transport(driver.Transport):
         pass
@@ -417,13 +467,15 @@ class StreamrecApp(faust.App):
 
     fetch_max_wait_ms = 100
     fetch_min_bytes = 1
+    consumer_in_loop = True
 
     def __init__(self, id: str, **options: Any) -> None:  # noqa: A002 - faust's name
         options.setdefault("datadir", str(Path(tempfile.gettempdir()) / f"faust-{id}-data"))
         super().__init__(id, **options)
 
     def _new_transport(self) -> Any:
-        return _low_latency_transport(self.fetch_max_wait_ms, self.fetch_min_bytes)(self.conf.broker_consumer, self)
+        return _low_latency_transport(self.fetch_max_wait_ms, self.fetch_min_bytes,
+                                      self.consumer_in_loop)(self.conf.broker_consumer, self)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
@@ -441,6 +493,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     )
     app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
     app.fetch_min_bytes = settings.kafka_fetch_min_bytes
+    app.consumer_in_loop = settings.kafka_consumer_in_loop
     app.streamrec = rt  # type: ignore[attr-defined]
     inputs = app.topic(*[settings.topic(t) for t in INPUT_TOPICS], key_type=bytes, value_type=bytes,
                        partitions=settings.partitions)

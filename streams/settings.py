@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(20, ge=1, le=10_000, description="longest a fetch waits for data")
     kafka_fetch_min_bytes: int = Field(1, ge=1, le=52_428_800, description=(
         "data a fetch waits for (up to kafka_fetch_max_wait_ms): above 1, fewer and larger fetches"))
+    kafka_consumer_in_loop: bool = Field(True, description=(
+        "run the Kafka consumer in the worker's event loop (false: in Faust's consumer thread)"))
     kafka_session_timeout_s: float = Field(30.0, gt=1, description="how soon a dead worker's partitions move")
 
     # Redis security: a password (ACL user) and TLS via rediss://.

@@ -82,3 +82,22 @@ def test_the_worker_consumer_fetches_with_the_configured_wait_and_size():
     tuned = asyncio.run(consumer_of(Settings(app_id="fetch-b", kafka_fetch_max_wait_ms=7,
                                              kafka_fetch_min_bytes=4096, **base)))
     assert (tuned._fetch_max_wait_ms, tuned._fetch_min_bytes) == (7, 4096)
+
+
+def test_the_worker_consumer_runs_in_the_apps_event_loop_unless_told_otherwise():
+    """By default the aiokafka consumer is a service of the worker's own loop (no second
+    thread and loop to hand each fetch across); ``kafka_consumer_in_loop=false`` keeps
+    Faust's consumer thread with a loop of its own."""
+    import asyncio
+
+    async def consumer_thread_of(settings: Settings):
+        app = create_app(settings)
+        thread = app.consumer._thread
+        return thread, thread.thread_loop is thread.parent_loop
+
+    base = dict(redis_url="memory://", content=False, kafka_url="kafka://127.0.0.1:1", _env_file=None)
+    thread, same_loop = asyncio.run(consumer_thread_of(Settings(app_id="loop-a", **base)))
+    assert same_loop and type(thread).__name__ == "InLoopConsumerThread"
+    thread, same_loop = asyncio.run(consumer_thread_of(Settings(app_id="loop-b", kafka_consumer_in_loop=False, **base)))
+    assert not same_loop and type(thread).__name__ == "ConsumerThread"
+    thread.thread_loop.close()

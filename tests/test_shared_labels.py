@@ -88,6 +88,21 @@ async def _samples(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
         return out
 
 
+async def _items_taken(http: aiohttp.ClientSession, ports: list[int]) -> float:
+    """Catalog items the workers on ``ports`` have taken into a batch (accepted, not dead-lettered)."""
+    total = 0.0
+    for port in ports:
+        try:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                text = await r.text()
+        except aiohttp.ClientError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("streamrec_events_total{") and 'topic="items"' in line and 'outcome="accepted"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 @pytest.mark.services
 @pytest.mark.slow
 async def test_two_workers_rankers_both_learn_every_label(broker, worker_env, prefix, tmp_path, monkeypatch):
@@ -114,6 +129,12 @@ async def test_two_workers_rankers_both_learn_every_label(broker, worker_env, pr
                                                        "item_id": f"i{(n * 3 + k) % 40}", "ts": t + 10 + k * 50 + n})
                       for k in range(4) for n, u in enumerate(users)]
             await produce(broker, items)
+            # the clicks come after the catalog: their lists need three items to click on
+
+            async def catalog_taken() -> bool:
+                return await _items_taken(http, ports) >= len(items)
+
+            assert await until(catalog_taken, 60)
             await produce(broker, clicks)
             assert await col.wait_for(lambda c: len(c.values(prefix + "recommendations")) >= len(clicks), 90)
             latest = {r["user_id"]: r for r in col.values(prefix + "recommendations")}
@@ -198,6 +219,11 @@ async def test_a_restarted_worker_learns_the_labels_sent_while_it_was_down_once(
             running.append(await asyncio.to_thread(start_worker, env(0, "1"), tmp_path / "a.log"))
             await produce(broker, [(prefix + "items", None, {"item_id": f"i{j}", "title": f"Product {j}", "ts": t})
                                    for j in range(40)])
+
+            async def catalog_taken() -> bool:  # before the clicks: their lists need three items
+                return await _items_taken(http, ports[:1]) >= 40
+
+            assert await until(catalog_taken, 60)
             first = await a_round(col, 1)
             store = aioredis.Redis.from_url(redis_url)
             try:

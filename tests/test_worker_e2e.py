@@ -39,7 +39,8 @@ def click(n, user, item, ts):
     return {"event_id": f"c{n}", "user_id": user, "item_id": item, "ts": ts}
 
 
-async def test_worker_end_to_end(broker, worker_env, prefix, redis_url, tmp_path):
+@pytest.mark.parametrize("consumer_in_loop", ["true", "false"], ids=["consumer-in-loop", "faust-consumer-thread"])
+async def test_worker_end_to_end(broker, worker_env, prefix, redis_url, tmp_path, consumer_in_loop):
     t = time.time() - 3600
     catalog = [("items", None, {"item_id": f"i{j}", "title": f"Product {j}", "ts": t}) for j in range(30)]
     before, after = [], []
@@ -67,7 +68,7 @@ async def test_worker_end_to_end(broker, worker_env, prefix, redis_url, tmp_path
     store = open_store(redis_url)
     await store.write([("set", Keys(prefix).snapshot("ranker"), pickle.dumps({"updates": 9}), None)])
     await store.close()
-    worker = start_worker(worker_env, tmp_path / "worker.log")
+    worker = start_worker({**worker_env, "STREAMREC_KAFKA_CONSUMER_IN_LOOP": consumer_in_loop}, tmp_path / "worker.log")
     try:
         async with Collector(broker, prefix + "recommendations", prefix + "dead-letter") as col:
             # Kafka orders a user's events within a topic, not across `carts` and `clicks`:
