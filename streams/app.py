@@ -379,7 +379,7 @@ def _faust_credentials(settings: Settings) -> Any:
                                  mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context)
 
 
-def _low_latency_transport(fetch_max_wait_ms: int, fetch_min_bytes: int = 1, in_loop: bool = False) -> type:
+def _low_latency_transport(fetch_max_wait_ms: int, fetch_min_bytes: int = 1, in_loop: bool = True) -> type:
     """Faust's aiokafka transport with a configurable fetch wait and fetch size.
 
     Faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers; brokers that hold a
@@ -435,25 +435,24 @@ def _low_latency_transport(fetch_max_wait_ms: int, fetch_min_bytes: int = 1, in_
 
     class Consumer(driver.Consumer):
         def _new_consumer_thread(self) -> Any:
-            cls = InLoopConsumerThread if in_loop else ConsumerThread
-            return cls(self, loop=self.loop, beacon=self.beacon)
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class InLoopConsumer(driver.Consumer):
+        def _new_consumer_thread(self) -> Any:
+            return InLoopConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
         # with the consumer in this loop, a rebalance's callbacks run here directly
         async def threadsafe_partitions_revoked(self, receiver_loop: Any, revoked: Any) -> None:
-            if not in_loop:
-                return await super().threadsafe_partitions_revoked(receiver_loop, revoked)
             await self.on_partitions_revoked(revoked)
 
         async def threadsafe_partitions_assigned(self, receiver_loop: Any, assigned: Any,
                                                  generation_id: int = 0) -> None:
-            if not in_loop:
-                return await super().threadsafe_partitions_assigned(receiver_loop, assigned, generation_id)
             await self.on_partitions_assigned(assigned, generation_id)
 
     class Transport(driver.Transport):
         pass
 
-    Transport.Consumer = Consumer
+    Transport.Consumer = InLoopConsumer if in_loop else Consumer
     return Transport
 
 
@@ -473,6 +472,12 @@ class StreamrecApp(faust.App):
         options.setdefault("datadir", str(Path(tempfile.gettempdir()) / f"faust-{id}-data"))
         super().__init__(id, **options)
 
+    def use_consumer_settings(self, settings: Settings) -> None:
+        """Take the Kafka consumer's fetch wait, fetch size and event loop from ``settings``."""
+        self.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
+        self.fetch_min_bytes = settings.kafka_fetch_min_bytes
+        self.consumer_in_loop = settings.kafka_consumer_in_loop
+
     def _new_transport(self) -> Any:
         return _low_latency_transport(self.fetch_max_wait_ms, self.fetch_min_bytes,
                                       self.consumer_in_loop)(self.conf.broker_consumer, self)
@@ -491,9 +496,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
     )
-    app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
-    app.fetch_min_bytes = settings.kafka_fetch_min_bytes
-    app.consumer_in_loop = settings.kafka_consumer_in_loop
+    app.use_consumer_settings(settings)
     app.streamrec = rt  # type: ignore[attr-defined]
     inputs = app.topic(*[settings.topic(t) for t in INPUT_TOPICS], key_type=bytes, value_type=bytes,
                        partitions=settings.partitions)
@@ -505,38 +508,40 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
                     partitions=settings.partitions)
     labels_topic = app.topic(settings.topic("ranker-labels"), key_type=bytes, value_type=bytes,
                              partitions=settings.partitions)
+    # declared so that Faust creates them; records go by name straight to the producer
+    recs_name, enriched_name, dlq_name, labels_name = (
+        t.get_topic_name() for t in (recs, enriched, dlq, labels_topic))
 
     def delivered(topic: str, fut: asyncio.Future) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             rt.metrics.send_errors.labels(topic).inc()
             log.error("a record for %s could not be delivered: %s", topic, fut.exception())
 
-    async def produce(topic: Any, key: bytes | None, value: bytes) -> None:
+    async def produce(name: str, key: bytes | None, value: bytes) -> None:
         """Hand one record to the producer. Straight to it: Faust's ``Topic.send`` (a
         channel, a message future, sensors) took about half of a bare agent's CPU per
         forwarded record (docs/speed.md). Each commit flushes the producer first, as
         before, so a committed input's outputs are out; a failed delivery is logged and
         counted (``streamrec_send_errors_total``)."""
-        name = topic.get_topic_name()
         sent = await app.producer.send(name, key, value, None, None, None)
         sent.add_done_callback(functools.partial(delivered, name))
 
     async def send_recommendation(user_id: str, payload: bytes) -> None:
-        await produce(recs, user_key(user_id), payload)
+        await produce(recs_name, user_key(user_id), payload)
 
     async def send_dead_letter(record: dict) -> None:
         key = record["key"].encode() if isinstance(record.get("key"), str) else None
-        await produce(dlq, key, orjson.dumps(record))
+        await produce(dlq_name, key, orjson.dumps(record))
 
     async def send_enriched(payload: dict) -> None:
         blob = orjson.dumps(payload)
-        await produce(enriched, user_key(payload["user_id"]), blob)
+        await produce(enriched_name, user_key(payload["user_id"]), blob)
         await rt.store.write([("set", rt.keys.latest_enriched(payload["user_id"]), blob, None)])
         for listener in rt.listeners:
             listener("copy", blob)
 
     async def send_labels(message: bytes) -> None:
-        await produce(labels_topic, rt.label_origin.encode(), message)
+        await produce(labels_name, rt.label_origin.encode(), message)
 
     if settings.share_ranker_labels:
         rt.recommender.share_labels()

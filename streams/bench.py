@@ -563,9 +563,7 @@ def passthrough_main() -> None:
                     consumer_auto_offset_reset="earliest", broker_commit_interval=1.0, producer_acks=-1,
                     broker_session_timeout=s.kafka_session_timeout_s,
                     broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_s / 3))
-    app.fetch_max_wait_ms = s.kafka_fetch_max_wait_ms
-    app.fetch_min_bytes = s.kafka_fetch_min_bytes
-    app.consumer_in_loop = s.kafka_consumer_in_loop
+    app.use_consumer_settings(s)
     inputs = app.topic(s.topic("clicks"), s.topic("carts"), key_type=bytes, value_type=bytes)
     out = app.topic(s.topic("passthrough-out"), key_type=bytes, value_type=bytes, partitions=s.partitions)
 

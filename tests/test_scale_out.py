@@ -130,8 +130,16 @@ async def test_two_then_three_workers(broker, redis_url, worker_env, prefix, tmp
                 len(triggers - {r["trigger_event_id"] for r in col.values(prefix + "recommendations")})
             recs = col.values(prefix + "recommendations")
             made = [await metric(http, p, "streamrec_recommendations_total") for p in ports]
-            # every worker watches its event loop (a timer every 100 ms, seconds after it started)
-            lag_checks = [await metric(http, p, "streamrec_event_loop_lag_seconds_count") for p in ports]
+            # every worker watches its event loop (a timer every 100 ms): ten checks each, given
+            # time (on two loaded cores a newcomer's loop may have woken only a few times yet)
+            async def lag_checks_of_all() -> list[float]:
+                return [await metric(http, p, "streamrec_event_loop_lag_seconds_count") for p in ports]
+
+            async def watched() -> bool:
+                return all(n >= 10 for n in await lag_checks_of_all())
+
+            await until(watched, 30)
+            lag_checks = await lag_checks_of_all()
 
         # partitions moved: the newcomer took some from the first two, and did work
         assert after[2] > 0 and sum(after[:2]) < sum(before), (before, after)
