@@ -12,10 +12,10 @@ same batching (``take_batches``), over the same simulated shopper stream:
   is read back minus the time its input was handed to the producer (p50/p95/p99);
   the summary names the highest rate whose p99 stayed under ``--slo-ms`` (and the rate
   from which the bare pass-through itself missed it: there the machine bounds the
-  tail, not the worker); it splits
-  at the worker's send (the output record's Kafka timestamp, stamped by the worker's
-  producer): before it (fetch, queue, batch; with the part inside the worker's batch,
-  the recommendation's ``latency_ms``) and after it (delivery to the reader);
+  tail, not the worker); it splits at the worker's send (the output record's Kafka
+  timestamp, stamped by the worker's producer): before it (fetch, queue, batch; with
+  the part inside the worker's batch, the recommendation's ``latency_ms``) and after it
+  (delivery to the reader);
 - worker CPU per event: the worker process's user + system CPU time during the
   throughput run over the events it answered, steadier from run to run on a shared
   machine than events/s;
@@ -528,10 +528,15 @@ def sustained_rate(latency: Sequence[dict], slo_ms: float) -> float | None:
     """
     best = None
     for row in sorted(latency, key=lambda r: r["rate"]):
-        if row["outputs"] < row["events"] or not row["p99_ms"] < slo_ms:
+        if not _met(row, slo_ms):
             break
         best = row["rate"]
     return best
+
+
+def _met(run: dict, slo_ms: float) -> bool:
+    """Whether a paced run answered every event with p99 under ``slo_ms``."""
+    return run["outputs"] >= run["events"] and run["p99_ms"] < slo_ms
 
 
 def first_missed_rate(latency: Sequence[dict], slo_ms: float) -> float | None:
@@ -544,8 +549,7 @@ def first_missed_rate(latency: Sequence[dict], slo_ms: float) -> float | None:
     >>> first_missed_rate(runs, 100), first_missed_rate(runs, 200)
     (300, None)
     """
-    return next((row["rate"] for row in sorted(latency, key=lambda r: r["rate"])
-                 if row["outputs"] < row["events"] or not row["p99_ms"] < slo_ms), None)
+    return next((row["rate"] for row in sorted(latency, key=lambda r: r["rate"]) if not _met(row, slo_ms)), None)
 
 
 def _batch_splits(log: Path) -> int:
