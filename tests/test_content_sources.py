@@ -283,6 +283,9 @@ async def test_prepare_runs_a_batch_of_lists_as_one_search_with_the_same_answers
     catalog.index.upsert(["vase"], catalog.index.get("mug")[None, :])
     await batched.prepare([ctx(["lantern"], user="host")], 5)
     assert batched_calls == [6]
+    # within the minute a returning shopper's taste search is kept too, as the anchor's
+    await batched.prepare([Context("host", T0 + 30, ["lantern"], ["lantern"])], 5)
+    assert batched_calls == [6]
     later = Context("host", T0 + 61, ["lantern"], ["lantern"])
     await batched.prepare([later], 5)
     assert batched_calls == [6, 2]

@@ -259,8 +259,9 @@ class ContentSource:
         searched ``search_depth`` deep (at least) and kept until the index changes (its
         ``version``), or for ``neighbour_ttl_s`` seconds of event time when it keeps
         changing (event time keeps replays deterministic). A taste vector's neighbours
-        are kept per user while the vector and the index stay the same (the content and
-        new-item sources of one list share them). A row stays the same object while it
+        are kept per user while the vector stays the same, on the same terms (the
+        content and new-item sources of one list share them, and a session's first
+        lists search with the taste it began with). A row stays the same object while it
         is kept, so callers may cache what they derive from it."""
         depth = max(need, self.search_depth)
         rows: list = [None] * len(queries)
@@ -292,7 +293,8 @@ class ContentSource:
             if kept is None:
                 return None
             ts, seen, vector, row, complete = kept
-            valid = vector == taste.tobytes() and ((seen is not None and seen == version) or ts == now)
+            valid = vector == taste.tobytes() and (
+                (seen is not None and seen == version) or 0 <= now - ts < self.neighbour_ttl_s)
         return row if valid and (len(row[0]) >= need or complete) else None
 
     def _keep(self, key: str, now: float, hits: list, complete: bool, taste: np.ndarray | None) -> _Row:
