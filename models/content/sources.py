@@ -281,20 +281,18 @@ class ContentSource:
     def _cached(self, key: str, now: float, need: int, taste: np.ndarray | None = None) -> _Row | None:
         """The kept neighbours of anchor ``key``, or of user ``key``'s ``taste`` vector,
         when still valid and at least ``need`` deep (or the whole index); else None."""
-        version = getattr(self.index, "version", None)
         if taste is None:
             got = self._neighbours.get(key)
             if got is None:
                 return None
             ts, seen, row, complete = got
-            valid = (seen is not None and seen == version) or 0 <= now - ts < self.neighbour_ttl_s
         else:
             kept = self._taste_hits.get(key)
-            if kept is None:
+            if kept is None or kept[2] != taste.tobytes():  # kept for another taste vector
                 return None
-            ts, seen, vector, row, complete = kept
-            valid = vector == taste.tobytes() and (
-                (seen is not None and seen == version) or 0 <= now - ts < self.neighbour_ttl_s)
+            ts, seen, _, row, complete = kept
+        version = getattr(self.index, "version", None)
+        valid = (seen is not None and seen == version) or 0 <= now - ts < self.neighbour_ttl_s
         return row if valid and (len(row[0]) >= need or complete) else None
 
     def _keep(self, key: str, now: float, hits: list, complete: bool, taste: np.ndarray | None) -> _Row:
