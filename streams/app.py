@@ -45,6 +45,7 @@ from models.pipeline import Recommender, recommendation_json
 from models.ranking import Ranker, SnapshotError, labels_json, parse_labels
 from streams.batching import oldest_record_age, take_batches
 from streams.codecs import dead_letter_record, user_key
+from streams.interpreter import slow_build_warning
 from streams.settings import Settings
 
 log = logging.getLogger("streamrec.worker")
@@ -601,6 +602,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
         log.info("worker %s ready: store=%s topics=%s event loop=%s", settings.worker_id, rt.store.kind,
                  ",".join(settings.topic(t) for t in INPUT_TOPICS), loop_kind)
+        slow_python = slow_build_warning()
+        if slow_python:
+            log.warning(slow_python)
 
     @app.task
     async def watch_event_loop() -> None:

@@ -91,6 +91,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streams.app import settle_gc
 from streams.embedded import (QUICK_JOIN_ENV, Service, create_topics, exit_on_sigterm, start_broker,
                               start_redis, start_worker)
+from streams.interpreter import interpreter
 from streams.measure import cpu_s, percentile
 from streams.settings import GC_GEN0_THRESHOLD, TOPICS, load_settings
 from streams.simulate import catalog, simulate_live_shop, simulate_shoppers
@@ -292,7 +293,10 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     # the events built above live to the end: keep the collector's walks over them (tens
     # of ms with this process's clock stopped) out of the latencies it measures
     settle_gc(GC_GEN0_THRESHOLD)
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "events": events, "rates": rates, "slo_ms": slo_ms,
+    python = interpreter()
+    print(f"Python {python['version']} ({python['executable']}; libpython {python['libpython']}, "
+          f"PGO {python['optimized']})", flush=True)
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": python}, "events": events, "rates": rates, "slo_ms": slo_ms,
                      "partitions": partitions, "workload": workload,
                      "broker": "external" if kafka_url else "embedded, one per measurement"}
     log_rows: list[dict] = []
