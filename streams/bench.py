@@ -296,8 +296,8 @@ def run_bench(events: int = 20000, rate: float | Sequence[float] = 500.0, redis_
     python = interpreter()
     print(f"Python {python['version']} ({python['executable']}; libpython {python['libpython']}, "
           f"PGO {python['optimized']})", flush=True)
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": python}, "events": events, "rates": rates, "slo_ms": slo_ms,
-                     "partitions": partitions, "workload": workload,
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": python}, "events": events, "rates": rates,
+                     "slo_ms": slo_ms, "partitions": partitions, "workload": workload,
                      "broker": "external" if kafka_url else "embedded, one per measurement"}
     log_rows: list[dict] = []
     try:

@@ -1,6 +1,6 @@
 """Which Python runs this process, and whether it is a build that runs the worker slowly.
 
-The worker's processing path took 11-25 % more CPU per event on a CPython whose core is
+The worker's processing path took 12-34 % more CPU per event on a CPython whose core is
 a shared ``libpython`` built without profile-guided optimisation (pyenv's default build)
 than on a statically linked, optimised one (Debian's ``python3``); see ``docs/speed.md``.
 The official ``python`` container images, which ``deploy/Dockerfile`` uses, are built
@@ -54,7 +54,7 @@ def slow_build_warning(info: dict[str, str] | None = None) -> str | None:
     if info["libpython"] != "shared" or info["optimized"] == "yes":
         return None
     return (f"Python {info['version']} ({info['executable']}) runs from a shared libpython built without "
-            "--enable-optimizations: the worker's processing path took 11-25 % more CPU per event on such a "
+            "--enable-optimizations: the worker's processing path took 12-34 % more CPU per event on such a "
             "build than on an optimised one "
             "(a distribution's python3, the official container images, or pyenv with "
             "PYTHON_CONFIGURE_OPTS='--enable-optimizations --with-lto'); see docs/speed.md")
