@@ -8,15 +8,33 @@ import os
 import sys
 from typing import Sequence
 
+from streams.readers import FORMATS, CsvLayout
 from streams.settings import load_settings
-
-FORMATS = ("jsonl", "sessions", "session-tsv", "taobao", "online-retail")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kafka-url", help="broker, kafka://host:port[;host:port] (STREAMREC_KAFKA_URL)")
     p.add_argument("--redis-url", help="feature store, redis://, rediss:// or memory:// (STREAMREC_REDIS_URL)")
     p.add_argument("--topic-prefix", help="prefix on every topic name (STREAMREC_TOPIC_PREFIX)")
+
+
+def _csv_layout_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("--format csv", "how a clickstream CSV reads (by default columns and actions "
+                                             "are found by their usual names, the delimiter is sniffed)")
+    g.add_argument("--columns", help="field=column pairs: user, item, time, action, session, quantity; "
+                                     "columns by header name, or all by 0-based position for a file "
+                                     "without a header (e.g. user=visitorid,item=itemid,time=timestamp)")
+    g.add_argument("--actions", help="action=kind pairs, kind one of click, add, remove, purchase, skip "
+                                     "(e.g. view=click,addtocart=add,transaction=purchase); '*' maps every "
+                                     "other value, or every row of a file without an action column")
+    g.add_argument("--delimiter", help="one character, or 'tab'")
+
+
+def _layout(args: argparse.Namespace) -> CsvLayout | None:
+    """The CSV layout the flags give (None when none is given)."""
+    if args.columns is None and args.actions is None and args.delimiter is None:
+        return None
+    return CsvLayout.parse(args.columns, args.actions, args.delimiter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--plot", help="write plots to this .png or .html file")
     r.add_argument("--limit", type=int, help="stop after this many shopper events (catalog events come on top)")
     r.add_argument("--redis-url")
+    _csv_layout_flags(r)
 
     pr = sub.add_parser("produce", help="replay a recorded stream into Kafka in event-time order")
     _common(pr)
@@ -47,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--speedup", type=float, help="event time runs this many times faster than recorded")
     pace.add_argument("--rate", type=float, help="events per second, evenly spaced")
     pr.add_argument("--limit", type=int, help="stop after this many events")
+    _csv_layout_flags(pr)
 
     c = sub.add_parser("copywriter", help="run the LLM copy pool as its own process")
     _common(c)
@@ -112,13 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             # apply as in the worker; the store is in memory unless a Redis is named
             settings = load_settings(redis_url=args.redis_url or os.environ.get("STREAMREC_REDIS_URL", "memory://"))
             run_replay(args.path, args.format, k=args.k, report=args.report, baselines=args.baselines,
-                       no_content=args.no_content, plot=args.plot, settings=settings, limit=args.limit)
+                       no_content=args.no_content, plot=args.plot, settings=settings, limit=args.limit,
+                       layout=_layout(args))
             return 0
         if args.command == "produce":
             from streams.produce import run_produce
 
             n = run_produce(load_settings(**common), args.path, args.format, speedup=args.speedup,
-                            rate=args.rate, limit=args.limit)
+                            rate=args.rate, limit=args.limit, layout=_layout(args))
             print(f"produced {n} events")
             return 0
         if args.command == "copywriter":

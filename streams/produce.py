@@ -31,13 +31,16 @@ import logging
 import os
 import sys
 import time
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from models.events import Cart, Click, Event, Feedback, Forget, Item, Review, to_dict
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.readers import CsvLayout
 
 log = logging.getLogger("streamrec.produce")
 
@@ -124,15 +127,17 @@ async def produce_events(settings: Settings, events: Iterable[Event], speedup: f
 
 
 def run_produce(settings: Settings, path: str | os.PathLike, fmt: str, speedup: float | None = None,
-                rate: float | None = None, limit: int | None = None, progress: bool = True) -> int:
-    """Replay the recording at ``path`` (format ``fmt``) into Kafka; returns the events sent.
+                rate: float | None = None, limit: int | None = None, progress: bool = True,
+                layout: CsvLayout | None = None) -> int:
+    """Replay the recording at ``path`` (format ``fmt``; ``layout`` for a ``csv`` file) into
+    Kafka; returns the events sent.
 
     Rows the reader could not use are skipped and counted in the log.
     """
     from streams.readers import open_recording
 
     Pacer(speedup, rate)  # validate before connecting
-    recording = open_recording(path, fmt)
+    recording = open_recording(path, fmt, layout)
     sent = asyncio.run(produce_events(settings, recording, speedup=speedup, rate=rate, limit=limit,
                                       total=recording.total, progress=progress))
     if recording.malformed.count:

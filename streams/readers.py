@@ -26,6 +26,25 @@ fatal. Formats:
     cart ``add``, ``buy`` a cart ``purchase``; ``fav`` rows are skipped (a favourite
     is set from the item page whose view is already recorded as ``pv``; counting it
     again would duplicate that click) and counted in ``skipped``.
+``csv``
+    Any clickstream exported as delimited text, one interaction per row, described by
+    a :class:`CsvLayout` (``--columns``, ``--actions``, ``--delimiter`` on the command
+    line). Columns are found by their usual names unless given (``user_id``,
+    ``visitorid``, ``customer_id`` ...; ``item_id``, ``itemid``, ``product_id``, ``sku``
+    ...; ``timestamp``, ``ts``, ``time``, ``event_time`` ...; optionally an action
+    column ``event``, ``action``, ``behavior`` ..., a ``quantity`` and a ``session``),
+    or by position (``user=0,item=1,time=4``: then the file has no header). The
+    delimiter is sniffed among ``, ; TAB |``. Times may be unix seconds, milliseconds
+    or microseconds (told apart by size), or ISO 8601 (naive means UTC). Actions map
+    to a click, a cart ``add``, ``remove`` or ``purchase`` by their usual names
+    (``view``, ``pv``, ``addtocart``, ``transaction``, ``buy`` ...; see
+    ``DEFAULT_ACTIONS``) or as ``--actions`` says; ``skip`` leaves an action out,
+    counted in ``skipped``; ``*`` maps every other value (or, without an action column,
+    every row: ``*=purchase`` for a file of orders). Without an action column every row
+    is a click; without a user (a missing one: empty, ``NA``, ``null`` ...) the session
+    is the shopper. Every row goes through the topics' one
+    validation step (``models.events.parse_value``): what it rejects is malformed,
+    with its reason.
 ``online-retail``
     The UCI Online Retail parquet: the catalog first — one ``items`` event per
     product, all at the time of the first invoice line, as a shop publishes its
@@ -57,6 +76,7 @@ import csv
 import math
 import os
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -64,10 +84,12 @@ import orjson
 
 from models.events import Cart, Click, Event, Item, Rejected, parse_value
 
-FORMATS = ("jsonl", "sessions", "session-tsv", "taobao", "online-retail")
+FORMATS = ("jsonl", "sessions", "session-tsv", "taobao", "online-retail", "csv")
 
 #: Synthetic time of the first recorded session (2017-07-14) for formats without time.
 BASE_TS = 1_500_000_000.0
+#: Recorded times after this (2100-01-01) are clock bugs or the wrong unit, not shoppers.
+LATEST_RECORDED_TS = 4_102_444_800.0
 
 
 @dataclass(slots=True)
@@ -110,13 +132,18 @@ class Recording:
         return self.events_factory()
 
 
-def open_recording(path: str | os.PathLike, fmt: str) -> Recording:
-    """Open ``path`` as a recording of format ``fmt`` (one of ``FORMATS``)."""
+def open_recording(path: str | os.PathLike, fmt: str, layout: "CsvLayout | None" = None) -> Recording:
+    """Open ``path`` as a recording of format ``fmt`` (one of ``FORMATS``); ``layout``
+    describes a ``csv`` file (by default its columns and actions are found by name)."""
     path = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if layout is not None and fmt != "csv":
+        raise ValueError(f"a CSV layout (--columns, --actions, --delimiter) describes the csv format, not {fmt!r}")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
+    if fmt == "csv":
+        return _read_csv(path, layout or CsvLayout())
     return _OPENERS[fmt](path)
 
 
@@ -399,6 +426,9 @@ def _read_jsonl(path: Path) -> Recording:
             if isinstance(ev, Rejected):
                 malformed.add(f"line {n}", f"{obj['topic'][:32]}: {ev.reason}")
                 continue
+            if ev.ts > LATEST_RECORDED_TS:
+                malformed.add(f"line {n}", f"{obj['topic'][:32]}: ts {ev.ts!r} is after 2100 (a clock bug)")
+                continue
             parsed.append((ev.ts, n, ev))
     parsed.sort(key=lambda r: (r[0], r[1]))
 
@@ -406,6 +436,249 @@ def _read_jsonl(path: Path) -> Recording:
         return (ev for _, _, ev in parsed)
 
     return Recording("jsonl", events, malformed, total=len(parsed))
+
+
+# -- csv: any clickstream export ----------------------------------------------------------
+
+#: The fields a CSV row can fill; ``item`` and ``time`` are required, and ``user`` or
+#: ``session`` (a session without a user is its own shopper).
+CSV_FIELDS = ("user", "item", "time", "action", "session", "quantity")
+
+#: Column names looked for (lower case, ``-`` and spaces read as ``_``) when a field's
+#: column is not named: the first one the header has is taken.
+COLUMN_NAMES: dict[str, tuple[str, ...]] = {
+    "user": ("user_id", "userid", "user", "visitor_id", "visitorid", "visitor", "customer_id",
+             "customerid", "customer", "shopper_id", "client_id", "member_id"),
+    "item": ("item_id", "itemid", "item", "product_id", "productid", "product", "sku", "article_id",
+             "asin", "offer_id"),
+    "time": ("ts", "timestamp", "time", "event_time", "eventtime", "datetime", "event_timestamp",
+             "created_at", "occurred_at", "date"),
+    "action": ("action", "event", "event_type", "eventtype", "behavior", "behaviour", "behavior_type",
+               "interaction", "interaction_type", "type"),
+    "session": ("session_id", "sessionid", "session"),
+    "quantity": ("quantity", "qty"),
+}
+
+#: What an action value means (lower case, ``-`` and spaces read as ``_``): a click, a
+#: cart ``add``, ``remove`` or ``purchase``, or ``skip`` (left out, counted). Favourites
+#: and likes are skipped: they are set from an item page whose view is recorded already.
+DEFAULT_ACTIONS: dict[str, str] = {
+    **dict.fromkeys(("click", "clicks", "view", "views", "pv", "page_view", "pageview", "detail",
+                     "detail_view", "product_view", "view_item", "item_view"), "click"),
+    **dict.fromkeys(("cart", "add", "addtocart", "add_to_cart", "basket", "add_to_basket", "carts"), "add"),
+    **dict.fromkeys(("remove", "removefromcart", "remove_from_cart", "remove_from_basket"), "remove"),
+    **dict.fromkeys(("buy", "purchase", "purchased", "transaction", "order", "sale", "buys"), "purchase"),
+    **dict.fromkeys(("fav", "favorite", "favourite", "like", "wishlist", "add_to_wishlist"), "skip"),
+}
+ACTION_KINDS = ("click", "add", "remove", "purchase", "skip")
+#: Cell values that mean "no value" (lower case): an export's nulls, not ids.
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "\\n"})
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class CsvLayout:
+    """How a CSV clickstream reads: each field's column (a header name, or a 0-based
+    position for a file without a header), action values beyond ``DEFAULT_ACTIONS``,
+    and the delimiter (sniffed when None).
+
+    >>> CsvLayout.parse("user=visitorid,item=itemid", "transaction=purchase,fav=skip", "tab")
+    CsvLayout(columns={'user': 'visitorid', 'item': 'itemid'}, actions={'transaction': 'purchase', 'fav': 'skip'}, delimiter='\\t')
+    >>> CsvLayout.parse("user=0,item=visitorid")
+    Traceback (most recent call last):
+    ValueError: --columns: give every column by header name or every one by position, not both
+    """
+
+    columns: dict[str, str] = field(default_factory=dict)
+    actions: dict[str, str] = field(default_factory=dict)
+    delimiter: str | None = None
+
+    @classmethod
+    def parse(cls, columns: str | None = None, actions: str | None = None,
+              delimiter: str | None = None) -> CsvLayout:
+        """From the command line's ``--columns field=column,...``, ``--actions value=kind,...``
+        and ``--delimiter`` (one character, or ``tab``)."""
+        cols = _pairs(columns or "", "--columns")
+        unknown = sorted(set(cols) - set(CSV_FIELDS))
+        if unknown:
+            raise ValueError(f"--columns: unknown field(s) {', '.join(unknown)}; fields: {', '.join(CSV_FIELDS)}")
+        if len({v.isdigit() for v in cols.values()}) > 1:
+            raise ValueError("--columns: give every column by header name or every one by position, not both")
+        acts = _pairs(actions or "", "--actions")
+        bad = sorted(f"{k}={v}" for k, v in acts.items() if v not in ACTION_KINDS)
+        if bad:
+            raise ValueError(f"--actions: {', '.join(bad)}: an action means one of {', '.join(ACTION_KINDS)}")
+        if delimiter is not None:
+            delimiter = "\t" if delimiter.lower() in ("tab", "\\t") else delimiter
+            if len(delimiter) != 1:
+                raise ValueError(f"--delimiter: one character (or 'tab'), got {delimiter!r}")
+        return cls(cols, acts, delimiter)
+
+
+def _pairs(spec: str, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ValueError(f"{flag}: expected name=value pairs separated by commas, got {part!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def csv_time(text: str) -> float:
+    """Unix seconds from a recorded time: seconds, milliseconds or microseconds since
+    the epoch (told apart by size: 1e11 seconds is the year 5138), or ISO 8601 (a time
+    without a zone is UTC).
+
+    >>> csv_time("1433221332117"), csv_time("1511544070"), csv_time("2014-04-07T10:51:09.277Z")
+    (1433221332.117, 1511544070.0, 1396867869.277)
+    >>> csv_time("2011-12-01 08:26:00") == csv_time("2011-12-01T08:26:00+00:00")
+    True
+    """
+    try:
+        t = float(text)
+    except ValueError:
+        try:
+            d = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise ValueError(f"time {text[:40]!r} is neither a number nor ISO 8601") from None
+        t = (d if d.tzinfo is not None else d.replace(tzinfo=timezone.utc)).timestamp()
+    else:
+        if not math.isfinite(t):
+            raise ValueError(f"time {text[:40]!r} is not a finite number")
+        t = t / 1e6 if abs(t) >= 1e14 else t / 1e3 if abs(t) >= 1e11 else t
+    if t > LATEST_RECORDED_TS:
+        raise ValueError(f"time {text[:40]!r} is after 2100 (a clock bug, or not seconds, ms or µs)")
+    return t
+
+
+def _sniff_delimiter(sample: str) -> str:
+    lines = sample.splitlines()[:50]
+    try:
+        return csv.Sniffer().sniff("\n".join(lines), delimiters=",;\t|").delimiter
+    except csv.Error:  # one column, or too little to tell: the most frequent on the first line
+        first = lines[0] if lines else ""
+        return max(",;\t|", key=first.count) if any(c in first for c in ",;\t|") else ","
+
+
+def _csv_columns(header: list[str], named: dict[str, str], file: Path) -> dict[str, int]:
+    """Field -> column position, from the header row and the columns ``named``."""
+    where = {_norm(h): i for i, h in reversed(list(enumerate(header)))}  # the first of equal names
+    out: dict[str, int] = {}
+    for f in CSV_FIELDS:
+        if f in named:
+            if _norm(named[f]) not in where:
+                raise ValueError(f"{file.name}: no column {named[f]!r} for {f}; the header has "
+                                 f"{', '.join(map(repr, header))[:300]}")
+            out[f] = where[_norm(named[f])]
+        else:
+            found = next((where[n] for n in COLUMN_NAMES[f] if n in where), None)
+            if found is not None and found not in out.values():
+                out[f] = found
+    missing = [f for f in ("item", "time") if f not in out]
+    if "user" not in out and "session" not in out:
+        missing.insert(0, "user (or session)")
+    if missing:
+        raise ValueError(f"{file.name}: no column found for {', '.join(missing)}; the header has "
+                         f"{', '.join(map(repr, header))[:300]}; name them with --columns, "
+                         "e.g. --columns user=visitor,item=sku,time=when")
+    return out
+
+
+def _read_csv(path: Path, layout: CsvLayout) -> Recording:
+    if path.is_dir():
+        raise ValueError(f"{path}: the csv format reads one file, not a folder")
+    malformed = Malformed()
+    actions = {**DEFAULT_ACTIONS, **{_norm(k): v for k, v in layout.actions.items()}}
+    parsed: list[tuple[float, int, Event]] = []
+    skipped = 0
+    with open(path, encoding="utf-8-sig", newline="") as fh:  # (-sig: a spreadsheet's byte-order mark)
+        delimiter = layout.delimiter or _sniff_delimiter(fh.read(65536))
+        fh.seek(0)
+        reader = csv.reader(fh, delimiter=delimiter)
+        if layout.columns and all(v.isdigit() for v in layout.columns.values()):
+            index = {f: int(v) for f, v in layout.columns.items()}  # no header
+            missing = [f for f in ("item", "time") if f not in index]
+            if missing or ("user" not in index and "session" not in index):
+                raise ValueError("--columns by position: give item, time and user (or session)")
+        else:
+            try:
+                header = next(reader, None)
+            except csv.Error as e:
+                raise ValueError(f"{path.name}: unreadable header ({e})") from None
+            if header is None:
+                raise ValueError(f"{path.name}: empty (a header row was expected)")
+            index = _csv_columns(header, layout.columns, path)
+        width = max(index.values()) + 1
+        for row in _rows(reader, malformed, path.name):
+            n = reader.line_num  # the row's (last) line in the file
+            where = f"{path.name}:{n}"
+            if len(row) < width:
+                if any(c.strip() for c in row):
+                    malformed.add(where, f"expected at least {width} fields, got {len(row)}")
+                continue
+            got = {f: "" if _norm(row[i]) in MISSING else row[i].strip() for f, i in index.items()}
+            if "action" in got:
+                kind = actions.get(_norm(got["action"])) or actions.get("*", "")
+                if not kind:
+                    malformed.add(where, f"unknown action {got['action'][:32]!r} (map it with --actions)")
+                    continue
+            else:
+                kind = actions.get("*", "click")
+            if kind == "skip":
+                skipped += 1
+                continue
+            try:
+                ts = csv_time(got["time"])
+            except ValueError as e:
+                malformed.add(where, str(e))
+                continue
+            value: dict = {"event_id": f"csv{n}", "user_id": got.get("user") or got.get("session", ""),
+                           "item_id": got["item"], "ts": ts}
+            if kind == "click":
+                topic = "clicks"
+                if got.get("session"):
+                    value["session_id"] = got["session"]
+            else:
+                topic, value["action"] = "carts", kind
+                if got.get("quantity"):
+                    value["quantity"] = _quantity(got["quantity"])
+            ev = parse_value(topic, value, now=math.inf)  # the topics' one validation step
+            if isinstance(ev, Rejected):
+                malformed.add(where, f"{topic}: {ev.reason}")
+                continue
+            parsed.append((ev.ts, n, ev))
+    parsed.sort(key=lambda r: (r[0], r[1]))  # event time, file order breaking ties
+
+    def events() -> Iterator[Event]:
+        return (ev for _, _, ev in parsed)
+
+    return Recording("csv", events, malformed, skipped=skipped, total=len(parsed))
+
+
+def _rows(reader: Iterator[list[str]], malformed: Malformed, name: str) -> Iterator[list[str]]:
+    """The rows of a ``csv.reader``; a row it cannot read (a field past the csv module's
+    size limit, say after an unclosed quote) is malformed, and reading goes on after it."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            malformed.add(f"{name}:{getattr(reader, 'line_num', '?')}", f"unreadable row ({e})")
+
+
+def _quantity(text: str) -> int | str:
+    """An integral quantity as an int ("2", "2.0"); anything else as it is, for the
+    validation step to reject with its reason."""
+    try:
+        q = float(text)
+    except ValueError:
+        return text
+    return int(q) if math.isfinite(q) and q == int(q) else text
 
 
 _OPENERS: dict[str, Callable[[Path], Recording]] = {

@@ -11,7 +11,7 @@ Protocols (see ``models.evaluation``):
   batches with ``recommend=False``; each test click is scored against the list
   recommended after the session's previous click, then learned, then a new list is
   recommended (none after a session's last click);
-- event streams (``jsonl``, ``taobao``, ``online-retail``): prequential — each click,
+- event streams (``jsonl``, ``csv``, ``taobao``, ``online-retail``): prequential — each click,
   cart add or purchase is scored against the user's latest list before it is
   learned, one event per call so no list ever sees what it is scored on.
 
@@ -46,7 +46,7 @@ from models.events import Event, Item
 from models.features.keys import Keys
 from models.pipeline import Recommender
 from models.ranking import Ranker
-from streams.readers import Recording, open_recording
+from streams.readers import CsvLayout, Recording, open_recording
 
 #: Published results on the SR-GNN split of Diginetica, HR@20 / MRR@20 in %.
 PUBLISHED_DIGINETICA = {
@@ -230,9 +230,11 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | None = None,
                baselines: bool = False, no_content: bool = False, plot: str | None = None,
                settings: Any = None, limit: int | None = None, progress: bool = True,
-               quiet: bool = False, profile: str | None = None) -> dict[str, Any]:
-    """Replay ``path`` (format ``fmt``), print a summary, write the report; return it."""
-    recording = open_recording(path, fmt)
+               quiet: bool = False, profile: str | None = None,
+               layout: CsvLayout | None = None) -> dict[str, Any]:
+    """Replay ``path`` (format ``fmt``; ``layout`` for a ``csv`` file), print a summary,
+    write the report; return it."""
+    recording = open_recording(path, fmt, layout)
     url = settings.redis_url if settings is not None else os.environ.get("STREAMREC_REDIS_URL", "memory://")
     prefix = settings.key_prefix if settings is not None else ""
     profile = profile or ("sessions" if recording.test_from is not None else "events")

@@ -145,3 +145,27 @@ async def test_cli_taobao_limit(broker, prefix, tmp_path):
     # the first 50 rows by time, not by file order
     first = sorted(rows, key=lambda r: int(r.rsplit(",", 1)[1]))[:50]
     assert sorted(v["ts"] for v in clicks + carts) == sorted(float(r.rsplit(",", 1)[1]) for r in first)
+
+
+async def test_cli_csv_export_with_its_layout(broker, prefix, tmp_path):
+    """``streamrec produce --format csv`` with ``--columns`` and ``--actions``: a shop's
+    export without a header, in its own action words, into the right topics by time."""
+    export = tmp_path / "export.tsv"
+    rows = [f"{int(T0 * 1000) + 1000 * n}\tu{n % 3}\ti{n % 5}\t{'seen' if n % 4 else 'bought'}" for n in range(12)]
+    export.write_text("\n".join(reversed(rows)) + "\nnot\ta\trow\n")
+    env = {**os.environ, "STREAMREC_KAFKA_URL": f"kafka://{broker}", "STREAMREC_TOPIC_PREFIX": prefix}
+
+    async def run():
+        proc = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "streams.cli", "produce", str(export), "--format", "csv", "--rate", "500",
+            "--columns", "time=0,user=1,item=2,action=3", "--actions", "seen=click,bought=purchase"],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "produced 12 events" in proc.stdout and "1 malformed rows skipped" in proc.stderr
+        return 12
+
+    col = await collect(broker, prefix, 12, run)
+    clicks = [orjson.loads(m.value) for m in col.messages[prefix + "clicks"]]
+    carts = [orjson.loads(m.value) for m in col.messages[prefix + "carts"]]
+    assert len(clicks) == 9 and len(carts) == 3 and {c["action"] for c in carts} == {"purchase"}
+    assert sorted(v["ts"] for v in clicks + carts) == [T0 + n for n in range(12)]

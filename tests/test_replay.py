@@ -275,3 +275,34 @@ def test_replay_scores_the_repurchase_rule_the_worker_would_run(tmp_path: Path):
     # purchases, when the staples were still within the window: about a third are missed
     assert weekly["hit_rate@5"] > 0.5
     assert "buy_again" in reports["weekly"]["sources"]
+
+
+def test_a_csv_export_replays_as_the_same_stream_in_jsonl_does(tmp_path: Path, capsys):
+    """``streamrec replay --format csv`` with the layout flags: the stream of
+    ``write_stream`` as a shop's export (semicolons, its own column and action names,
+    epoch milliseconds) scores exactly as the jsonl stream."""
+    from streams.cli import main
+
+    stream = write_stream(tmp_path / "s.jsonl")
+    rows = ["when_ms;shopper;sku;what"]
+    for line in stream.read_bytes().splitlines():
+        try:
+            obj = orjson.loads(line)
+            v = obj["value"]
+            rows.append(f"{int(v['ts'] * 1000)};{v['user_id']};{v['item_id']};"
+                        f"{'basket' if obj['topic'] == 'carts' else 'look'}")
+        except (orjson.JSONDecodeError, KeyError):
+            rows.append("garbage;;")  # the two bad lines stay bad
+    (tmp_path / "export.csv").write_text("\n".join(rows) + "\n")
+    assert main(["replay", str(tmp_path / "export.csv"), "--format", "csv", "--k", "5", "--no-content",
+                 "--columns", "time=when_ms,user=shopper,item=sku,action=what",
+                 "--actions", "look=click,basket=add", "--report", str(tmp_path / "csv.json")]) == 0
+    assert main(["replay", str(stream), "--format", "jsonl", "--k", "5", "--no-content",
+                 "--report", str(tmp_path / "jsonl.json")]) == 0
+    via_csv, via_jsonl = (orjson.loads((tmp_path / f).read_bytes()) for f in ("csv.json", "jsonl.json"))
+    assert via_csv["format"] == "csv" and via_csv["events"] == via_jsonl["events"] == 40 * 12
+    assert via_csv["test_cases"] == via_jsonl["test_cases"] == 40 * 11
+    assert via_csv["metrics"] == via_jsonl["metrics"] and via_csv["metrics"]["hit_rate@5"] > 0.5
+    assert via_csv["malformed_rows"] == 2
+    assert main(["replay", str(tmp_path / "export.csv"), "--format", "csv", "--actions", "look=peek"]) == 2
+    assert "an action means one of click, add, remove, purchase, skip" in capsys.readouterr().err

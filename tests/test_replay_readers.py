@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from models.events import Cart, Click, Item
-from streams.readers import BASE_TS, open_recording, reconstruct_sessions
+from streams.readers import BASE_TS, CsvLayout, open_recording, reconstruct_sessions
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -131,7 +131,9 @@ def test_jsonl_validates_sorts_and_counts(tmp_path: Path):
 
 
 def test_unknown_format_and_missing_path(tmp_path: Path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown format"):
+        open_recording(tmp_path, "xml")
+    with pytest.raises(ValueError, match="one file"):
         open_recording(tmp_path, "csv")
     with pytest.raises(FileNotFoundError):
         open_recording(tmp_path / "nope", "jsonl")
@@ -150,3 +152,135 @@ def test_diginetica_reconstruction_matches_the_published_case_count():
     with open(folder / "test.txt") as fh:
         rebuilt = sorted(line for s in reconstruct_sessions(fh) for line in augment(s))
     assert rebuilt == expected
+
+
+# -- csv: clickstream exports of other shapes (the rows are written here) -----------------
+
+def test_csv_finds_columns_and_actions_by_name_and_reads_milliseconds(tmp_path: Path):
+    # a web-analytics export's shape: epoch milliseconds, visitor ids, named events
+    (tmp_path / "events.csv").write_text(
+        "timestamp,visitorid,event,itemid,transactionid\n"
+        "1433221332117,v1,view,355908,\n"
+        "1433221999827,v1,addtocart,355908,\n"
+        "1433221300000,v2,view,248676,\n"
+        "1433222147345,v1,transaction,355908,7\n"
+        "1433221300000,v2,like,248676,\n"         # a favourite: skipped, counted
+        "1433221300000,v2,view,,\n"               # no item: the validation step rejects it
+        "1433221300000,v2,refund,248676,\n"       # an action nobody mapped
+        "nonsense,v2,view,248676,\n"
+        "1433221300000,v2\n")
+    rec = open_recording(tmp_path / "events.csv", "csv")
+    events = list(rec)
+    assert [(type(e).__name__, e.user_id, e.item_id, getattr(e, "action", None)) for e in events] == [
+        ("Click", "v2", "248676", None), ("Click", "v1", "355908", None),
+        ("Cart", "v1", "355908", "add"), ("Cart", "v1", "355908", "purchase")]
+    assert events[0].ts == 1433221300.0 and events[1].ts == 1433221332.117
+    assert rec.skipped == 1 and rec.total == 4
+    assert rec.malformed.count == 4
+    reasons = " | ".join(rec.malformed.examples)
+    assert "item_id" in reasons and "unknown action 'refund'" in reasons
+    assert "neither a number nor ISO 8601" in reasons and "expected at least 4 fields" in reasons
+
+
+def test_csv_without_a_header_by_position_with_iso_times_and_sessions(tmp_path: Path):
+    # a session log's shape: no header, no user, ISO times with a zone, one click per row
+    (tmp_path / "clicks.dat").write_text(
+        "1,2014-04-07T10:51:09.277Z,214536502,0\n"
+        "1,2014-04-07T10:54:09.868Z,214536500,0\n"
+        "2,2014-04-07T10:52:00+02:00,214662742,0\n")
+    rec = open_recording(tmp_path / "clicks.dat", "csv", CsvLayout.parse("session=0,time=1,item=2"))
+    events = list(rec)
+    assert [(e.user_id, e.session_id, e.item_id) for e in events] == [
+        ("2", "2", "214662742"), ("1", "1", "214536502"), ("1", "1", "214536500")]
+    assert events[1].ts == dt.datetime(2014, 4, 7, 10, 51, 9, 277000, tzinfo=dt.timezone.utc).timestamp()
+    assert events[0].ts == dt.datetime(2014, 4, 7, 8, 52, tzinfo=dt.timezone.utc).timestamp()
+    assert rec.malformed.count == 0
+
+
+def test_csv_sniffs_the_delimiter_and_takes_named_columns_and_actions(tmp_path: Path):
+    (tmp_path / "log.csv").write_text(
+        "\ufeffWhen;Shopper;SKU;What;Qty\n"      # a spreadsheet's byte-order mark, semicolons
+        "2023-05-01 10:00:00;ann;mug;seen;1\n"
+        "2023-05-01 10:01:00;ann;mug;basket;2\n"
+        "2023-05-01 10:02:00;ann;mug;paid;2.0\n"
+        "2023-05-01 10:03:00;ann;mug;paid;-1\n"
+        "2023-05-01 10:04:00;ann;mug;paid;lots\n")
+    layout = CsvLayout.parse("time=When,user=shopper,item=SKU,action=what,quantity=qty", "seen=click,paid=purchase")
+    rec = open_recording(tmp_path / "log.csv", "csv", layout)
+    events = list(rec)
+    assert [(type(e).__name__, getattr(e, "action", ""), getattr(e, "quantity", 0)) for e in events] == [
+        ("Click", "", 0), ("Cart", "add", 2), ("Cart", "purchase", 2)]
+    assert rec.malformed.count == 2 and all("quantity" in x for x in rec.malformed.examples)
+
+
+def test_csv_nulls_star_actions_and_day_dates(tmp_path: Path):
+    # a views export: semicolons, NA for anonymous shoppers, day dates only
+    (tmp_path / "views.csv").write_text(
+        "sessionId;userId;itemId;timeframe;eventdate\n"
+        "1;NA;81766;526309;2016-05-09\n"
+        "1;NA;31331;1031018;2016-05-09\n"
+        "2;278;32118;243569;2016-05-08\n")
+    layout = CsvLayout.parse("session=sessionId,user=userId,item=itemId,time=eventdate")
+    events = list(open_recording(tmp_path / "views.csv", "csv", layout))
+    assert [(e.user_id, e.session_id, e.item_id) for e in events] == [
+        ("278", "2", "32118"), ("1", "1", "81766"), ("1", "1", "31331")]  # by day, then file order
+    # an orders file: no action column, every row a purchase ('*'), quantities
+    (tmp_path / "buys.dat").write_text("11,2014-04-06T18:44:58.314Z,214803,0,3\n11,2014-04-06T18:44:58.325Z,214803,0,NA\n")
+    rec = open_recording(tmp_path / "buys.dat", "csv", CsvLayout.parse("session=0,time=1,item=2,quantity=4", "*=purchase"))
+    assert [(e.action, e.quantity) for e in rec] == [("purchase", 3), ("purchase", 1)]
+    # '*' beside an action column: every value not mapped otherwise
+    (tmp_path / "mixed.csv").write_text("user,item,ts,event\nu,a,1700000000,view\nu,b,1700000001,share\n")
+    rec = open_recording(tmp_path / "mixed.csv", "csv", CsvLayout.parse(None, "*=skip"))
+    assert [e.item_id for e in rec] == ["a"] and rec.skipped == 1 and rec.malformed.count == 0
+
+
+def test_csv_rejects_what_it_cannot_read_with_a_clear_error(tmp_path: Path):
+    f = tmp_path / "x.csv"
+    f.write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(ValueError, match=r"no column found for user \(or session\), item, time.*--columns"):
+        open_recording(f, "csv")
+    with pytest.raises(ValueError, match="no column 'when' for time"):
+        open_recording(f, "csv", CsvLayout.parse("user=a,item=b,time=when"))
+    f.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        open_recording(f, "csv")
+    with pytest.raises(ValueError, match="not both"):
+        CsvLayout.parse("user=0,item=b")
+    with pytest.raises(ValueError, match="click, add, remove, purchase, skip"):
+        CsvLayout.parse(None, "view=look")
+    with pytest.raises(ValueError, match="csv format"):
+        open_recording(f, "jsonl", CsvLayout())
+
+
+def test_csv_hostile_rows_are_malformed_never_fatal(tmp_path: Path):
+    rows = ["user,item,ts,action",
+            "u1,i1,1700000000,click",
+            "u1," + "x" * 5000 + ",1700000001,click",  # an oversized id
+            "u1,i2,99,click",  # an absurd time
+            "u1,i3,inf,click",
+            "u1,i4,1e308,click",
+            ",i5,1700000002,click",
+            "u1,i6,1700000003,\x00",
+            '"u1,' + "y" * 200_000 + ',1700000004,click',  # past the csv module's field limit
+            "u1,i8,1700000005,click",  # read on after it
+            '"u1,i9,1700000006,click',  # an unclosed quote swallows the rest as one field
+            "u1,i10,1700000007,click"]
+    (tmp_path / "h.csv").write_text("\n".join(rows) + "\n")
+    rec = open_recording(tmp_path / "h.csv", "csv")
+    assert [e.item_id for e in rec] == ["i1", "i8"]
+    assert rec.malformed.count == 8
+    (tmp_path / "big.csv").write_text("\n".join([rows[0], rows[8], rows[9]]) + "\n")
+    rec = open_recording(tmp_path / "big.csv", "csv")
+    assert [e.item_id for e in rec] == ["i8"] and rec.malformed.count == 1
+    assert "unreadable row" in rec.malformed.examples[0] and "field limit" in rec.malformed.examples[0]
+
+
+def test_csv_reads_the_taobao_sample_as_its_own_format_does():
+    file = SHARED / "taobao-userbehavior-sample" / "UserBehavior.csv"
+    if not file.exists():
+        pytest.skip(f"recorded data not found at {file} (a fresh clone has no ../shared/data)")
+    own = open_recording(file, "taobao")
+    generic = open_recording(file, "csv", CsvLayout.parse("user=0,item=1,action=3,time=4"))
+    key = lambda e: (type(e).__name__, e.user_id, e.item_id, e.ts, getattr(e, "action", ""))  # noqa: E731
+    assert [key(e) for e in generic] == [key(e) for e in own]
+    assert (generic.skipped, generic.malformed.count) == (own.skipped, own.malformed.count)
