@@ -21,20 +21,23 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _csv_layout_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("--format csv", "how a clickstream CSV reads (by default columns and actions "
                                              "are found by their usual names, the delimiter is sniffed)")
-    g.add_argument("--columns", help="field=column pairs: user, item, time, action, session, quantity; "
+    g.add_argument("--columns", help="field=column pairs: user, item, time, action, session, quantity, and "
+                                     "title, category, price (they make the catalog); "
                                      "columns by header name, or all by 0-based position for a file "
                                      "without a header (e.g. user=visitorid,item=itemid,time=timestamp)")
     g.add_argument("--actions", help="action=kind pairs, kind one of click, add, remove, purchase, skip "
                                      "(e.g. view=click,addtocart=add,transaction=purchase); '*' maps every "
                                      "other value, or every row of a file without an action column")
     g.add_argument("--delimiter", help="one character, or 'tab'")
+    g.add_argument("--time-format", help="a strptime format for times that are neither unix numbers nor "
+                                         "ISO 8601, e.g. '%%m/%%d/%%Y %%H:%%M' (no zone: UTC)")
 
 
 def _layout(args: argparse.Namespace) -> CsvLayout | None:
     """The CSV layout the flags give (None when none is given)."""
-    if args.columns is None and args.actions is None and args.delimiter is None:
+    if args.columns is None and args.actions is None and args.delimiter is None and args.time_format is None:
         return None
-    return CsvLayout.parse(args.columns, args.actions, args.delimiter)
+    return CsvLayout.parse(args.columns, args.actions, args.delimiter, args.time_format)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,9 @@ fatal. Formats:
     column ``event``, ``action``, ``behavior`` ..., a ``quantity`` and a ``session``),
     or by position (``user=0,item=1,time=4``: then the file has no header). The
     delimiter is sniffed among ``, ; TAB |``. Times may be unix seconds, milliseconds
-    or microseconds (told apart by size), or ISO 8601 (naive means UTC). Actions map
+    or microseconds (told apart by size), ISO 8601, or what ``time_format`` reads
+    (naive means UTC). ``title``, ``category`` and ``price`` columns make the catalog,
+    published when the stream starts as ``online-retail`` publishes it. Actions map
     to a click, a cart ``add``, ``remove`` or ``purchase`` by their usual names
     (``view``, ``pv``, ``addtocart``, ``transaction``, ``buy`` ...; see
     ``DEFAULT_ACTIONS``) or as ``--actions`` says; ``skip`` leaves an action out,
@@ -50,7 +52,8 @@ fatal. Formats:
     product, all at the time of the first invoice line, as a shop publishes its
     catalog on the ``items`` topic before anyone buys — then each invoice line as a
     cart ``purchase`` (quantity = Quantity). A product's title is its most frequent
-    Description (the file also holds typos, ``?`` and ``nan`` on a few lines), its
+    Description (the file also holds typos, ``?`` and ``nan`` on a few lines: ``nan``,
+    pandas' null, is no title), its
     price that of its first sale. The file has no publication dates: an item's first
     sale is no more its publication than the start of the stream is, and publishing
     it at its first sale would make the first purchase of every new product
@@ -82,7 +85,7 @@ from typing import Callable, Iterable, Iterator
 
 import orjson
 
-from models.events import Cart, Click, Event, Item, Rejected, parse_value
+from models.events import MAX_TITLE_CHARS, Cart, Click, Event, Item, Rejected, parse_value
 
 FORMATS = ("jsonl", "sessions", "session-tsv", "taobao", "online-retail", "csv")
 
@@ -90,6 +93,9 @@ FORMATS = ("jsonl", "sessions", "session-tsv", "taobao", "online-retail", "csv")
 BASE_TS = 1_500_000_000.0
 #: Recorded times after this (2100-01-01) are clock bugs or the wrong unit, not shoppers.
 LATEST_RECORDED_TS = 4_102_444_800.0
+#: Cell values that mean "no value" (lower case): an export's nulls (pandas writes a
+#: missing text as ``nan``), never an id or a title.
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "\\n"})
 
 
 @dataclass(slots=True)
@@ -352,11 +358,12 @@ def _read_online_retail(path: Path) -> Recording:
         ts = date.timestamp() if hasattr(date, "timestamp") else float(date)
         user = f"c{int(cust)}" if cust is not None and not (isinstance(cust, float) and math.isnan(cust)) \
             else f"guest-{invoice}"
-        title = title.strip() if isinstance(title, str) and title.strip() else None
+        title = title.strip() if isinstance(title, str) and title.strip().lower() not in MISSING else None
         rows.append((ts, n, user, code, invoice, min(int(qty), 10_000),
                      float(price) if price is not None and price >= 0 else None, title))
     rows.sort(key=lambda r: (r[0], r[1]))
-    catalog = _retail_catalog(rows)
+    catalog = catalog_at(rows[0][0], ((code, title, None, price) for _, _, _, code, _, _, price, title in rows)
+                         ) if rows else []
 
     def events() -> Iterator[Event]:
         yield from catalog
@@ -367,33 +374,30 @@ def _read_online_retail(path: Path) -> Recording:
                      total=len(rows) + len(catalog))
 
 
-def _retail_catalog(rows: list[tuple[float, int, str, str, str, int, float | None, str | None]]
-                    ) -> list[Item]:
-    """One ``Item`` per product with a title, in order of first sale, all stamped with
-    the time of the first row: title = the most frequent Description (ties: the
-    earliest), price = the first sale's.
+def catalog_at(start: float, sightings: Iterable[tuple[str, str | None, str | None, float | None]]
+               ) -> list[Item]:
+    """One ``Item`` per item that has a title, in order of first sighting, all stamped
+    ``start`` (a shop publishes its catalog before anyone buys): the most frequent
+    title (ties: the earliest), the first sighting's category and price.
+    ``sightings`` are (item, title, category, price) in event-time order.
 
-    >>> rows = [(10.0, 0, "u", "A", "1", 1, 2.0, "MUG"), (11.0, 1, "v", "B", "2", 1, 1.0, None),
-    ...         (12.0, 2, "w", "A", "3", 1, 2.5, "?"), (13.0, 3, "w", "A", "4", 1, 2.5, "MUG")]
-    >>> [(i.item_id, i.title, i.ts, i.price) for i in _retail_catalog(rows)]
-    [('A', 'MUG', 10.0, 2.0)]
+    >>> rows = [("A", "MUG", "kitchen", 2.0), ("B", None, None, 1.0), ("A", "?", None, 2.5), ("A", "MUG", None, 2.5)]
+    >>> [(i.item_id, i.title, i.category, i.ts, i.price) for i in catalog_at(10.0, rows)]
+    [('A', 'MUG', 'kitchen', 10.0, 2.0)]
     """
-    if not rows:
-        return []
-    start = rows[0][0]
     titles: dict[str, dict[str, int]] = {}
-    price: dict[str, float | None] = {}
-    for _, _, _, code, _, _, p, title in rows:
-        if code not in price:
-            price[code] = p
+    first: dict[str, tuple[str | None, float | None]] = {}
+    for item, title, category, price in sightings:
+        if item not in first:
+            first[item] = (category, price)
         if title:
-            seen = titles.setdefault(code, {})
+            seen = titles.setdefault(item, {})
             seen[title] = seen.get(title, 0) + 1
     out = []
-    for code in price:  # dicts keep insertion order: the order of first sale
-        if code in titles:
-            best = max(titles[code].items(), key=lambda kv: kv[1])[0]  # max keeps the first of ties
-            out.append(Item(code, best[:512], start, price=price[code]))
+    for item, (category, price) in first.items():  # dicts keep insertion order: first sighting's
+        if item in titles:
+            best = max(titles[item].items(), key=lambda kv: kv[1])[0]  # max keeps the first of ties
+            out.append(Item(item, best[:MAX_TITLE_CHARS], start, category=category, price=price))
     return out
 
 
@@ -441,8 +445,9 @@ def _read_jsonl(path: Path) -> Recording:
 # -- csv: any clickstream export ----------------------------------------------------------
 
 #: The fields a CSV row can fill; ``item`` and ``time`` are required, and ``user`` or
-#: ``session`` (a session without a user is its own shopper).
-CSV_FIELDS = ("user", "item", "time", "action", "session", "quantity")
+#: ``session`` (a session without a user is its own shopper). ``title``, ``category``
+#: and ``price`` describe the item: they make the catalog.
+CSV_FIELDS = ("user", "item", "time", "action", "session", "quantity", "title", "category", "price")
 
 #: Column names looked for (lower case, ``-`` and spaces read as ``_``) when a field's
 #: column is not named: the first one the header has is taken.
@@ -457,6 +462,9 @@ COLUMN_NAMES: dict[str, tuple[str, ...]] = {
                "interaction", "interaction_type", "type"),
     "session": ("session_id", "sessionid", "session"),
     "quantity": ("quantity", "qty"),
+    "title": ("title", "product_title", "product_name", "item_name", "item_title"),
+    "category": ("category", "category_id", "categoryid", "category_name", "product_category"),
+    "price": ("price", "unit_price", "unitprice", "item_price"),
 }
 
 #: What an action value means (lower case, ``-`` and spaces read as ``_``): a click, a
@@ -471,8 +479,6 @@ DEFAULT_ACTIONS: dict[str, str] = {
     **dict.fromkeys(("fav", "favorite", "favourite", "like", "wishlist", "add_to_wishlist"), "skip"),
 }
 ACTION_KINDS = ("click", "add", "remove", "purchase", "skip")
-#: Cell values that mean "no value" (lower case): an export's nulls, not ids.
-MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "\\n"})
 
 
 def _norm(name: str) -> str:
@@ -486,7 +492,7 @@ class CsvLayout:
     and the delimiter (sniffed when None).
 
     >>> CsvLayout.parse("user=visitorid,item=itemid", "transaction=purchase,fav=skip", "tab")
-    CsvLayout(columns={'user': 'visitorid', 'item': 'itemid'}, actions={'transaction': 'purchase', 'fav': 'skip'}, delimiter='\\t')
+    CsvLayout(columns={'user': 'visitorid', 'item': 'itemid'}, actions={'transaction': 'purchase', 'fav': 'skip'}, delimiter='\\t', time_format=None)
     >>> CsvLayout.parse("user=0,item=visitorid")
     Traceback (most recent call last):
     ValueError: --columns: give every column by header name or every one by position, not both
@@ -495,12 +501,14 @@ class CsvLayout:
     columns: dict[str, str] = field(default_factory=dict)
     actions: dict[str, str] = field(default_factory=dict)
     delimiter: str | None = None
+    #: a ``strptime`` format for times that are neither numbers nor ISO 8601
+    time_format: str | None = None
 
     @classmethod
     def parse(cls, columns: str | None = None, actions: str | None = None,
-              delimiter: str | None = None) -> CsvLayout:
-        """From the command line's ``--columns field=column,...``, ``--actions value=kind,...``
-        and ``--delimiter`` (one character, or ``tab``)."""
+              delimiter: str | None = None, time_format: str | None = None) -> CsvLayout:
+        """From the command line's ``--columns field=column,...``, ``--actions value=kind,...``,
+        ``--delimiter`` (one character, or ``tab``) and ``--time-format``."""
         cols = _pairs(columns or "", "--columns")
         unknown = sorted(set(cols) - set(CSV_FIELDS))
         if unknown:
@@ -515,7 +523,9 @@ class CsvLayout:
             delimiter = "\t" if delimiter.lower() in ("tab", "\\t") else delimiter
             if len(delimiter) != 1:
                 raise ValueError(f"--delimiter: one character (or 'tab'), got {delimiter!r}")
-        return cls(cols, acts, delimiter)
+        if time_format is not None and "%" not in time_format:
+            raise ValueError(f"--time-format: a strptime format such as '%d/%m/%Y %H:%M', got {time_format!r}")
+        return cls(cols, acts, delimiter, time_format)
 
 
 def _pairs(spec: str, flag: str) -> dict[str, str]:
@@ -528,23 +538,23 @@ def _pairs(spec: str, flag: str) -> dict[str, str]:
     return out
 
 
-def csv_time(text: str) -> float:
+def csv_time(text: str, time_format: str | None = None) -> float:
     """Unix seconds from a recorded time: seconds, milliseconds or microseconds since
-    the epoch (told apart by size: 1e11 seconds is the year 5138), or ISO 8601 (a time
-    without a zone is UTC).
+    the epoch (told apart by size: 1e11 seconds is the year 5138), what ``time_format``
+    (``strptime``) reads, or ISO 8601; a time without a zone is UTC.
 
     >>> csv_time("1433221332117"), csv_time("1511544070"), csv_time("2014-04-07T10:51:09.277Z")
     (1433221332.117, 1511544070.0, 1396867869.277)
-    >>> csv_time("2011-12-01 08:26:00") == csv_time("2011-12-01T08:26:00+00:00")
+    >>> csv_time("2011-12-01 08:26:00") == csv_time("12/1/2011 8:26", "%m/%d/%Y %H:%M") == 1322727960.0
     True
     """
     try:
         t = float(text)
     except ValueError:
-        try:
-            d = datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise ValueError(f"time {text[:40]!r} is neither a number nor ISO 8601") from None
+        d = _datetime(text.strip(), time_format)
+        if d is None:
+            expected = f"the time format {time_format!r} nor ISO 8601" if time_format else "ISO 8601 (give --time-format)"
+            raise ValueError(f"time {text[:40]!r} is neither a number nor {expected}")
         t = (d if d.tzinfo is not None else d.replace(tzinfo=timezone.utc)).timestamp()
     else:
         if not math.isfinite(t):
@@ -553,6 +563,19 @@ def csv_time(text: str) -> float:
     if t > LATEST_RECORDED_TS:
         raise ValueError(f"time {text[:40]!r} is after 2100 (a clock bug, or not seconds, ms or µs)")
     return t
+
+
+def _datetime(text: str, time_format: str | None) -> datetime | None:
+    """``text`` read by ``time_format``, else as ISO 8601; None when neither reads it."""
+    if time_format:
+        try:
+            return datetime.strptime(text, time_format)
+        except ValueError:
+            pass
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _sniff_delimiter(sample: str) -> str:
@@ -593,7 +616,7 @@ def _read_csv(path: Path, layout: CsvLayout) -> Recording:
         raise ValueError(f"{path}: the csv format reads one file, not a folder")
     malformed = Malformed()
     actions = {**DEFAULT_ACTIONS, **{_norm(k): v for k, v in layout.actions.items()}}
-    parsed: list[tuple[float, int, Event]] = []
+    parsed: list[tuple[float, int, Event, tuple | None]] = []  # (time, line, event, what it says of the item)
     skipped = 0
     with open(path, encoding="utf-8-sig", newline="") as fh:  # (-sig: a spreadsheet's byte-order mark)
         delimiter = layout.delimiter or _sniff_delimiter(fh.read(65536))
@@ -613,6 +636,7 @@ def _read_csv(path: Path, layout: CsvLayout) -> Recording:
                 raise ValueError(f"{path.name}: empty (a header row was expected)")
             index = _csv_columns(header, layout.columns, path)
         width = max(index.values()) + 1
+        describes_items = any(f in index for f in ("title", "category", "price"))
         for row in _rows(reader, malformed, path.name):
             n = reader.line_num  # the row's (last) line in the file
             where = f"{path.name}:{n}"
@@ -632,7 +656,8 @@ def _read_csv(path: Path, layout: CsvLayout) -> Recording:
                 skipped += 1
                 continue
             try:
-                ts = csv_time(got["time"])
+                ts = csv_time(got["time"], layout.time_format)
+                meta = _item_fields(got) if describes_items else None
             except ValueError as e:
                 malformed.add(where, str(e))
                 continue
@@ -650,13 +675,34 @@ def _read_csv(path: Path, layout: CsvLayout) -> Recording:
             if isinstance(ev, Rejected):
                 malformed.add(where, f"{topic}: {ev.reason}")
                 continue
-            parsed.append((ev.ts, n, ev))
+            parsed.append((ev.ts, n, ev, meta))
     parsed.sort(key=lambda r: (r[0], r[1]))  # event time, file order breaking ties
+    catalog = catalog_at(parsed[0][0], (m for _, _, _, m in parsed if m is not None)) if describes_items and parsed else []
 
     def events() -> Iterator[Event]:
-        return (ev for _, _, ev in parsed)
+        yield from catalog
+        for _, _, ev, _ in parsed:
+            yield ev
 
-    return Recording("csv", events, malformed, skipped=skipped, total=len(parsed))
+    return Recording("csv", events, malformed, skipped=skipped, total=len(catalog) + len(parsed))
+
+
+def _item_fields(got: dict[str, str]) -> tuple[str, str | None, str | None, float | None]:
+    """(item, title, category, price) of a row that describes its item, each checked as
+    the ``items`` topic checks it."""
+    title, category = got.get("title") or None, got.get("category") or None
+    for name, text in (("title", title), ("category", category)):
+        if text is not None and len(text) > MAX_TITLE_CHARS:
+            raise ValueError(f"{name}: longer than {MAX_TITLE_CHARS} characters")
+    price = None
+    if got.get("price"):
+        try:
+            price = float(got["price"])
+        except ValueError:
+            raise ValueError(f"price: {got['price'][:20]!r} is not a number") from None
+        if not math.isfinite(price) or price < 0:
+            raise ValueError(f"price: {got['price'][:20]!r} is not a price")
+    return got["item"], title, category, price
 
 
 def _rows(reader: Iterator[list[str]], malformed: Malformed, name: str) -> Iterator[list[str]]:

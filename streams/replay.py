@@ -177,6 +177,8 @@ async def replay(recording: Recording, recommender: Recommender, clock: ReplayCl
 
         bar = tqdm(total=min(total, limit) if total and limit else (total or limit), unit="ev",
                    mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
+    # with a limit the bar counts what the limit counts: shopper events, not the catalog
+    counted: Callable[[list[Event]], int] = (lambda b: sum(not isinstance(e, Item) for e in b)) if limit else len
     for batch, scored, recommend in _batches(iter(recording), recording, limit):
         clock.now = batch[-1].ts
         for ev in batch:
@@ -198,7 +200,7 @@ async def replay(recording: Recording, recommender: Recommender, clock: ReplayCl
                         pq.shown(ev.user_id, model.recommend(ev.user_id, k))
         events += len(batch)
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(counted(batch))
     if bar is not None:
         bar.close()
     report = ours.report()

@@ -20,18 +20,22 @@ PROCESS_S = 0.2
 
 
 def _agent(name: str, take, log: list, process_s: float = PROCESS_S, max_: int = 100):
-    """An agent that records (start, end, values, acked before/after) of every batch."""
+    """An agent that records (start, end, values, acked before/after) of every batch;
+    ``agent.batch_starts`` holds each batch's start as it starts."""
     app = faust.App(name, broker="kafka://127.0.0.1:1", store="memory://")
+    started: list[float] = []
 
     @app.agent()
     async def agent(stream):  # noqa: ANN001 - Faust stream
         async for batch in take(stream, max_, WINDOW_S):
             start = time.perf_counter()
+            started.append(start)
             acked_before = any(e.message.acked for e in batch)
             await asyncio.sleep(process_s)
             log.append({"start": start, "end": time.perf_counter(), "values": [e.value for e in batch],
                         "acked_before": acked_before, "events": batch})
 
+    agent.batch_starts = started
     return agent
 
 
@@ -43,7 +47,12 @@ async def _queue_behind_a_batch(agent, into_s: float, wait_s: float) -> float:
     """One event; ``into_s`` into its batch five more arrive. Returns when they did."""
     async with agent.test_context() as a:
         await a.put(0, wait=False)
-        await asyncio.sleep(WINDOW_S + into_s)  # the first batch starts after the window
+        await asyncio.sleep(WINDOW_S)  # the first batch starts after the window ...
+        deadline = time.perf_counter() + 10
+        while not agent.batch_starts and time.perf_counter() < deadline:  # ... or later on a busy machine
+            await asyncio.sleep(0.005)
+        assert agent.batch_starts, "the first batch never started"
+        await asyncio.sleep(max(0.0, agent.batch_starts[0] + into_s - time.perf_counter()))
         for v in range(1, 6):
             await a.put(v, wait=False)
         arrived = time.perf_counter()

@@ -87,7 +87,7 @@ def test_online_retail_catalog_ahead_then_purchases(tmp_path: Path):
     table = pa.table({
         "InvoiceNo": ["1", "1", "C2", "3", "4", None, "5", "6"],
         "StockCode": ["A", "B", "A", "A", "B", "A", "A", "C"],
-        "Description": ["MUG", None, "MUG", "MUG", "BOWL", "MUG", "?", None],
+        "Description": ["MUG", None, "MUG", "MUG", "BOWL", "MUG", "?", "nan"],  # pandas' null text
         "Quantity": [2, 1, -2, 1, 3, 1, 1, 1],
         "InvoiceDate": [t0, t0, t0, t0 + dt.timedelta(hours=1), t0 - dt.timedelta(hours=1), t0,
                         t0 - dt.timedelta(hours=2), t0],
@@ -101,7 +101,7 @@ def test_online_retail_catalog_ahead_then_purchases(tmp_path: Path):
     events = list(rec)
     kinds = [(type(e).__name__, e.item_id, getattr(e, "user_id", "")) for e in events]
     # The whole catalog first (in order of first sale), then the purchases by time; 'C'
-    # has no title anywhere, so it is sold but never published.
+    # has no title anywhere ('nan' is pandas' null), so it is sold but never published.
     assert kinds == [("Item", "A", ""), ("Item", "B", ""), ("Cart", "A", "c7"), ("Cart", "B", "c12"),
                      ("Cart", "A", "c17850"), ("Cart", "B", "c17850"), ("Cart", "C", "c7"),
                      ("Cart", "A", "guest-3")]
@@ -234,6 +234,40 @@ def test_csv_nulls_star_actions_and_day_dates(tmp_path: Path):
     assert [e.item_id for e in rec] == ["a"] and rec.skipped == 1 and rec.malformed.count == 0
 
 
+def test_csv_with_titles_publishes_the_catalog_first_and_reads_a_time_format(tmp_path: Path):
+    # an invoice export's shape: US dates, product names and prices on every line
+    (tmp_path / "invoices.csv").write_text(
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "536365,85123A,WHITE HANGING HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom\n"
+        "536366,22633,HAND WARMER,6,12/1/2010 8:28,1.85,17850,United Kingdom\n"
+        "536367,85123A,?,2,12/1/2010 8:34,2.75,13047,United Kingdom\n"
+        "536368,85123A,WHITE HANGING HEART,1,12/1/2010 8:40,2.95,13047,United Kingdom\n"
+        "C536379,22633,HAND WARMER,-1,12/1/2010 9:41,1.85,14527,United Kingdom\n"
+        "536370,22728,ALARM CLOCK,3,12/1/2010 8:45,free,12583,France\n"
+        "536371,22729,,4,2010-12-01 08:50,3.75,12583,France\n")
+    layout = CsvLayout.parse("user=CustomerID,item=StockCode,title=Description,time=InvoiceDate,"
+                             "quantity=Quantity,price=UnitPrice", "*=purchase", time_format="%m/%d/%Y %H:%M")
+    rec = open_recording(tmp_path / "invoices.csv", "csv", layout)
+    events = list(rec)
+    catalog, carts = events[:2], events[2:]
+    start = dt.datetime(2010, 12, 1, 8, 26, tzinfo=dt.timezone.utc).timestamp()
+    # items with a title, in order of first sighting, at the stream's start; the most
+    # frequent title wins over a '?'; the first sighting's price; no title, no entry
+    assert [(i.item_id, i.title, i.price, i.ts) for i in catalog] == [
+        ("85123A", "WHITE HANGING HEART", 2.55, start), ("22633", "HAND WARMER", 1.85, start)]
+    assert all(isinstance(i, Item) for i in catalog)
+    assert [(c.user_id, c.item_id, c.action, c.quantity) for c in carts] == [
+        ("17850", "85123A", "purchase", 6), ("17850", "22633", "purchase", 6), ("13047", "85123A", "purchase", 2),
+        ("13047", "85123A", "purchase", 1), ("12583", "22729", "purchase", 4)]
+    assert rec.total == len(events) and rec.malformed.count == 2
+    reasons = " | ".join(rec.malformed.examples)
+    assert "quantity" in reasons and "price: 'free' is not a number" in reasons
+    # an ISO time still reads with a time format given; a time neither reads says which it expected
+    (tmp_path / "bad.csv").write_text("user,item,time\nu,i,1st of May\n")
+    rec = open_recording(tmp_path / "bad.csv", "csv", CsvLayout.parse(time_format="%d/%m/%Y"))
+    assert list(rec) == [] and "the time format '%d/%m/%Y'" in rec.malformed.examples[0]
+
+
 def test_csv_rejects_what_it_cannot_read_with_a_clear_error(tmp_path: Path):
     f = tmp_path / "x.csv"
     f.write_text("a,b,c\n1,2,3\n")
@@ -250,6 +284,8 @@ def test_csv_rejects_what_it_cannot_read_with_a_clear_error(tmp_path: Path):
         CsvLayout.parse(None, "view=look")
     with pytest.raises(ValueError, match="csv format"):
         open_recording(f, "jsonl", CsvLayout())
+    with pytest.raises(ValueError, match="strptime format"):
+        CsvLayout.parse(time_format="dd/mm/yyyy")
 
 
 def test_csv_hostile_rows_are_malformed_never_fatal(tmp_path: Path):
