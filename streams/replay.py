@@ -13,7 +13,8 @@ Protocols (see ``models.evaluation``):
   recommended (none after a session's last click);
 - event streams (``jsonl``, ``csv``, ``taobao``, ``online-retail``): prequential — each click,
   cart add or purchase is scored against the user's latest list before it is
-  learned, one event per call so no list ever sees what it is scored on.
+  learned, one event per call so no list ever sees what it is scored on; no list is
+  made after a shopper's last scored interaction (nobody is scored on it).
 
 With ``baselines`` the same events also train and query :mod:`models.baselines`,
 scored by the same protocol. The report is a JSON-ready dict (see ``DESIGN.md``).
@@ -103,12 +104,37 @@ def build_recommender(profile: str, k: int, store: Any, keys: Keys, clock: Repla
                        new_session_id=lambda: f"s{next(sessions)}", new_rec_id=lambda: f"r{next(recs)}")
 
 
-def _batches(events: Iterator[Event], recording: Recording, limit: int | None
-             ) -> Iterator[tuple[list[Event], bool, bool]]:
+def last_positions(events: Iterator[Event], limit: int | None) -> dict[str, int]:
+    """Shopper -> the position (in replay order, catalog events counted) of their last
+    interaction that is scored (a click, a cart add, a purchase) within ``limit``: a
+    list made after it is never scored. ``limit`` counts as ``_batches`` counts.
+
+    >>> from models.events import Click, Cart
+    >>> last_positions(iter([Click("e1", "u", "a", 1.0), Item("b", "B", 1.0), Click("e2", "v", "b", 2.0),
+    ...                      Click("e3", "u", "b", 3.0), Cart("e4", "u", "b", "remove", 4.0)]), None)
+    {'u': 3, 'v': 2}
+    """
+    last: dict[str, int] = {}
+    n = 0
+    for pos, ev in enumerate(events):
+        if limit is not None and n >= limit:
+            break
+        if isinstance(ev, Item):
+            continue
+        n += 1
+        if is_positive(ev):
+            last[ev.user_id] = pos
+    return last
+
+
+def _batches(events: Iterator[Event], recording: Recording, limit: int | None,
+             last: dict[str, int] | None = None) -> Iterator[tuple[list[Event], bool, bool]]:
     """``(events, scored, recommend)`` groups: training runs in big batches, scored
     events one by one (with lookahead to skip lists nobody will be scored on), and a
     run of consecutive catalog events in one batch (they trigger no list, and the
-    content source embeds a batch of titles at once).
+    content source embeds a batch of titles at once). With ``last``
+    (``last_positions``), no list is made after a shopper's last scored interaction:
+    nobody is scored on it (in a shop's stream most visitors come once or twice).
 
     ``limit`` counts the events shoppers make: catalog events come on top, so the
     same ``--limit`` replays the same purchases whether or not the recording
@@ -120,12 +146,15 @@ def _batches(events: Iterator[Event], recording: Recording, limit: int | None
     ...        Click("e2", "u", "b", 3.0), Item("c", "C", 3.0), Click("e3", "v", "c", 4.0)]
     >>> [([getattr(e, "event_id", "") for e in b], sc, r) for b, sc, r in _batches(iter(evs), rec, 2)]
     [(['item:a:1.0', 'item:b:1.0'], True, False), (['e1'], True, True), (['e2'], True, True)]
+    >>> [r for _, _, r in _batches(iter(evs), rec, None, last_positions(iter(evs), None))]  # u's e2 is u's last
+    [False, True, False, False, False]
     """
     test_from = recording.test_from
     batch: list[Event] = []
     n = 0
     prev: list[Event] = []  # the pending scored group: one event, or a run of catalog events
-    for ev in events:
+    prev_pos = -1  # the position of prev's last event
+    for pos, ev in enumerate(events):
         catalog = isinstance(ev, Item)
         if limit is not None and n >= limit:
             break
@@ -142,14 +171,22 @@ def _batches(events: Iterator[Event], recording: Recording, limit: int | None
             batch = []
         if catalog and prev and isinstance(prev[0], Item):
             prev.append(ev)
+            prev_pos = pos
             continue
         if prev:
-            yield prev, True, _need_list(prev[-1], ev, recording)
-        prev = [ev]
+            yield prev, True, _need_list(prev[-1], ev, recording) and _scored_later(prev[-1], prev_pos, last)
+        prev, prev_pos = [ev], pos
     if batch:
         yield batch, False, False
     if prev:
-        yield prev, True, not isinstance(prev[0], Item) and not recording.users_contiguous
+        yield prev, True, (not isinstance(prev[0], Item) and not recording.users_contiguous
+                           and _scored_later(prev[-1], prev_pos, last))
+
+
+def _scored_later(ev: Event, pos: int, last: dict[str, int] | None) -> bool:
+    """Whether the shopper of ``ev`` (at ``pos``) has a scored interaction after it
+    (True when unknown: no ``last``)."""
+    return last is None or last.get(ev.user_id, -1) > pos
 
 
 def _need_list(prev: Event, ev: Event, recording: Recording) -> bool:
@@ -179,7 +216,9 @@ async def replay(recording: Recording, recommender: Recommender, clock: ReplayCl
                    mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
     # with a limit the bar counts what the limit counts: shopper events, not the catalog
     counted: Callable[[list[Event]], int] = (lambda b: sum(not isinstance(e, Item) for e in b)) if limit else len
-    for batch, scored, recommend in _batches(iter(recording), recording, limit):
+    # a stream whose shoppers come and go needs no list after a shopper's last visit
+    last = None if recording.users_contiguous else last_positions(iter(recording), limit)
+    for batch, scored, recommend in _batches(iter(recording), recording, limit, last):
         clock.now = batch[-1].ts
         for ev in batch:
             ours.score(ev, scored)
@@ -214,6 +253,7 @@ async def replay(recording: Recording, recommender: Recommender, clock: ReplayCl
             out["baselines"][name] = {"metrics": r["metrics"], "test_cases": r["test_cases"],
                                       "slices": r["slices"], "periods": r["periods"]}
     out["latency_ms"] = _percentiles(latencies)
+    out["lists"] = len(latencies)
     out["_curves"] = {"ours": ours.over_time(), **{n: pq.over_time() for n, (_, pq) in others.items()}}
     out["_latencies"] = latencies
     out["_popularity"] = {"recommended": [counts.get(i, 0) for i in ours.recommended_counts.elements()][:200_000],
@@ -276,7 +316,7 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
         "periods": result["periods"],
         "profile": profile, "store": url.split("://", 1)[0], "content": "content" in result["sources"],
         "sources": result["sources"],
-        "latency_ms": result["latency_ms"],
+        "latency_ms": result["latency_ms"], "lists": result["lists"],
     }
     if "baselines" in result:
         out["baselines"] = result["baselines"]
@@ -310,6 +350,7 @@ def summary_table(report: dict[str, Any]) -> str:
         rows.append((f"slice: {name} ({s['cases']})", [_pct(s.get(c)) for c in cols[:3]] + [""]))
     width = max(len(r[0]) for r in rows) + 2
     lines = [f"{report['format']}: {report['events']:,} events, {report['test_cases']:,} cases, "
+             f"{report.get('lists', 0):,} lists, "
              f"{report['elapsed_s']:.1f} s, {report['events_per_s']:,.0f} events/s "
              f"({report.get('events_per_cpu_s', 0):,.0f} per CPU second), "
              f"{report['malformed_rows']} malformed rows  (metrics in %)",

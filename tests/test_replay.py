@@ -46,8 +46,10 @@ def test_prequential_replay_report_and_baselines(tmp_path: Path, capsys):
     assert on_disk["metrics"] == r["metrics"]
     assert r["format"] == "jsonl" and r["k"] == 5 and r["events"] == 40 * 12
     assert r["malformed_rows"] == 2
-    # every event of a user after their first one is a case (clicks and cart adds)
+    # every event of a user after their first one is a case (clicks and cart adds), and
+    # only those lists are made: none after a shopper's last event, nobody is scored on it
     assert r["test_cases"] == 40 * 11
+    assert r["lists"] == 40 * 11
     for m in [r["metrics"], *(b["metrics"] for b in r["baselines"].values())]:
         assert set(m) == {"hit_rate@5", "mrr@5", "ndcg@5", "coverage@5"}
         assert all(0.0 <= v <= 1.0 for v in m.values())
