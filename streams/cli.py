@@ -24,7 +24,8 @@ def _csv_layout_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--columns", help="field=column pairs: user, item, time, action, session, quantity, and "
                                      "title, category, price (they make the catalog); "
                                      "columns by header name, or all by 0-based position for a file "
-                                     "without a header (e.g. user=visitorid,item=itemid,time=timestamp)")
+                                     "without a header (e.g. user=visitorid,item=itemid,time=timestamp); "
+                                     "field=- reads a field from no column")
     g.add_argument("--actions", help="action=kind pairs, kind one of click, add, remove, purchase, skip "
                                      "(e.g. view=click,addtocart=add,transaction=purchase); '*' maps every "
                                      "other value, or every row of a file without an action column")

@@ -453,13 +453,13 @@ CSV_FIELDS = ("user", "item", "time", "action", "session", "quantity", "title", 
 #: column is not named: the first one the header has is taken.
 COLUMN_NAMES: dict[str, tuple[str, ...]] = {
     "user": ("user_id", "userid", "user", "visitor_id", "visitorid", "visitor", "customer_id",
-             "customerid", "customer", "shopper_id", "client_id", "member_id"),
+             "customerid", "customer", "shopper_id", "client_id", "member_id", "user_pseudo_id"),
     "item": ("item_id", "itemid", "item", "product_id", "productid", "product", "sku", "article_id",
              "asin", "offer_id"),
     "time": ("ts", "timestamp", "time", "event_time", "eventtime", "datetime", "event_timestamp",
              "created_at", "occurred_at", "date"),
     "action": ("action", "event", "event_type", "eventtype", "behavior", "behaviour", "behavior_type",
-               "interaction", "interaction_type", "type"),
+               "interaction", "interaction_type", "event_name"),
     "session": ("session_id", "sessionid", "session"),
     "quantity": ("quantity", "qty"),
     "title": ("title", "product_title", "product_name", "item_name", "item_title"),
@@ -479,6 +479,10 @@ DEFAULT_ACTIONS: dict[str, str] = {
     **dict.fromkeys(("fav", "favorite", "favourite", "like", "wishlist", "add_to_wishlist"), "skip"),
 }
 ACTION_KINDS = ("click", "add", "remove", "purchase", "skip")
+
+
+#: ``--columns field=-``: the field is read from no column (not even one found by name)
+NO_COLUMN = "-"
 
 
 def _norm(name: str) -> str:
@@ -513,7 +517,7 @@ class CsvLayout:
         unknown = sorted(set(cols) - set(CSV_FIELDS))
         if unknown:
             raise ValueError(f"--columns: unknown field(s) {', '.join(unknown)}; fields: {', '.join(CSV_FIELDS)}")
-        if len({v.isdigit() for v in cols.values()}) > 1:
+        if len({v.isdigit() for v in cols.values() if v != NO_COLUMN}) > 1:
             raise ValueError("--columns: give every column by header name or every one by position, not both")
         acts = _pairs(actions or "", "--actions")
         bad = sorted(f"{k}={v}" for k, v in acts.items() if v not in ACTION_KINDS)
@@ -592,6 +596,8 @@ def _csv_columns(header: list[str], named: dict[str, str], file: Path) -> dict[s
     where = {_norm(h): i for i, h in reversed(list(enumerate(header)))}  # the first of equal names
     out: dict[str, int] = {}
     for f in CSV_FIELDS:
+        if named.get(f) == NO_COLUMN:
+            continue
         if f in named:
             if _norm(named[f]) not in where:
                 raise ValueError(f"{file.name}: no column {named[f]!r} for {f}; the header has "
@@ -622,8 +628,9 @@ def _read_csv(path: Path, layout: CsvLayout) -> Recording:
         delimiter = layout.delimiter or _sniff_delimiter(fh.read(65536))
         fh.seek(0)
         reader = csv.reader(fh, delimiter=delimiter)
-        if layout.columns and all(v.isdigit() for v in layout.columns.values()):
-            index = {f: int(v) for f, v in layout.columns.items()}  # no header
+        positions = {f: v for f, v in layout.columns.items() if v != NO_COLUMN}
+        if positions and all(v.isdigit() for v in positions.values()):
+            index = {f: int(v) for f, v in positions.items()}  # no header
             missing = [f for f in ("item", "time") if f not in index]
             if missing or ("user" not in index and "session" not in index):
                 raise ValueError("--columns by position: give item, time and user (or session)")

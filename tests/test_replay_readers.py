@@ -228,6 +228,11 @@ def test_csv_nulls_star_actions_and_day_dates(tmp_path: Path):
     (tmp_path / "buys.dat").write_text("11,2014-04-06T18:44:58.314Z,214803,0,3\n11,2014-04-06T18:44:58.325Z,214803,0,NA\n")
     rec = open_recording(tmp_path / "buys.dat", "csv", CsvLayout.parse("session=0,time=1,item=2,quantity=4", "*=purchase"))
     assert [(e.action, e.quantity) for e in rec] == [("purchase", 3), ("purchase", 1)]
+    # a column found by name that is not what it seems is left out with '-'
+    (tmp_path / "typed.csv").write_text("user,item,ts,category\nu,a,1700000000," + "x" * 600 + "\n")
+    assert open_recording(tmp_path / "typed.csv", "csv").malformed.count == 1  # a category too long
+    rec = open_recording(tmp_path / "typed.csv", "csv", CsvLayout.parse("category=-"))
+    assert [e.item_id for e in rec] == ["a"] and rec.malformed.count == 0
     # '*' beside an action column: every value not mapped otherwise
     (tmp_path / "mixed.csv").write_text("user,item,ts,event\nu,a,1700000000,view\nu,b,1700000001,share\n")
     rec = open_recording(tmp_path / "mixed.csv", "csv", CsvLayout.parse(None, "*=skip"))
