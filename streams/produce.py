@@ -138,6 +138,8 @@ def run_produce(settings: Settings, path: str | os.PathLike, fmt: str, speedup: 
 
     Pacer(speedup, rate)  # validate before connecting
     recording = open_recording(path, fmt, layout)
+    if recording.read_as:
+        log.info("read as %s", recording.read_as)
     sent = asyncio.run(produce_events(settings, recording, speedup=speedup, rate=rate, limit=limit,
                                       total=recording.total, progress=progress))
     if recording.malformed.count:

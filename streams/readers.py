@@ -133,6 +133,8 @@ class Recording:
     skipped: int = 0
     #: Number of events, when known up front (for progress bars).
     total: int | None = None
+    #: How the reader read the file, when it had to work it out (a csv file's columns).
+    read_as: str = ""
 
     def __iter__(self) -> Iterator[Event]:
         return self.events_factory()
@@ -629,6 +631,7 @@ def _read_csv(path: Path, layout: CsvLayout) -> Recording:
         fh.seek(0)
         reader = csv.reader(fh, delimiter=delimiter)
         positions = {f: v for f, v in layout.columns.items() if v != NO_COLUMN}
+        header: list[str] | None = None
         if positions and all(v.isdigit() for v in positions.values()):
             index = {f: int(v) for f, v in positions.items()}  # no header
             missing = [f for f in ("item", "time") if f not in index]
@@ -691,7 +694,10 @@ def _read_csv(path: Path, layout: CsvLayout) -> Recording:
         for _, _, ev, _ in parsed:
             yield ev
 
-    return Recording("csv", events, malformed, skipped=skipped, total=len(catalog) + len(parsed))
+    names = {i: h for i, h in enumerate(header)} if header is not None else {}
+    read_as = (f"{path.name}: " + ", ".join(f"{f}={names.get(index[f], index[f])!s}" for f in CSV_FIELDS if f in index)
+               + f"; delimiter {delimiter!r}" + (f"; {len(catalog):,} catalog items" if catalog else ""))
+    return Recording("csv", events, malformed, skipped=skipped, total=len(catalog) + len(parsed), read_as=read_as)
 
 
 def _item_fields(got: dict[str, str]) -> tuple[str, str | None, str | None, float | None]:

@@ -277,6 +277,8 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
     """Replay ``path`` (format ``fmt``; ``layout`` for a ``csv`` file), print a summary,
     write the report; return it."""
     recording = open_recording(path, fmt, layout)
+    if recording.read_as and not quiet:  # what the reader worked out, before the long part
+        print(f"read as {recording.read_as}", file=sys.stderr)
     url = settings.redis_url if settings is not None else os.environ.get("STREAMREC_REDIS_URL", "memory://")
     prefix = settings.key_prefix if settings is not None else ""
     profile = profile or ("sessions" if recording.test_from is not None else "events")
@@ -317,6 +319,7 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
         "profile": profile, "store": url.split("://", 1)[0], "content": "content" in result["sources"],
         "sources": result["sources"],
         "latency_ms": result["latency_ms"], "lists": result["lists"],
+        **({"read_as": recording.read_as} if recording.read_as else {}),
     }
     if "baselines" in result:
         out["baselines"] = result["baselines"]

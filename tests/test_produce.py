@@ -162,6 +162,7 @@ async def test_cli_csv_export_with_its_layout(broker, prefix, tmp_path):
             env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "produced 12 events" in proc.stdout and "1 malformed rows skipped" in proc.stderr
+        assert "read as export.tsv: user=1, item=2, time=0, action=3; delimiter '\\t'" in proc.stderr
         return 12
 
     col = await collect(broker, prefix, 12, run)

@@ -306,5 +306,7 @@ def test_a_csv_export_replays_as_the_same_stream_in_jsonl_does(tmp_path: Path, c
     assert via_csv["test_cases"] == via_jsonl["test_cases"] == 40 * 11
     assert via_csv["metrics"] == via_jsonl["metrics"] and via_csv["metrics"]["hit_rate@5"] > 0.5
     assert via_csv["malformed_rows"] == 2
+    assert via_csv["read_as"] == "export.csv: user=shopper, item=sku, time=when_ms, action=what; delimiter ';'"
+    assert "read as export.csv: user=shopper" in capsys.readouterr().err and "read_as" not in via_jsonl
     assert main(["replay", str(tmp_path / "export.csv"), "--format", "csv", "--actions", "look=peek"]) == 2
     assert "an action means one of click, add, remove, purchase, skip" in capsys.readouterr().err

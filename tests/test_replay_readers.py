@@ -175,6 +175,7 @@ def test_csv_finds_columns_and_actions_by_name_and_reads_milliseconds(tmp_path: 
         ("Click", "v2", "248676", None), ("Click", "v1", "355908", None),
         ("Cart", "v1", "355908", "add"), ("Cart", "v1", "355908", "purchase")]
     assert events[0].ts == 1433221300.0 and events[1].ts == 1433221332.117
+    assert rec.read_as == "events.csv: user=visitorid, item=itemid, time=timestamp, action=event; delimiter ','"
     assert rec.skipped == 1 and rec.total == 4
     assert rec.malformed.count == 4
     reasons = " | ".join(rec.malformed.examples)
@@ -195,6 +196,7 @@ def test_csv_without_a_header_by_position_with_iso_times_and_sessions(tmp_path: 
     assert events[1].ts == dt.datetime(2014, 4, 7, 10, 51, 9, 277000, tzinfo=dt.timezone.utc).timestamp()
     assert events[0].ts == dt.datetime(2014, 4, 7, 8, 52, tzinfo=dt.timezone.utc).timestamp()
     assert rec.malformed.count == 0
+    assert rec.read_as == "clicks.dat: item=2, time=1, session=0; delimiter ','"
 
 
 def test_csv_sniffs_the_delimiter_and_takes_named_columns_and_actions(tmp_path: Path):
