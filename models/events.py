@@ -117,7 +117,7 @@ class Rejected:
     raw: bytes
 
 
-@dataclass  # no slots: orjson writes a dataclass with a __dict__ about 4x faster (3 µs vs 12 µs a list)
+@dataclass  # no slots: orjson writes a dataclass with a __dict__ about 3x faster (3.0 µs vs 8.9 µs a list of 10)
 class RecommendedItem:
     item_id: str
     score: float

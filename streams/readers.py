@@ -694,7 +694,7 @@ def _read_csv(path: Path, layout: CsvLayout) -> Recording:
         for _, _, ev, _ in parsed:
             yield ev
 
-    names = {i: h for i, h in enumerate(header)} if header is not None else {}
+    names = dict(enumerate(header or ()))
     read_as = (f"{path.name}: " + ", ".join(f"{f}={names.get(index[f], index[f])!s}" for f in CSV_FIELDS if f in index)
                + f"; delimiter {delimiter!r}" + (f"; {len(catalog):,} catalog items" if catalog else ""))
     return Recording("csv", events, malformed, skipped=skipped, total=len(catalog) + len(parsed), read_as=read_as)
