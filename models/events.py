@@ -14,6 +14,7 @@ Click(event_id='e1', user_id='u1', item_id='i9', ts=1700000000.0, session_id=Non
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Union
@@ -165,6 +166,10 @@ class _Invalid(ValueError):
     pass
 
 
+#: ASCII control characters (tab, newline, NUL ...): never in an id
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
 def _id(d: dict, name: str, required: bool = True) -> str | None:
     v = d.get(name)
     if v is None:
@@ -178,7 +183,7 @@ def _id(d: dict, name: str, required: bool = True) -> str | None:
         raise _Invalid(f"{name}: empty")
     if len(s) > MAX_ID_CHARS:
         raise _Invalid(f"{name}: longer than {MAX_ID_CHARS} characters")
-    if any(ord(c) < 32 for c in s):
+    if _CONTROL.search(s):
         raise _Invalid(f"{name}: control characters")
     return s
 

@@ -3,7 +3,11 @@
 ``open_recording(path, fmt)`` returns a :class:`Recording`: an iterator of events
 (``models.events`` types) plus what the replay protocol needs to know about them.
 Malformed rows are counted in ``recording.malformed`` (with a few examples), never
-fatal. Formats:
+fatal, unless no row at all could be read: then ``open_recording`` raises ``ValueError``
+with the first reasons. A ``jsonl`` or ``csv`` file already in time order (most exports
+and topic dumps are) is read through once at the start, to check every row and gather
+its catalog, and again on each pass over the recording: memory stays flat however long
+the file. Only a file out of time order is held in memory, sorted. Formats:
 
 ``jsonl``
     The wire format: one ``{"topic": ..., "value": {...}}`` per line; values are
@@ -35,8 +39,9 @@ fatal. Formats:
     column ``event``, ``action``, ``behavior`` ..., a ``quantity`` and a ``session``),
     or by position (``user=0,item=1,time=4``: then the file has no header). The
     delimiter is sniffed among ``, ; TAB |``. Times may be unix seconds, milliseconds
-    or microseconds (told apart by size), ISO 8601, or what ``time_format`` reads
-    (naive means UTC). ``title``, ``category`` and ``price`` columns make the catalog,
+    or microseconds (told apart by size), ISO 8601 (also with a trailing ``UTC`` or
+    ``GMT``), an e-mail or HTTP date (RFC 2822), or what ``time_format`` reads (naive
+    means UTC). ``title``, ``category`` and ``price`` columns make the catalog,
     published when the stream starts as ``online-retail`` publishes it. Actions map
     to a click, a cart ``add``, ``remove`` or ``purchase`` by their usual names
     (``view``, ``pv``, ``addtocart``, ``transaction``, ``buy`` ...; see
@@ -80,6 +85,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -150,9 +156,11 @@ def open_recording(path: str | os.PathLike, fmt: str, layout: "CsvLayout | None"
         raise ValueError(f"a CSV layout (--columns, --actions, --delimiter) describes the csv format, not {fmt!r}")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    if fmt == "csv":
-        return _read_csv(path, layout or CsvLayout())
-    return _OPENERS[fmt](path)
+    recording = _read_csv(path, layout or CsvLayout()) if fmt == "csv" else _OPENERS[fmt](path)
+    if not recording.total and recording.malformed.count:
+        raise ValueError(f"{path.name}: none of its rows could be read as {fmt} ({recording.malformed.count:,} "
+                         "malformed), e.g. " + "; ".join(recording.malformed.examples[:3]))
+    return recording
 
 
 # -- sessions (train.txt / test.txt) ------------------------------------------------------
@@ -376,72 +384,84 @@ def _read_online_retail(path: Path) -> Recording:
                      total=len(rows) + len(catalog))
 
 
-def catalog_at(start: float, sightings: Iterable[tuple[str, str | None, str | None, float | None]]
-               ) -> list[Item]:
-    """One ``Item`` per item that has a title, in order of first sighting, all stamped
-    ``start`` (a shop publishes its catalog before anyone buys): the most frequent
-    title (ties: the earliest), the first sighting's category and price.
-    ``sightings`` are (item, title, category, price) in event-time order.
+class CatalogBuilder:
+    """The catalog a recording's rows describe, gathered one sighting at a time:
+    ``items(start)`` gives one ``Item`` per item that has a title, in order of first
+    sighting, all stamped ``start`` (a shop publishes its catalog before anyone buys):
+    the most frequent title (ties: the earliest), the first sighting's category and
+    price. Sightings are added in event-time order.
 
-    >>> rows = [("A", "MUG", "kitchen", 2.0), ("B", None, None, 1.0), ("A", "?", None, 2.5), ("A", "MUG", None, 2.5)]
-    >>> [(i.item_id, i.title, i.category, i.ts, i.price) for i in catalog_at(10.0, rows)]
+    >>> b = CatalogBuilder()
+    >>> for row in [("A", "MUG", "kitchen", 2.0), ("B", None, None, 1.0), ("A", "?", None, 2.5), ("A", "MUG", None, 2.5)]:
+    ...     b.add(*row)
+    >>> [(i.item_id, i.title, i.category, i.ts, i.price) for i in b.items(10.0)]
     [('A', 'MUG', 'kitchen', 10.0, 2.0)]
     """
-    titles: dict[str, dict[str, int]] = {}
-    first: dict[str, tuple[str | None, float | None]] = {}
-    for item, title, category, price in sightings:
-        if item not in first:
-            first[item] = (category, price)
+
+    def __init__(self) -> None:
+        self._titles: dict[str, dict[str, int]] = {}
+        self._first: dict[str, tuple[str | None, float | None]] = {}
+
+    def add(self, item: str, title: str | None, category: str | None, price: float | None) -> None:
+        if item not in self._first:
+            self._first[item] = (category, price)
         if title:
-            seen = titles.setdefault(item, {})
+            seen = self._titles.setdefault(item, {})
             seen[title] = seen.get(title, 0) + 1
-    out = []
-    for item, (category, price) in first.items():  # dicts keep insertion order: first sighting's
-        if item in titles:
-            best = max(titles[item].items(), key=lambda kv: kv[1])[0]  # max keeps the first of ties
-            out.append(Item(item, best[:MAX_TITLE_CHARS], start, category=category, price=price))
-    return out
+
+    def items(self, start: float) -> list[Item]:
+        out = []
+        for item, (category, price) in self._first.items():  # dicts keep insertion order: first sighting's
+            if item in self._titles:
+                best = max(self._titles[item].items(), key=lambda kv: kv[1])[0]  # max keeps the first of ties
+                out.append(Item(item, best[:MAX_TITLE_CHARS], start, category=category, price=price))
+        return out
+
+
+def catalog_at(start: float, sightings: Iterable[tuple[str, str | None, str | None, float | None]]
+               ) -> list[Item]:
+    """``CatalogBuilder``'s items at ``start`` from ``sightings`` ((item, title,
+    category, price) in event-time order)."""
+    builder = CatalogBuilder()
+    for sighting in sightings:
+        builder.add(*sighting)
+    return builder.items(start)
 
 
 # -- jsonl (wire format) ------------------------------------------------------------------------
 
 def _read_jsonl(path: Path) -> Recording:
-    malformed = Malformed()
-    parsed: list[tuple[float, int, Event]] = []
-    with open(path, "rb") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                malformed.add(f"line {n}", f"not JSON: {str(e)[:80]}")
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("topic"), str) or "value" not in obj:
-                malformed.add(f"line {n}", "expected {\"topic\": ..., \"value\": ...}")
-                continue
-            value = obj["value"]
-            if isinstance(value, str):
-                try:
-                    value = orjson.loads(value)
-                except orjson.JSONDecodeError as e:
-                    malformed.add(f"line {n}", f"value is not JSON: {str(e)[:80]}")
+    def scan(malformed: Malformed, skipped: list[int]) -> Iterator[_Row]:
+        with open(path, "rb") as fh:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
                     continue
-            # Recorded streams are in the past: judge no timestamp as "in the future".
-            ev = parse_value(obj["topic"], value, line, now=math.inf)
-            if isinstance(ev, Rejected):
-                malformed.add(f"line {n}", f"{obj['topic'][:32]}: {ev.reason}")
-                continue
-            if ev.ts > LATEST_RECORDED_TS:
-                malformed.add(f"line {n}", f"{obj['topic'][:32]}: ts {ev.ts!r} is after 2100 (a clock bug)")
-                continue
-            parsed.append((ev.ts, n, ev))
-    parsed.sort(key=lambda r: (r[0], r[1]))
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    malformed.add(f"line {n}", f"not JSON: {str(e)[:80]}")
+                    continue
+                if not isinstance(obj, dict) or not isinstance(obj.get("topic"), str) or "value" not in obj:
+                    malformed.add(f"line {n}", "expected {\"topic\": ..., \"value\": ...}")
+                    continue
+                value = obj["value"]
+                if isinstance(value, str):
+                    try:
+                        value = orjson.loads(value)
+                    except orjson.JSONDecodeError as e:
+                        malformed.add(f"line {n}", f"value is not JSON: {str(e)[:80]}")
+                        continue
+                # Recorded streams are in the past: judge no timestamp as "in the future".
+                ev = parse_value(obj["topic"], value, line, now=math.inf)
+                if isinstance(ev, Rejected):
+                    malformed.add(f"line {n}", f"{obj['topic'][:32]}: {ev.reason}")
+                    continue
+                if ev.ts > LATEST_RECORDED_TS:
+                    malformed.add(f"line {n}", f"{obj['topic'][:32]}: ts {ev.ts!r} is after 2100 (a clock bug)")
+                    continue
+                yield ev.ts, n, ev, None
 
-    def events() -> Iterator[Event]:
-        return (ev for _, _, ev in parsed)
-
-    return Recording("jsonl", events, malformed, total=len(parsed))
+    return _time_ordered("jsonl", scan, describes_items=False)
 
 
 # -- csv: any clickstream export ----------------------------------------------------------
@@ -457,15 +477,17 @@ COLUMN_NAMES: dict[str, tuple[str, ...]] = {
     "user": ("user_id", "userid", "user", "visitor_id", "visitorid", "visitor", "customer_id",
              "customerid", "customer", "shopper_id", "client_id", "member_id", "user_pseudo_id"),
     "item": ("item_id", "itemid", "item", "product_id", "productid", "product", "sku", "article_id",
-             "asin", "offer_id"),
+             "asin", "offer_id", "stockcode", "stock_code", "product_code", "item_code"),
     "time": ("ts", "timestamp", "time", "event_time", "eventtime", "datetime", "event_timestamp",
-             "created_at", "occurred_at", "date"),
+             "created_at", "occurred_at", "date", "event_date", "eventdate", "invoicedate", "invoice_date",
+             "order_date", "purchase_date", "transaction_date", "t_dat"),
     "action": ("action", "event", "event_type", "eventtype", "behavior", "behaviour", "behavior_type",
                "interaction", "interaction_type", "event_name"),
-    "session": ("session_id", "sessionid", "session"),
+    "session": ("session_id", "sessionid", "session", "user_session", "visit_id", "visitid"),
     "quantity": ("quantity", "qty"),
     "title": ("title", "product_title", "product_name", "item_name", "item_title"),
-    "category": ("category", "category_id", "categoryid", "category_name", "product_category"),
+    "category": ("category", "category_id", "categoryid", "category_name", "category_code",
+                 "product_category"),
     "price": ("price", "unit_price", "unitprice", "item_price"),
 }
 
@@ -572,7 +594,12 @@ def csv_time(text: str, time_format: str | None = None) -> float:
 
 
 def _datetime(text: str, time_format: str | None) -> datetime | None:
-    """``text`` read by ``time_format``, else as ISO 8601; None when neither reads it."""
+    """``text`` read by ``time_format``, else as ISO 8601 (also with a trailing ``UTC`` or
+    ``GMT`` for its zone), else as an e-mail or HTTP date (RFC 2822); None when none reads it.
+
+    >>> _datetime("2019-10-01 00:00:07 UTC", None), _datetime("Tue, 01 Oct 2019 00:00:07 GMT", None)
+    (datetime.datetime(2019, 10, 1, 0, 0, 7, tzinfo=datetime.timezone.utc), datetime.datetime(2019, 10, 1, 0, 0, 7, tzinfo=datetime.timezone.utc))
+    """
     if time_format:
         try:
             return datetime.strptime(text, time_format)
@@ -581,6 +608,17 @@ def _datetime(text: str, time_format: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(text)
     except ValueError:
+        pass
+    if text[-3:].upper() in ("UTC", "GMT"):
+        try:
+            d = datetime.fromisoformat(text[:-3].rstrip())
+        except ValueError:
+            pass
+        else:
+            return d if d.tzinfo is not None else d.replace(tzinfo=timezone.utc)
+    try:
+        return parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
         return None
 
 
@@ -619,85 +657,153 @@ def _csv_columns(header: list[str], named: dict[str, str], file: Path) -> dict[s
     return out
 
 
-def _read_csv(path: Path, layout: CsvLayout) -> Recording:
-    if path.is_dir():
-        raise ValueError(f"{path}: the csv format reads one file, not a folder")
-    malformed = Malformed()
-    actions = {**DEFAULT_ACTIONS, **{_norm(k): v for k, v in layout.actions.items()}}
-    parsed: list[tuple[float, int, Event, tuple | None]] = []  # (time, line, event, what it says of the item)
-    skipped = 0
-    with open(path, encoding="utf-8-sig", newline="") as fh:  # (-sig: a spreadsheet's byte-order mark)
-        delimiter = layout.delimiter or _sniff_delimiter(fh.read(65536))
-        fh.seek(0)
-        reader = csv.reader(fh, delimiter=delimiter)
-        positions = {f: v for f, v in layout.columns.items() if v != NO_COLUMN}
-        header: list[str] | None = None
-        if positions and all(v.isdigit() for v in positions.values()):
-            index = {f: int(v) for f, v in positions.items()}  # no header
-            missing = [f for f in ("item", "time") if f not in index]
-            if missing or ("user" not in index and "session" not in index):
-                raise ValueError("--columns by position: give item, time and user (or session)")
-        else:
+#: A good row of a recording: (event time, its line, the event, what it says of its item or None)
+_Row = tuple[float, int, Event, "tuple[str, str | None, str | None, float | None] | None"]
+
+
+@dataclass(slots=True)
+class _CsvFile:
+    """A csv file's layout worked out once (delimiter, header, each field's column);
+    ``rows`` reads it through, as often as a replay needs."""
+
+    path: Path
+    layout: CsvLayout
+    delimiter: str
+    index: dict[str, int]
+    header: list[str] | None
+
+    @classmethod
+    def open(cls, path: Path, layout: CsvLayout) -> _CsvFile:
+        if path.is_dir():
+            raise ValueError(f"{path}: the csv format reads one file, not a folder")
+        with open(path, encoding="utf-8-sig", newline="") as fh:  # (-sig: a spreadsheet's byte-order mark)
+            delimiter = layout.delimiter or _sniff_delimiter(fh.read(65536))
+            positions = {f: v for f, v in layout.columns.items() if v != NO_COLUMN}
+            if positions and all(v.isdigit() for v in positions.values()):
+                index = {f: int(v) for f, v in positions.items()}  # no header
+                missing = [f for f in ("item", "time") if f not in index]
+                if missing or ("user" not in index and "session" not in index):
+                    raise ValueError("--columns by position: give item, time and user (or session)")
+                return cls(path, layout, delimiter, index, None)
+            fh.seek(0)
             try:
-                header = next(reader, None)
+                header = next(csv.reader(fh, delimiter=delimiter), None)
             except csv.Error as e:
                 raise ValueError(f"{path.name}: unreadable header ({e})") from None
-            if header is None:
-                raise ValueError(f"{path.name}: empty (a header row was expected)")
-            index = _csv_columns(header, layout.columns, path)
+        if header is None:
+            raise ValueError(f"{path.name}: empty (a header row was expected)")
+        return cls(path, layout, delimiter, _csv_columns(header, layout.columns, path), header)
+
+    @property
+    def describes_items(self) -> bool:
+        return any(f in self.index for f in ("title", "category", "price"))
+
+    def rows(self, malformed: Malformed, skipped: list[int]) -> Iterator[_Row]:
+        """Every good row in file order; each bad one is added to ``malformed`` with its
+        reason, and ``skipped[0]`` counts the rows whose action is ``skip``."""
+        path, layout, index = self.path, self.layout, self.index
+        actions = {**DEFAULT_ACTIONS, **{_norm(k): v for k, v in layout.actions.items()}}
         width = max(index.values()) + 1
-        describes_items = any(f in index for f in ("title", "category", "price"))
-        for row in _rows(reader, malformed, path.name):
-            n = reader.line_num  # the row's (last) line in the file
-            where = f"{path.name}:{n}"
-            if len(row) < width:
-                if any(c.strip() for c in row):
-                    malformed.add(where, f"expected at least {width} fields, got {len(row)}")
-                continue
-            got = {f: "" if _norm(row[i]) in MISSING else row[i].strip() for f, i in index.items()}
-            if "action" in got:
-                kind = actions.get(_norm(got["action"])) or actions.get("*", "")
-                if not kind:
-                    malformed.add(where, f"unknown action {got['action'][:32]!r} (map it with --actions)")
+        fields = list(index.items())
+        describes_items = self.describes_items
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, delimiter=self.delimiter)
+            if self.header is not None:
+                next(reader, None)
+            for row in _rows(reader, malformed, path.name):
+                n = reader.line_num  # the row's (last) line in the file
+                if len(row) < width:
+                    if any(c.strip() for c in row):
+                        malformed.add(f"{path.name}:{n}", f"expected at least {width} fields, got {len(row)}")
                     continue
-            else:
-                kind = actions.get("*", "click")
-            if kind == "skip":
-                skipped += 1
-                continue
-            try:
-                ts = csv_time(got["time"], layout.time_format)
-                meta = _item_fields(got) if describes_items else None
-            except ValueError as e:
-                malformed.add(where, str(e))
-                continue
-            value: dict = {"event_id": f"csv{n}", "user_id": got.get("user") or got.get("session", ""),
-                           "item_id": got["item"], "ts": ts}
-            if kind == "click":
-                topic = "clicks"
-                if got.get("session"):
-                    value["session_id"] = got["session"]
-            else:
-                topic, value["action"] = "carts", kind
-                if got.get("quantity"):
-                    value["quantity"] = _quantity(got["quantity"])
-            ev = parse_value(topic, value, now=math.inf)  # the topics' one validation step
-            if isinstance(ev, Rejected):
-                malformed.add(where, f"{topic}: {ev.reason}")
-                continue
-            parsed.append((ev.ts, n, ev, meta))
-    parsed.sort(key=lambda r: (r[0], r[1]))  # event time, file order breaking ties
-    catalog = catalog_at(parsed[0][0], (m for _, _, _, m in parsed if m is not None)) if describes_items and parsed else []
+                got = {}
+                for f, i in fields:
+                    v = row[i].strip()
+                    got[f] = "" if len(v) <= 4 and v.lower() in MISSING else v
+                if "action" in got:
+                    kind = actions.get(_norm(got["action"])) or actions.get("*", "")
+                    if not kind:
+                        malformed.add(f"{path.name}:{n}",
+                                      f"unknown action {got['action'][:32]!r} (map it with --actions)")
+                        continue
+                else:
+                    kind = actions.get("*", "click")
+                if kind == "skip":
+                    skipped[0] += 1
+                    continue
+                try:
+                    ts = csv_time(got["time"], layout.time_format)
+                    meta = _item_fields(got) if describes_items else None
+                except ValueError as e:
+                    malformed.add(f"{path.name}:{n}", str(e))
+                    continue
+                value: dict = {"event_id": f"csv{n}", "user_id": got.get("user") or got.get("session", ""),
+                               "item_id": got["item"], "ts": ts}
+                if kind == "click":
+                    topic = "clicks"
+                    if got.get("session"):
+                        value["session_id"] = got["session"]
+                else:
+                    topic, value["action"] = "carts", kind
+                    if got.get("quantity"):
+                        value["quantity"] = _quantity(got["quantity"])
+                ev = parse_value(topic, value, now=math.inf)  # the topics' one validation step
+                if isinstance(ev, Rejected):
+                    malformed.add(f"{path.name}:{n}", f"{topic}: {ev.reason}")
+                    continue
+                yield ev.ts, n, ev, meta
 
-    def events() -> Iterator[Event]:
-        yield from catalog
-        for _, _, ev, _ in parsed:
-            yield ev
 
-    names = dict(enumerate(header or ()))
-    read_as = (f"{path.name}: " + ", ".join(f"{f}={names.get(index[f], index[f])!s}" for f in CSV_FIELDS if f in index)
-               + f"; delimiter {delimiter!r}" + (f"; {len(catalog):,} catalog items" if catalog else ""))
-    return Recording("csv", events, malformed, skipped=skipped, total=len(catalog) + len(parsed), read_as=read_as)
+def _read_csv(path: Path, layout: CsvLayout) -> Recording:
+    file = _CsvFile.open(path, layout)
+    names = dict(enumerate(file.header or ()))
+    read_as = (f"{path.name}: " + ", ".join(f"{f}={names.get(file.index[f], file.index[f])!s}"
+                                            for f in CSV_FIELDS if f in file.index)
+               + f"; delimiter {file.delimiter!r}")
+    return _time_ordered("csv", file.rows, file.describes_items, read_as)
+
+
+def _time_ordered(fmt: str, scan: Callable[[Malformed, list[int]], Iterator[_Row]], describes_items: bool,
+                  read_as: str = "") -> Recording:
+    """A recording of the rows ``scan`` reads in file order (it adds each bad row to the
+    ``Malformed`` it is given, and counts rows left out on purpose in ``skipped[0]``).
+
+    The file is read through once to check every row, count the bad ones and gather
+    the catalog; a file already in time order (most exports and topic dumps are) keeps
+    nothing else in memory, and each pass over the recording reads the file again. Only
+    a file out of time order is held in memory, sorted (file order breaking ties)."""
+    malformed, skipped = Malformed(), [0]
+    catalog = CatalogBuilder() if describes_items else None
+    count, first, last, in_order = 0, math.inf, -math.inf, True
+    for ts, _, _, meta in scan(malformed, skipped):
+        if ts < last:
+            in_order = False
+            break
+        first, last, count = min(first, ts), ts, count + 1
+        if catalog is not None and meta is not None:
+            catalog.add(*meta)
+    if in_order:
+        items = catalog.items(first) if catalog is not None and count else []
+
+        def events() -> Iterator[Event]:
+            yield from items
+            for _, _, ev, _ in scan(Malformed(), [0]):  # its bad rows are counted already
+                yield ev
+    else:  # read again, keeping the rows, to sort them
+        malformed, skipped = Malformed(), [0]
+        parsed = sorted(scan(malformed, skipped), key=lambda r: (r[0], r[1]))
+        count = len(parsed)
+        items = (catalog_at(parsed[0][0], (m for _, _, _, m in parsed if m is not None))
+                 if describes_items and parsed else [])
+
+        def events() -> Iterator[Event]:
+            yield from items
+            for _, _, ev, _ in parsed:
+                yield ev
+
+    if read_as:
+        read_as += (f"; {len(items):,} catalog items" if items else "") + ("" if in_order else "; not in time order: sorted in memory")
+    return Recording(fmt, events, malformed, skipped=skipped[0], total=len(items) + count, read_as=read_as)
 
 
 def _item_fields(got: dict[str, str]) -> tuple[str, str | None, str | None, float | None]:

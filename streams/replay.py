@@ -279,6 +279,9 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
     recording = open_recording(path, fmt, layout)
     if recording.read_as and not quiet:  # what the reader worked out, before the long part
         print(f"read as {recording.read_as}", file=sys.stderr)
+    if recording.malformed.count and not quiet:  # why rows were left out, before the long part
+        print(f"{recording.malformed.count:,} malformed rows left out, e.g. "
+              + "; ".join(recording.malformed.examples[:3]), file=sys.stderr)
     url = settings.redis_url if settings is not None else os.environ.get("STREAMREC_REDIS_URL", "memory://")
     prefix = settings.key_prefix if settings is not None else ""
     profile = profile or ("sessions" if recording.test_from is not None else "events")

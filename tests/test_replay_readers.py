@@ -175,7 +175,7 @@ def test_csv_finds_columns_and_actions_by_name_and_reads_milliseconds(tmp_path: 
         ("Click", "v2", "248676", None), ("Click", "v1", "355908", None),
         ("Cart", "v1", "355908", "add"), ("Cart", "v1", "355908", "purchase")]
     assert events[0].ts == 1433221300.0 and events[1].ts == 1433221332.117
-    assert rec.read_as == "events.csv: user=visitorid, item=itemid, time=timestamp, action=event; delimiter ','"
+    assert rec.read_as == "events.csv: user=visitorid, item=itemid, time=timestamp, action=event; delimiter ','; not in time order: sorted in memory"
     assert rec.skipped == 1 and rec.total == 4
     assert rec.malformed.count == 4
     reasons = " | ".join(rec.malformed.examples)
@@ -196,7 +196,7 @@ def test_csv_without_a_header_by_position_with_iso_times_and_sessions(tmp_path: 
     assert events[1].ts == dt.datetime(2014, 4, 7, 10, 51, 9, 277000, tzinfo=dt.timezone.utc).timestamp()
     assert events[0].ts == dt.datetime(2014, 4, 7, 8, 52, tzinfo=dt.timezone.utc).timestamp()
     assert rec.malformed.count == 0
-    assert rec.read_as == "clicks.dat: item=2, time=1, session=0; delimiter ','"
+    assert rec.read_as == "clicks.dat: item=2, time=1, session=0; delimiter ','; not in time order: sorted in memory"
 
 
 def test_csv_sniffs_the_delimiter_and_takes_named_columns_and_actions(tmp_path: Path):
@@ -232,7 +232,8 @@ def test_csv_nulls_star_actions_and_day_dates(tmp_path: Path):
     assert [(e.action, e.quantity) for e in rec] == [("purchase", 3), ("purchase", 1)]
     # a column found by name that is not what it seems is left out with '-'
     (tmp_path / "typed.csv").write_text("user,item,ts,category\nu,a,1700000000," + "x" * 600 + "\n")
-    assert open_recording(tmp_path / "typed.csv", "csv").malformed.count == 1  # a category too long
+    with pytest.raises(ValueError, match=r"none of its rows could be read as csv \(1 malformed\).*category: longer"):
+        open_recording(tmp_path / "typed.csv", "csv")  # its only row's category is too long
     rec = open_recording(tmp_path / "typed.csv", "csv", CsvLayout.parse("category=-"))
     assert [e.item_id for e in rec] == ["a"] and rec.malformed.count == 0
     # '*' beside an action column: every value not mapped otherwise
@@ -271,8 +272,8 @@ def test_csv_with_titles_publishes_the_catalog_first_and_reads_a_time_format(tmp
     assert "quantity" in reasons and "price: 'free' is not a number" in reasons
     # an ISO time still reads with a time format given; a time neither reads says which it expected
     (tmp_path / "bad.csv").write_text("user,item,time\nu,i,1st of May\n")
-    rec = open_recording(tmp_path / "bad.csv", "csv", CsvLayout.parse(time_format="%d/%m/%Y"))
-    assert list(rec) == [] and "the time format '%d/%m/%Y'" in rec.malformed.examples[0]
+    with pytest.raises(ValueError, match=r"bad.csv:2: time '1st of May' is neither a number nor the time format '%d/%m/%Y'"):
+        open_recording(tmp_path / "bad.csv", "csv", CsvLayout.parse(time_format="%d/%m/%Y"))
 
 
 def test_csv_rejects_what_it_cannot_read_with_a_clear_error(tmp_path: Path):
@@ -316,6 +317,66 @@ def test_csv_hostile_rows_are_malformed_never_fatal(tmp_path: Path):
     rec = open_recording(tmp_path / "big.csv", "csv")
     assert [e.item_id for e in rec] == ["i8"] and rec.malformed.count == 1
     assert "unreadable row" in rec.malformed.examples[0] and "field limit" in rec.malformed.examples[0]
+
+
+def test_csv_reads_common_public_exports_by_their_own_names(tmp_path: Path):
+    # a multi-category store's export: times with a zone name, the session as user_session
+    (tmp_path / "2019-Oct.csv").write_text(
+        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+        "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,72d7\n"
+        "2019-10-01 00:00:01 UTC,cart,1307067,2053013558920217191,computers.notebook,lenovo,251.74,550050854,7c90\n"
+        "2019-10-01 00:00:05 UTC,remove_from_cart,1307067,2053013558920217191,computers.notebook,lenovo,251.74,550050854,7c90\n"
+        "2019-10-01 00:00:09 UTC,purchase,1004237,2053013555631882655,electronics.smartphone,apple,1081.98,535871217,c6bd\n")
+    rec = open_recording(tmp_path / "2019-Oct.csv", "csv")
+    assert [(type(e).__name__, e.user_id, getattr(e, "action", None) or e.session_id) for e in rec] == [
+        ("Click", "541312140", "72d7"), ("Cart", "550050854", "add"), ("Cart", "550050854", "remove"),
+        ("Cart", "535871217", "purchase")]
+    assert [e.ts for e in rec][-1] == dt.datetime(2019, 10, 1, 0, 0, 9, tzinfo=dt.timezone.utc).timestamp()
+    assert rec.read_as.startswith("2019-Oct.csv: user=user_id, item=product_id, time=event_time, action=event_type, "
+                                  "session=user_session, category=category_id, price=price")
+    # an online shop's invoices: stock codes, invoice dates, HTTP dates with their zone
+    (tmp_path / "invoices.csv").write_text(
+        "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID\n"
+        "489434,85048,CHRISTMAS LIGHTS,12,\"Tue, 01 Dec 2009 07:45:00 GMT\",6.95,13085\n"
+        "489434,79323P,PINK CHERRY LIGHTS,12,\"Tue, 01 Dec 2009 09:45:00 +0100\",6.75,13085\n")
+    rec = open_recording(tmp_path / "invoices.csv", "csv", CsvLayout.parse("title=Description", "*=purchase"))
+    assert [(type(e).__name__, e.item_id, e.ts) for e in rec] == [
+        ("Item", "85048", 1259653500.0), ("Item", "79323P", 1259653500.0),
+        ("Cart", "85048", 1259653500.0), ("Cart", "79323P", 1259653500.0 + 3600)]
+
+
+def test_a_time_ordered_export_is_read_again_on_each_pass_not_held_in_memory(tmp_path: Path):
+    import random
+    import tracemalloc
+
+    rows = [f"{1_700_000_000 + n // 3},u{n % 997},view,i{n % 1_499},title {n % 1_499},c{n % 7}" for n in range(20_000)]
+    shuffled = rows[:]
+    random.Random(0).shuffle(shuffled)
+    peaks, streams = {}, {}
+    for name, body in (("ordered", rows), ("shuffled", shuffled)):
+        path = tmp_path / f"{name}.csv"
+        path.write_text("timestamp,visitorid,event,itemid,title,category\n" + "\n".join(body) + "\n")
+        tracemalloc.start()
+        try:
+            rec = open_recording(path, "csv")
+            assert sum(1 for _ in rec) == 21_499
+            peaks[name] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        streams[name] = [(type(e).__name__, e.item_id, e.ts, getattr(e, "user_id", "")) for e in rec]
+        assert ("not in time order" in rec.read_as) == (name == "shuffled")
+        assert rec.total == 20_000 + 1_499 and "1,499 catalog items" in rec.read_as
+    # the same events either way: the catalog first, then the rows by time (ties in file order)
+    assert sorted(streams["ordered"][1_499:], key=lambda e: e[2]) == streams["ordered"][1_499:]
+    assert sorted(streams["shuffled"][1_499:]) == sorted(streams["ordered"][1_499:])
+    assert streams["shuffled"][:1_499] != [] and len(streams["ordered"]) == 21_499
+    # held in memory, 20,000 events take megabytes; read again, the ordered file's peak
+    # is its catalog and one pass's working set
+    assert peaks["ordered"] * 4 < peaks["shuffled"], peaks
+    # a second pass reads the file again and gives the same events
+    assert [(type(e).__name__, e.item_id, e.ts, getattr(e, "user_id", "")) for e in rec] == streams["shuffled"]
+    rec = open_recording(tmp_path / "ordered.csv", "csv")
+    assert [(type(e).__name__, e.item_id, e.ts, getattr(e, "user_id", "")) for e in rec] == streams["ordered"]
 
 
 def test_csv_reads_the_taobao_sample_as_its_own_format_does():
