@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     pace = pr.add_mutually_exclusive_group()
     pace.add_argument("--speedup", type=float, help="event time runs this many times faster than recorded")
     pace.add_argument("--rate", type=float, help="events per second, evenly spaced")
-    pr.add_argument("--limit", type=int, help="stop after this many events")
+    pr.add_argument("--limit", type=int, help="stop after this many shopper events (catalog events come on top)")
     _csv_layout_flags(pr)
 
     c = sub.add_parser("copywriter", help="run the LLM copy pool as its own process")

@@ -10,8 +10,13 @@ arrive in event-time order.
 Pace:
 
 - ``speedup=X``: the gap between two events is their event-time gap divided by X;
-- ``rate=N``: N events per second, evenly spaced;
+- ``rate=N``: N shopper events per second, evenly spaced (catalog events go out as
+  they come: they are no shopper's traffic);
 - neither: as fast as the broker takes them.
+
+``limit=N`` stops after N shopper events, as ``streamrec replay --limit`` does: catalog
+events come on top, so a recording that publishes its catalog first still sends N
+shopper events.
 
 >>> topic_and_key(Click("e1", "u1", "i1", 1.7e9))
 ('clicks', b'u1')
@@ -86,7 +91,8 @@ class Pacer:
 async def produce_events(settings: Settings, events: Iterable[Event], speedup: float | None = None,
                          rate: float | None = None, limit: int | None = None, total: int | None = None,
                          progress: bool = True) -> int:
-    """Send ``events`` (already in event-time order) at the chosen pace; returns how many."""
+    """Send ``events`` (already in event-time order) at the chosen pace, up to ``limit``
+    shopper events; returns how many events were sent, catalog events included."""
     from tqdm import tqdm
 
     pacer = Pacer(speedup, rate)
@@ -97,16 +103,17 @@ async def produce_events(settings: Settings, events: Iterable[Event], speedup: f
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5,
                                 acks="all", client_id="streamrec-produce", **settings.kafka_kwargs())
     await producer.start()
-    sent = 0
+    sent = shoppers = 0
     pending: list[asyncio.Future] = []
     bar = tqdm(total=total, unit="ev", desc="produce", disable=not progress, file=sys.stderr,
                mininterval=0.5, dynamic_ncols=True)
     try:
         t0 = time.perf_counter()
         for event in events:
-            if limit is not None and sent >= limit:
+            if limit is not None and shoppers >= limit:
                 break
-            due = pacer.due(sent, event.ts)
+            catalog = isinstance(event, Item)
+            due = None if catalog and pacer.rate is not None else pacer.due(shoppers, event.ts)
             if due is not None:
                 delay = t0 + due - time.perf_counter()
                 if delay > MIN_SLEEP_S:
@@ -114,7 +121,10 @@ async def produce_events(settings: Settings, events: Iterable[Event], speedup: f
             topic, key = topic_and_key(event)
             pending.append(await producer.send(settings.topic(topic), orjson.dumps(to_dict(event)), key=key))
             sent += 1
-            bar.update(1)
+            if not catalog:
+                shoppers += 1
+            if not (catalog and limit is not None):  # with a limit the bar counts what it counts
+                bar.update(1)
             if len(pending) >= CHECK_EVERY:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -137,7 +147,7 @@ def run_produce(settings: Settings, path: str | os.PathLike, fmt: str, speedup: 
     from streams.readers import open_recording
 
     Pacer(speedup, rate)  # validate before connecting
-    recording = open_recording(path, fmt, layout)
+    recording = open_recording(path, fmt, layout, limit)
     if recording.read_as:
         log.info("read as %s", recording.read_as)
     sent = asyncio.run(produce_events(settings, recording, speedup=speedup, rate=rate, limit=limit,

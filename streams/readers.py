@@ -146,9 +146,13 @@ class Recording:
         return self.events_factory()
 
 
-def open_recording(path: str | os.PathLike, fmt: str, layout: "CsvLayout | None" = None) -> Recording:
+def open_recording(path: str | os.PathLike, fmt: str, layout: "CsvLayout | None" = None,
+                   limit: int | None = None) -> Recording:
     """Open ``path`` as a recording of format ``fmt`` (one of ``FORMATS``); ``layout``
-    describes a ``csv`` file (by default its columns and actions are found by name)."""
+    describes a ``csv`` file (by default its columns and actions are found by name).
+    ``limit``: only the first ``limit`` shopper events will be read (``--limit``), so a
+    ``jsonl`` or ``csv`` file in time order up to there, without a catalog to gather
+    from its rows, is checked no further."""
     path = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -156,7 +160,12 @@ def open_recording(path: str | os.PathLike, fmt: str, layout: "CsvLayout | None"
         raise ValueError(f"a CSV layout (--columns, --actions, --delimiter) describes the csv format, not {fmt!r}")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    recording = _read_csv(path, layout or CsvLayout()) if fmt == "csv" else _OPENERS[fmt](path)
+    if fmt == "csv":
+        recording = _read_csv(path, layout or CsvLayout(), limit)
+    elif fmt == "jsonl":
+        recording = _read_jsonl(path, limit)
+    else:
+        recording = _OPENERS[fmt](path)
     if not recording.total and recording.malformed.count:
         raise ValueError(f"{path.name}: none of its rows could be read as {fmt} ({recording.malformed.count:,} "
                          "malformed), e.g. " + "; ".join(recording.malformed.examples[:3]))
@@ -430,7 +439,7 @@ def catalog_at(start: float, sightings: Iterable[tuple[str, str | None, str | No
 
 # -- jsonl (wire format) ------------------------------------------------------------------------
 
-def _read_jsonl(path: Path) -> Recording:
+def _read_jsonl(path: Path, limit: int | None = None) -> Recording:
     def scan(malformed: Malformed, skipped: list[int]) -> Iterator[_Row]:
         with open(path, "rb") as fh:
             for n, line in enumerate(fh, start=1):
@@ -461,7 +470,7 @@ def _read_jsonl(path: Path) -> Recording:
                     continue
                 yield ev.ts, n, ev, None
 
-    return _time_ordered("jsonl", scan, describes_items=False)
+    return _time_ordered("jsonl", scan, describes_items=False, limit=limit)
 
 
 # -- csv: any clickstream export ----------------------------------------------------------
@@ -754,32 +763,42 @@ class _CsvFile:
                 yield ev.ts, n, ev, meta
 
 
-def _read_csv(path: Path, layout: CsvLayout) -> Recording:
+def _read_csv(path: Path, layout: CsvLayout, limit: int | None = None) -> Recording:
     file = _CsvFile.open(path, layout)
     names = dict(enumerate(file.header or ()))
     read_as = (f"{path.name}: " + ", ".join(f"{f}={names.get(file.index[f], file.index[f])!s}"
                                             for f in CSV_FIELDS if f in file.index)
                + f"; delimiter {file.delimiter!r}")
-    return _time_ordered("csv", file.rows, file.describes_items, read_as)
+    return _time_ordered("csv", file.rows, file.describes_items, read_as, limit)
 
 
 def _time_ordered(fmt: str, scan: Callable[[Malformed, list[int]], Iterator[_Row]], describes_items: bool,
-                  read_as: str = "") -> Recording:
+                  read_as: str = "", limit: int | None = None) -> Recording:
     """A recording of the rows ``scan`` reads in file order (it adds each bad row to the
     ``Malformed`` it is given, and counts rows left out on purpose in ``skipped[0]``).
 
     The file is read through once to check every row, count the bad ones and gather
     the catalog; a file already in time order (most exports and topic dumps are) keeps
     nothing else in memory, and each pass over the recording reads the file again. Only
-    a file out of time order is held in memory, sorted (file order breaking ties)."""
+    a file out of time order is held in memory, sorted (file order breaking ties).
+
+    With ``limit`` (only that many shopper events will be read) and no catalog to gather,
+    the first read stops there when the file is in time order up to it: its bad rows and
+    ``total`` are then those of that part."""
+    stop_at = limit if limit is not None and not describes_items else None
+    shoppers, stopped = 0, False
     malformed, skipped = Malformed(), [0]
     catalog = CatalogBuilder() if describes_items else None
     count, first, last, in_order = 0, math.inf, -math.inf, True
-    for ts, _, _, meta in scan(malformed, skipped):
+    for ts, _, ev, meta in scan(malformed, skipped):
+        if stop_at is not None and shoppers >= stop_at:
+            stopped = True
+            break
         if ts < last:
             in_order = False
             break
         first, last, count = min(first, ts), ts, count + 1
+        shoppers += not isinstance(ev, Item)
         if catalog is not None and meta is not None:
             catalog.add(*meta)
     if in_order:
@@ -802,7 +821,9 @@ def _time_ordered(fmt: str, scan: Callable[[Malformed, list[int]], Iterator[_Row
                 yield ev
 
     if read_as:
-        read_as += (f"; {len(items):,} catalog items" if items else "") + ("" if in_order else "; not in time order: sorted in memory")
+        read_as += ((f"; {len(items):,} catalog items" if items else "")
+                    + ("" if in_order else "; not in time order: sorted in memory")
+                    + (f"; read up to --limit {limit:,}" if stopped else ""))
     return Recording(fmt, events, malformed, skipped=skipped[0], total=len(items) + count, read_as=read_as)
 
 
@@ -847,6 +868,6 @@ def _quantity(text: str) -> int | str:
 
 
 _OPENERS: dict[str, Callable[[Path], Recording]] = {
-    "jsonl": _read_jsonl, "sessions": _read_sessions, "session-tsv": _read_session_tsv,
+    "sessions": _read_sessions, "session-tsv": _read_session_tsv,
     "taobao": _read_taobao, "online-retail": _read_online_retail,
 }

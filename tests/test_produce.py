@@ -105,13 +105,14 @@ async def test_speedup_and_rate_pace(broker, prefix, tmp_path):
     assert await asyncio.to_thread(run_produce, settings, path, "jsonl", speedup=10.0, progress=False) == n
     span = max(e.ts for e in open_recording(path, "jsonl")) - min(e.ts for e in open_recording(path, "jsonl"))
     assert time.perf_counter() - t >= 0.9 * span / 10.0
-    # 40 events at 25/s: at least 39/25 s
+    # 40 shopper events at 25/s: at least 39/25 s; the 10 catalog events first, on top
+    # of the limit and not paced
     t = time.perf_counter()
-    assert await asyncio.to_thread(run_produce, settings, path, "jsonl", rate=25.0, limit=40, progress=False) == 40
+    assert await asyncio.to_thread(run_produce, settings, path, "jsonl", rate=25.0, limit=40, progress=False) == 50
     assert time.perf_counter() - t >= 0.9 * 39 / 25.0
     # as fast as possible: far faster than the paced runs (a loose sanity bound)
     t = time.perf_counter()
-    assert await asyncio.to_thread(run_produce, settings, path, "jsonl", limit=40, progress=False) == 40
+    assert await asyncio.to_thread(run_produce, settings, path, "jsonl", limit=40, progress=False) == 50
     assert time.perf_counter() - t < 30
 
 

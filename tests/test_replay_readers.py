@@ -379,6 +379,31 @@ def test_a_time_ordered_export_is_read_again_on_each_pass_not_held_in_memory(tmp
     assert [(type(e).__name__, e.item_id, e.ts, getattr(e, "user_id", "")) for e in rec] == streams["ordered"]
 
 
+def test_a_limit_stops_the_first_read_of_a_time_ordered_file(tmp_path: Path):
+    rows = [f"{1_700_000_000 + n},u{n % 7},i{n % 11}" for n in range(1_000)]
+    tail = ["1600000000,u1,early", "not,a,row"]  # out of time order, and malformed, after the limit
+    (tmp_path / "e.csv").write_text("ts,user,item\n" + "\n".join(rows + tail) + "\n")
+    rec = open_recording(tmp_path / "e.csv", "csv", limit=100)
+    assert rec.read_as.endswith("; read up to --limit 100") and rec.total == 100 and rec.malformed.count == 0
+    assert [e.item_id for e in itertools.islice(rec, 100)] == [f"i{n % 11}" for n in range(100)]
+    whole = open_recording(tmp_path / "e.csv", "csv")  # without a limit the whole file is checked
+    assert "not in time order" in whole.read_as and whole.total == 1_001 and whole.malformed.count == 1
+    assert next(iter(whole)).item_id == "early"
+    # a file out of time order before its limit is sorted whole, as without a limit
+    (tmp_path / "x.csv").write_text("ts,user,item\n" + "\n".join(tail[:1] + rows) + "\n")
+    assert next(iter(open_recording(tmp_path / "x.csv", "csv", limit=100))).item_id == "early"
+    # a catalog is the whole file's: its first read goes to the end whatever the limit
+    (tmp_path / "t.csv").write_text("ts,user,item,title\n" + "\n".join(f"{r},T {r[-2:]}" for r in rows) + "\n")
+    assert open_recording(tmp_path / "t.csv", "csv", limit=100).total == 1_000 + 11
+    # the wire format alike: catalog events do not count against the limit
+    lines = [orjson.dumps({"topic": "items", "value": {"item_id": "i0", "title": "T", "ts": 1_600_000_000}})]
+    lines += [orjson.dumps({"topic": "clicks", "value": {"event_id": f"e{n}", "user_id": "u", "item_id": "i0",
+                                                         "ts": 1_700_000_000 + n}}) for n in range(50)]
+    (tmp_path / "w.jsonl").write_bytes(b"\n".join(lines + [b"{}"]) + b"\n")
+    rec = open_recording(tmp_path / "w.jsonl", "jsonl", limit=10)
+    assert rec.total == 11 and rec.malformed.count == 0 and sum(1 for _ in rec) == 51
+
+
 def test_csv_reads_the_taobao_sample_as_its_own_format_does():
     file = SHARED / "taobao-userbehavior-sample" / "UserBehavior.csv"
     if not file.exists():
