@@ -147,7 +147,7 @@ def run_produce(settings: Settings, path: str | os.PathLike, fmt: str, speedup: 
     from streams.readers import open_recording
 
     Pacer(speedup, rate)  # validate before connecting
-    recording = open_recording(path, fmt, layout, limit)
+    recording = open_recording(path, fmt, layout, limit, progress=progress)
     if recording.read_as:
         log.info("read as %s", recording.read_as)
     sent = asyncio.run(produce_events(settings, recording, speedup=speedup, rate=rate, limit=limit,

@@ -7,7 +7,8 @@ fatal, unless no row at all could be read: then ``open_recording`` raises ``Valu
 with the first reasons. A ``jsonl`` or ``csv`` file already in time order (most exports
 and topic dumps are) is read through once at the start, to check every row and gather
 its catalog, and again on each pass over the recording: memory stays flat however long
-the file. Only a file out of time order is held in memory, sorted. Formats:
+the file. A file out of time order is sorted: in memory up to ``SORT_RUN_ROWS`` rows,
+beyond that in sorted runs kept in temporary files and merged on each pass. Formats:
 
 ``jsonl``
     The wire format: one ``{"topic": ..., "value": {...}}`` per line; values are
@@ -81,8 +82,12 @@ the file. Only a file out of time order is held in memory, sorted. Formats:
 from __future__ import annotations
 
 import csv
+import heapq
 import math
 import os
+import pickle
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -147,12 +152,13 @@ class Recording:
 
 
 def open_recording(path: str | os.PathLike, fmt: str, layout: "CsvLayout | None" = None,
-                   limit: int | None = None) -> Recording:
+                   limit: int | None = None, progress: bool = False) -> Recording:
     """Open ``path`` as a recording of format ``fmt`` (one of ``FORMATS``); ``layout``
     describes a ``csv`` file (by default its columns and actions are found by name).
     ``limit``: only the first ``limit`` shopper events will be read (``--limit``), so a
     ``jsonl`` or ``csv`` file in time order up to there, without a catalog to gather
-    from its rows, is checked no further."""
+    from its rows, is checked no further. ``progress``: a bar on stderr while a ``jsonl``,
+    ``csv`` or ``taobao`` file is read at the start, once that takes over two seconds."""
     path = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -161,9 +167,11 @@ def open_recording(path: str | os.PathLike, fmt: str, layout: "CsvLayout | None"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if fmt == "csv":
-        recording = _read_csv(path, layout or CsvLayout(), limit)
+        recording = _read_csv(path, layout or CsvLayout(), limit, progress=progress)
     elif fmt == "jsonl":
-        recording = _read_jsonl(path, limit)
+        recording = _read_jsonl(path, limit, progress)
+    elif fmt == "taobao":
+        recording = _read_taobao(path, limit, progress)
     else:
         recording = _OPENERS[fmt](path)
     if not recording.total and recording.malformed.count:
@@ -310,42 +318,6 @@ def _read_session_tsv(path: Path) -> Recording:
                      test_cases=sum(n - 1 for n in lengths.values()), total=len(train) + len(test))
 
 
-# -- taobao UserBehavior.csv --------------------------------------------------------------
-
-def _read_taobao(path: Path) -> Recording:
-    malformed = Malformed()
-    file = path / "UserBehavior.csv" if path.is_dir() else path
-    rows: list[tuple[float, int, str, str, str]] = []
-    skipped = 0
-    with open(file, encoding="utf-8", newline="") as fh:
-        for n, row in enumerate(csv.reader(fh), start=1):
-            try:
-                user, item, _category, behavior, ts = (x.strip() for x in row)
-                t = float(ts)
-                if not user or not item or not math.isfinite(t) or t < 946_684_800:
-                    raise ValueError("empty id or bad timestamp")
-            except ValueError as e:
-                malformed.add(f"{file.name}:{n}", f"bad row ({e})")
-                continue
-            if behavior == "fav":
-                skipped += 1
-                continue
-            if behavior not in ("pv", "cart", "buy"):
-                malformed.add(f"{file.name}:{n}", f"unknown behavior {behavior[:16]!r}")
-                continue
-            rows.append((t, n, user, item, behavior))
-    rows.sort()
-
-    def events() -> Iterator[Event]:
-        for t, n, user, item, behavior in rows:
-            if behavior == "pv":
-                yield Click(f"tb{n}", user, item, t)
-            else:
-                yield Cart(f"tb{n}", user, item, "add" if behavior == "cart" else "purchase", t)
-
-    return Recording("taobao", events, malformed, skipped=skipped, total=len(rows))
-
-
 # -- UCI online retail parquet ----------------------------------------------------------------
 
 def _read_online_retail(path: Path) -> Recording:
@@ -394,35 +366,49 @@ def _read_online_retail(path: Path) -> Recording:
 
 
 class CatalogBuilder:
-    """The catalog a recording's rows describe, gathered one sighting at a time:
-    ``items(start)`` gives one ``Item`` per item that has a title, in order of first
-    sighting, all stamped ``start`` (a shop publishes its catalog before anyone buys):
-    the most frequent title (ties: the earliest), the first sighting's category and
-    price. Sightings are added in event-time order.
+    """The catalog a recording's rows describe, gathered one sighting at a time in any
+    order: ``items(start)`` gives one ``Item`` per item that has a title, in order of
+    first sighting, all stamped ``start`` (a shop publishes its catalog before anyone
+    buys): the most frequent title (ties: the earliest), the first sighting's category
+    and price. ``at`` places a sighting in event-time order (the row's time and line);
+    without it, sightings are taken to come in that order.
 
     >>> b = CatalogBuilder()
     >>> for row in [("A", "MUG", "kitchen", 2.0), ("B", None, None, 1.0), ("A", "?", None, 2.5), ("A", "MUG", None, 2.5)]:
     ...     b.add(*row)
     >>> [(i.item_id, i.title, i.category, i.ts, i.price) for i in b.items(10.0)]
     [('A', 'MUG', 'kitchen', 10.0, 2.0)]
+    >>> b = CatalogBuilder()
+    >>> b.add("A", "CUP", None, 3.0, at=(5.0, 9)); b.add("A", "MUG", "kitchen", 2.0, at=(1.0, 2))
+    >>> [(i.item_id, i.title, i.category, i.price) for i in b.items(0.0)]
+    [('A', 'MUG', 'kitchen', 2.0)]
     """
 
     def __init__(self) -> None:
-        self._titles: dict[str, dict[str, int]] = {}
-        self._first: dict[str, tuple[str | None, float | None]] = {}
+        #: item -> title -> (sightings, the earliest one's place)
+        self._titles: dict[str, dict[str, tuple[int, tuple]]] = {}
+        #: item -> (its first sighting's place, category, price)
+        self._first: dict[str, tuple[tuple, str | None, float | None]] = {}
+        self._added = 0
 
-    def add(self, item: str, title: str | None, category: str | None, price: float | None) -> None:
-        if item not in self._first:
-            self._first[item] = (category, price)
+    def add(self, item: str, title: str | None, category: str | None, price: float | None,
+            at: tuple | None = None) -> None:
+        if at is None:
+            at = (self._added,)
+        self._added += 1
+        first = self._first.get(item)
+        if first is None or at < first[0]:
+            self._first[item] = (at, category, price)
         if title:
             seen = self._titles.setdefault(item, {})
-            seen[title] = seen.get(title, 0) + 1
+            n, earliest = seen.get(title, (0, at))
+            seen[title] = (n + 1, min(earliest, at))
 
     def items(self, start: float) -> list[Item]:
         out = []
-        for item, (category, price) in self._first.items():  # dicts keep insertion order: first sighting's
+        for item, (_, category, price) in sorted(self._first.items(), key=lambda kv: kv[1][0]):
             if item in self._titles:
-                best = max(self._titles[item].items(), key=lambda kv: kv[1])[0]  # max keeps the first of ties
+                best = min(self._titles[item].items(), key=lambda kv: (-kv[1][0], kv[1][1]))[0]
                 out.append(Item(item, best[:MAX_TITLE_CHARS], start, category=category, price=price))
         return out
 
@@ -439,7 +425,7 @@ def catalog_at(start: float, sightings: Iterable[tuple[str, str | None, str | No
 
 # -- jsonl (wire format) ------------------------------------------------------------------------
 
-def _read_jsonl(path: Path, limit: int | None = None) -> Recording:
+def _read_jsonl(path: Path, limit: int | None = None, progress: bool = False) -> Recording:
     def scan(malformed: Malformed, skipped: list[int]) -> Iterator[_Row]:
         with open(path, "rb") as fh:
             for n, line in enumerate(fh, start=1):
@@ -470,7 +456,7 @@ def _read_jsonl(path: Path, limit: int | None = None) -> Recording:
                     continue
                 yield ev.ts, n, ev, None
 
-    return _time_ordered("jsonl", scan, describes_items=False, limit=limit)
+    return _time_ordered("jsonl", scan, describes_items=False, limit=limit, progress_name=path.name if progress else None)
 
 
 # -- csv: any clickstream export ----------------------------------------------------------
@@ -680,9 +666,11 @@ class _CsvFile:
     delimiter: str
     index: dict[str, int]
     header: list[str] | None
+    #: each event's id is this and its line number
+    id_prefix: str = "csv"
 
     @classmethod
-    def open(cls, path: Path, layout: CsvLayout) -> _CsvFile:
+    def open(cls, path: Path, layout: CsvLayout, id_prefix: str = "csv") -> _CsvFile:
         if path.is_dir():
             raise ValueError(f"{path}: the csv format reads one file, not a folder")
         with open(path, encoding="utf-8-sig", newline="") as fh:  # (-sig: a spreadsheet's byte-order mark)
@@ -693,7 +681,7 @@ class _CsvFile:
                 missing = [f for f in ("item", "time") if f not in index]
                 if missing or ("user" not in index and "session" not in index):
                     raise ValueError("--columns by position: give item, time and user (or session)")
-                return cls(path, layout, delimiter, index, None)
+                return cls(path, layout, delimiter, index, None, id_prefix)
             fh.seek(0)
             try:
                 header = next(csv.reader(fh, delimiter=delimiter), None)
@@ -701,7 +689,7 @@ class _CsvFile:
                 raise ValueError(f"{path.name}: unreadable header ({e})") from None
         if header is None:
             raise ValueError(f"{path.name}: empty (a header row was expected)")
-        return cls(path, layout, delimiter, _csv_columns(header, layout.columns, path), header)
+        return cls(path, layout, delimiter, _csv_columns(header, layout.columns, path), header, id_prefix)
 
     @property
     def describes_items(self) -> bool:
@@ -714,7 +702,7 @@ class _CsvFile:
         actions = {**DEFAULT_ACTIONS, **{_norm(k): v for k, v in layout.actions.items()}}
         width = max(index.values()) + 1
         fields = list(index.items())
-        describes_items = self.describes_items
+        describes_items, id_prefix = self.describes_items, self.id_prefix
         with open(path, encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh, delimiter=self.delimiter)
             if self.header is not None:
@@ -746,7 +734,7 @@ class _CsvFile:
                 except ValueError as e:
                     malformed.add(f"{path.name}:{n}", str(e))
                     continue
-                value: dict = {"event_id": f"csv{n}", "user_id": got.get("user") or got.get("session", ""),
+                value: dict = {"event_id": f"{id_prefix}{n}", "user_id": got.get("user") or got.get("session", ""),
                                "item_id": got["item"], "ts": ts}
                 if kind == "click":
                     topic = "clicks"
@@ -763,34 +751,37 @@ class _CsvFile:
                 yield ev.ts, n, ev, meta
 
 
-def _read_csv(path: Path, layout: CsvLayout, limit: int | None = None) -> Recording:
-    file = _CsvFile.open(path, layout)
+def _read_csv(path: Path, layout: CsvLayout, limit: int | None = None, fmt: str = "csv",
+              id_prefix: str = "csv", progress: bool = False) -> Recording:
+    file = _CsvFile.open(path, layout, id_prefix)
     names = dict(enumerate(file.header or ()))
     read_as = (f"{path.name}: " + ", ".join(f"{f}={names.get(file.index[f], file.index[f])!s}"
                                             for f in CSV_FIELDS if f in file.index)
                + f"; delimiter {file.delimiter!r}")
-    return _time_ordered("csv", file.rows, file.describes_items, read_as, limit)
+    return _time_ordered(fmt, file.rows, file.describes_items, read_as, limit, path.name if progress else None)
 
 
 def _time_ordered(fmt: str, scan: Callable[[Malformed, list[int]], Iterator[_Row]], describes_items: bool,
-                  read_as: str = "", limit: int | None = None) -> Recording:
+                  read_as: str = "", limit: int | None = None, progress_name: str | None = None) -> Recording:
     """A recording of the rows ``scan`` reads in file order (it adds each bad row to the
     ``Malformed`` it is given, and counts rows left out on purpose in ``skipped[0]``).
 
     The file is read through once to check every row, count the bad ones and gather
     the catalog; a file already in time order (most exports and topic dumps are) keeps
-    nothing else in memory, and each pass over the recording reads the file again. Only
-    a file out of time order is held in memory, sorted (file order breaking ties).
+    nothing else in memory, and each pass over the recording reads the file again. A
+    file out of time order is read again and sorted (file order breaking ties) by
+    ``_sort_rows``: in memory, or in runs on disk when long.
 
     With ``limit`` (only that many shopper events will be read) and no catalog to gather,
     the first read stops there when the file is in time order up to it: its bad rows and
-    ``total`` are then those of that part."""
+    ``total`` are then those of that part. ``progress_name``: show a bar of the rows read,
+    named so, while reading at the start takes over two seconds."""
     stop_at = limit if limit is not None and not describes_items else None
     shoppers, stopped = 0, False
     malformed, skipped = Malformed(), [0]
     catalog = CatalogBuilder() if describes_items else None
     count, first, last, in_order = 0, math.inf, -math.inf, True
-    for ts, _, ev, meta in scan(malformed, skipped):
+    for ts, _, ev, meta in _shown(scan(malformed, skipped), progress_name, "checking"):
         if stop_at is not None and shoppers >= stop_at:
             stopped = True
             break
@@ -801,6 +792,7 @@ def _time_ordered(fmt: str, scan: Callable[[Malformed, list[int]], Iterator[_Row
         shoppers += not isinstance(ev, Item)
         if catalog is not None and meta is not None:
             catalog.add(*meta)
+    runs = 0
     if in_order:
         items = catalog.items(first) if catalog is not None and count else []
 
@@ -808,23 +800,107 @@ def _time_ordered(fmt: str, scan: Callable[[Malformed, list[int]], Iterator[_Row
             yield from items
             for _, _, ev, _ in scan(Malformed(), [0]):  # its bad rows are counted already
                 yield ev
-    else:  # read again, keeping the rows, to sort them
+    else:  # read again, sorting what it reads
         malformed, skipped = Malformed(), [0]
-        parsed = sorted(scan(malformed, skipped), key=lambda r: (r[0], r[1]))
-        count = len(parsed)
-        items = (catalog_at(parsed[0][0], (m for _, _, _, m in parsed if m is not None))
-                 if describes_items and parsed else [])
+        catalog = CatalogBuilder() if describes_items else None
+        count, first = 0, math.inf
+
+        def tap(rows: Iterator[_Row]) -> Iterator[_Row]:
+            nonlocal count, first
+            for row in rows:
+                count, first = count + 1, min(first, row[0])
+                if catalog is not None and row[3] is not None:
+                    catalog.add(*row[3], at=(row[0], row[1]))
+                yield row
+
+        in_time_order, runs = _sort_rows(tap(_shown(scan(malformed, skipped), progress_name, "sorting")))
+        items = catalog.items(first) if catalog is not None and count else []
 
         def events() -> Iterator[Event]:
             yield from items
-            for _, _, ev, _ in parsed:
-                yield ev
+            yield from in_time_order()
 
     if read_as:
         read_as += ((f"; {len(items):,} catalog items" if items else "")
-                    + ("" if in_order else "; not in time order: sorted in memory")
+                    + ("" if in_order else "; not in time order: sorted in memory" if not runs
+                       else f"; not in time order: sorted in {runs} runs on disk")
                     + (f"; read up to --limit {limit:,}" if stopped else ""))
     return Recording(fmt, events, malformed, skipped=skipped[0], total=len(items) + count, read_as=read_as)
+
+
+def _shown(rows: Iterator[_Row], name: str | None, doing: str) -> Iterator[_Row]:
+    """``rows``, with a bar on stderr when ``name`` is given (from two seconds on)."""
+    if name is None:
+        return rows
+    from tqdm import tqdm
+
+    return tqdm(rows, desc=f"{doing} {name}", unit=" rows", unit_scale=True, delay=2.0, mininterval=0.5,
+                file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+#: Rows of a file out of time order sorted in memory at once (about 200 MB of events); a
+#: longer file is sorted in runs of this many, each kept in a temporary file, and the
+#: runs are merged on each pass over the recording.
+SORT_RUN_ROWS = 500_000
+#: Rows pickled together in a run's file (what a merge holds of each run at a time)
+_RUN_BATCH = 2_000
+
+
+def _by_time(row: tuple) -> tuple[float, int]:
+    return row[0], row[1]
+
+
+def _sort_rows(rows: Iterator[_Row]) -> tuple[Callable[[], Iterator[Event]], int]:
+    """The events of ``rows`` in time order (file order breaking ties), as a function
+    giving them afresh on each call, and the number of runs spilled to disk (0: the
+    rows fit in one run and are held in memory)."""
+    run_rows = SORT_RUN_ROWS
+    spill: tempfile.TemporaryDirectory | None = None
+    runs: list[str] = []
+    buffer: list[_Row] = []
+
+    def write_run() -> None:
+        nonlocal spill
+        if spill is None:  # private to this process (mode 0700), removed with the recording
+            spill = tempfile.TemporaryDirectory(prefix="streamrec-sort-")
+        path = os.path.join(spill.name, f"run{len(runs)}.pickle")
+        buffer.sort(key=_by_time)
+        with open(path, "wb") as fh:
+            for i in range(0, len(buffer), _RUN_BATCH):
+                pickle.dump([(ts, n, ev) for ts, n, ev, _ in buffer[i:i + _RUN_BATCH]], fh,
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        runs.append(path)
+        buffer.clear()
+
+    for row in rows:
+        buffer.append(row)
+        if len(buffer) >= run_rows:
+            write_run()
+    if not runs:
+        buffer.sort(key=_by_time)
+        return (lambda: (ev for _, _, ev, _ in buffer)), 0
+    if buffer:
+        write_run()
+
+    def merged() -> Iterator[Event]:
+        if spill is None:  # never: runs were written (naming ``spill`` here keeps their folder,
+            return         # removed once collected, as long as the recording that reads them)
+        for _, _, ev in heapq.merge(*map(_read_run, runs), key=_by_time):
+            yield ev
+
+    return merged, len(runs)
+
+
+def _read_run(path: str) -> Iterator[tuple[float, int, Event]]:
+    """The rows of one sorted run, a batch at a time (a file this process wrote itself:
+    a pickle from anywhere else is never read)."""
+    with open(path, "rb") as fh:
+        while True:
+            try:
+                batch = pickle.load(fh)
+            except EOFError:
+                return
+            yield from batch
 
 
 def _item_fields(got: dict[str, str]) -> tuple[str, str | None, str | None, float | None]:
@@ -867,7 +943,21 @@ def _quantity(text: str) -> int | str:
     return int(q) if math.isfinite(q) and q == int(q) else text
 
 
+# -- taobao: the csv reader with the data set's layout ---------------------------------------
+
+#: Taobao's UserBehavior.csv: no header; user, item, category, behavior, unix seconds
+TAOBAO_LAYOUT = CsvLayout(columns={"user": "0", "item": "1", "action": "3", "time": "4"},
+                          actions={"pv": "click", "cart": "add", "buy": "purchase", "fav": "skip"}, delimiter=",")
+
+
+def _read_taobao(path: Path, limit: int | None = None, progress: bool = False) -> Recording:
+    """The csv reader with ``TAOBAO_LAYOUT``: the same checks, and bounded memory for
+    the full data set (100 million rows, unsorted)."""
+    file = path / "UserBehavior.csv" if path.is_dir() else path
+    return _read_csv(file, TAOBAO_LAYOUT, limit, fmt="taobao", id_prefix="tb", progress=progress)
+
+
 _OPENERS: dict[str, Callable[[Path], Recording]] = {
     "sessions": _read_sessions, "session-tsv": _read_session_tsv,
-    "taobao": _read_taobao, "online-retail": _read_online_retail,
+    "online-retail": _read_online_retail,
 }

@@ -276,7 +276,7 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
                layout: CsvLayout | None = None) -> dict[str, Any]:
     """Replay ``path`` (format ``fmt``; ``layout`` for a ``csv`` file), print a summary,
     write the report; return it."""
-    recording = open_recording(path, fmt, layout, limit)
+    recording = open_recording(path, fmt, layout, limit, progress=progress and not quiet)
     if recording.read_as and not quiet:  # what the reader worked out, before the long part
         print(f"read as {recording.read_as}", file=sys.stderr)
     if recording.malformed.count and not quiet:  # why rows were left out, before the long part
