@@ -25,7 +25,8 @@ def _csv_layout_flags(p: argparse.ArgumentParser) -> None:
                                      "title, category, price (they make the catalog); "
                                      "columns by header name, or all by 0-based position for a file "
                                      "without a header (e.g. user=visitorid,item=itemid,time=timestamp); "
-                                     "field=- reads a field from no column")
+                                     "field=- reads a field from no column; title and category may join "
+                                     "columns, their non-empty cells joined by a space (title=brand+category_code)")
     g.add_argument("--actions", help="action=kind pairs, kind one of click, add, remove, purchase, skip "
                                      "(e.g. view=click,addtocart=add,transaction=purchase); '*' maps every "
                                      "other value, or every row of a file without an action column")

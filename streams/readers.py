@@ -536,7 +536,10 @@ class CsvLayout:
         unknown = sorted(set(cols) - set(CSV_FIELDS))
         if unknown:
             raise ValueError(f"--columns: unknown field(s) {', '.join(unknown)}; fields: {', '.join(CSV_FIELDS)}")
-        if len({v.isdigit() for v in cols.values() if v != NO_COLUMN}) > 1:
+        joined = sorted(f for f, v in cols.items() if "+" in v and f not in JOINABLE)
+        if joined:
+            raise ValueError(f"--columns: only {' and '.join(JOINABLE)} may join columns with '+', not {', '.join(joined)}")
+        if len({_by_position(v) for v in cols.values() if v != NO_COLUMN}) > 1:
             raise ValueError("--columns: give every column by header name or every one by position, not both")
         acts = _pairs(actions or "", "--actions")
         bad = sorted(f"{k}={v}" for k, v in acts.items() if v not in ACTION_KINDS)
@@ -549,6 +552,16 @@ class CsvLayout:
         if time_format is not None and "%" not in time_format:
             raise ValueError(f"--time-format: a strptime format such as '%d/%m/%Y %H:%M', got {time_format!r}")
         return cls(cols, acts, delimiter, time_format)
+
+
+#: Fields that may join several columns (``title=brand+category_code``): their non-empty
+#: cells, in that order, joined by a space (a catalog without titles can make them so)
+JOINABLE = ("title", "category")
+
+
+def _by_position(column: str) -> bool:
+    """Whether a ``--columns`` value names columns by position (``4``, ``5+4``)."""
+    return all(p.strip().isdigit() for p in column.split("+"))
 
 
 def _pairs(spec: str, flag: str) -> dict[str, str]:
@@ -626,18 +639,31 @@ def _sniff_delimiter(sample: str) -> str:
         return max(",;\t|", key=first.count) if any(c in first for c in ",;\t|") else ","
 
 
-def _csv_columns(header: list[str], named: dict[str, str], file: Path) -> dict[str, int]:
-    """Field -> column position, from the header row and the columns ``named``."""
+#: A field's column: its position, or the positions of the columns it joins
+Column = int | tuple[int, ...]
+
+
+def _position(column: str) -> Column:
+    parts = tuple(int(p) for p in column.split("+"))
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _csv_columns(header: list[str], named: dict[str, str], file: Path) -> dict[str, Column]:
+    """Field -> column position (or positions, for a joined field), from the header row
+    and the columns ``named``."""
     where = {_norm(h): i for i, h in reversed(list(enumerate(header)))}  # the first of equal names
-    out: dict[str, int] = {}
+    out: dict[str, Column] = {}
     for f in CSV_FIELDS:
         if named.get(f) == NO_COLUMN:
             continue
         if f in named:
-            if _norm(named[f]) not in where:
-                raise ValueError(f"{file.name}: no column {named[f]!r} for {f}; the header has "
+            parts = [named[f]] if _norm(named[f]) in where or f not in JOINABLE else named[f].split("+")
+            absent = [p for p in parts if _norm(p) not in where]
+            if absent:
+                raise ValueError(f"{file.name}: no column {absent[0]!r} for {f}; the header has "
                                  f"{', '.join(map(repr, header))[:300]}")
-            out[f] = where[_norm(named[f])]
+            cols = tuple(where[_norm(p)] for p in parts)
+            out[f] = cols[0] if len(cols) == 1 else cols
         else:
             found = next((where[n] for n in COLUMN_NAMES[f] if n in where), None)
             if found is not None and found not in out.values():
@@ -664,7 +690,7 @@ class _CsvFile:
     path: Path
     layout: CsvLayout
     delimiter: str
-    index: dict[str, int]
+    index: dict[str, Column]
     header: list[str] | None
     #: each event's id is this and its line number
     id_prefix: str = "csv"
@@ -676,8 +702,8 @@ class _CsvFile:
         with open(path, encoding="utf-8-sig", newline="") as fh:  # (-sig: a spreadsheet's byte-order mark)
             delimiter = layout.delimiter or _sniff_delimiter(fh.read(65536))
             positions = {f: v for f, v in layout.columns.items() if v != NO_COLUMN}
-            if positions and all(v.isdigit() for v in positions.values()):
-                index = {f: int(v) for f, v in positions.items()}  # no header
+            if positions and all(_by_position(v) for v in positions.values()):
+                index = {f: _position(v) for f, v in positions.items()}  # no header
                 missing = [f for f in ("item", "time") if f not in index]
                 if missing or ("user" not in index and "session" not in index):
                     raise ValueError("--columns by position: give item, time and user (or session)")
@@ -700,8 +726,9 @@ class _CsvFile:
         reason, and ``skipped[0]`` counts the rows whose action is ``skip``."""
         path, layout, index = self.path, self.layout, self.index
         actions = {**DEFAULT_ACTIONS, **{_norm(k): v for k, v in layout.actions.items()}}
-        width = max(index.values()) + 1
-        fields = list(index.items())
+        width = max(max(i) if isinstance(i, tuple) else i for i in index.values()) + 1
+        fields = [(f, i) for f, i in index.items() if not isinstance(i, tuple)]
+        joined = [(f, i) for f, i in index.items() if isinstance(i, tuple)]
         describes_items, id_prefix = self.describes_items, self.id_prefix
         with open(path, encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh, delimiter=self.delimiter)
@@ -717,6 +744,9 @@ class _CsvFile:
                 for f, i in fields:
                     v = row[i].strip()
                     got[f] = "" if len(v) <= 4 and v.lower() in MISSING else v
+                for f, cols in joined:
+                    cells = (row[i].strip() for i in cols)
+                    got[f] = " ".join(v for v in cells if not (len(v) <= 4 and v.lower() in MISSING))
                 if "action" in got:
                     kind = actions.get(_norm(got["action"])) or actions.get("*", "")
                     if not kind:
@@ -755,8 +785,10 @@ def _read_csv(path: Path, layout: CsvLayout, limit: int | None = None, fmt: str 
               id_prefix: str = "csv", progress: bool = False) -> Recording:
     file = _CsvFile.open(path, layout, id_prefix)
     names = dict(enumerate(file.header or ()))
-    read_as = (f"{path.name}: " + ", ".join(f"{f}={names.get(file.index[f], file.index[f])!s}"
-                                            for f in CSV_FIELDS if f in file.index)
+    def column(i: Column) -> str:
+        return "+".join(str(names.get(c, c)) for c in (i if isinstance(i, tuple) else (i,)))
+
+    read_as = (f"{path.name}: " + ", ".join(f"{f}={column(file.index[f])}" for f in CSV_FIELDS if f in file.index)
                + f"; delimiter {file.delimiter!r}")
     return _time_ordered(fmt, file.rows, file.describes_items, read_as, limit, path.name if progress else None)
 

@@ -336,6 +336,16 @@ def test_csv_reads_common_public_exports_by_their_own_names(tmp_path: Path):
     assert [e.ts for e in rec][-1] == dt.datetime(2019, 10, 1, 0, 0, 9, tzinfo=dt.timezone.utc).timestamp()
     assert rec.read_as.startswith("2019-Oct.csv: user=user_id, item=product_id, time=event_time, action=event_type, "
                                   "session=user_session, category=category_id, price=price")
+    # it has no titles: brand and category text can make them (and so the catalog)
+    rec = open_recording(tmp_path / "2019-Oct.csv", "csv", CsvLayout.parse("title=brand+category_code,category=category_code"))
+    assert [(e.item_id, e.title, e.category, e.price) for e in rec if isinstance(e, Item)] == [
+        ("44600062", "shiseido", None, 35.79), ("1307067", "lenovo computers.notebook", "computers.notebook", 251.74),
+        ("1004237", "apple electronics.smartphone", "electronics.smartphone", 1081.98)]
+    assert "title=brand+category_code, category=category_code" in rec.read_as
+    with pytest.raises(ValueError, match="only title and category may join columns"):
+        CsvLayout.parse("user=user_id+user_session")
+    with pytest.raises(ValueError, match="no column 'model' for title"):
+        open_recording(tmp_path / "2019-Oct.csv", "csv", CsvLayout.parse("title=brand+model"))
     # an online shop's invoices: stock codes, invoice dates, HTTP dates with their zone
     (tmp_path / "invoices.csv").write_text(
         "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID\n"
