@@ -35,6 +35,24 @@ def _csv_layout_flags(p: argparse.ArgumentParser) -> None:
                                          "ISO 8601, e.g. '%%m/%%d/%%Y %%H:%%M' (no zone: UTC)")
 
 
+def _events_count(text: str) -> int:
+    """``--limit``: a whole number of events, 0 or more.
+
+    >>> _events_count("30000")
+    30000
+    >>> _events_count("-1")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: a whole number of events, 0 or more, got '-1'
+    """
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a whole number of events, 0 or more, got {text!r}")
+    return n
+
+
 def _layout(args: argparse.Namespace) -> CsvLayout | None:
     """The CSV layout the flags give (None when none is given)."""
     if args.columns is None and args.actions is None and args.delimiter is None and args.time_format is None:
@@ -59,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--baselines", action="store_true", help="also score popularity and BiasedMF")
     r.add_argument("--no-content", action="store_true", help="turn the content candidate sources (content, new_items) off")
     r.add_argument("--plot", help="write plots to this .png or .html file")
-    r.add_argument("--limit", type=int, help="stop after this many shopper events (catalog events come on top)")
+    r.add_argument("--limit", type=_events_count,
+                   help="stop after this many shopper events (catalog events come on top)")
     r.add_argument("--redis-url")
     _csv_layout_flags(r)
 
@@ -70,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     pace = pr.add_mutually_exclusive_group()
     pace.add_argument("--speedup", type=float, help="event time runs this many times faster than recorded")
     pace.add_argument("--rate", type=float, help="events per second, evenly spaced")
-    pr.add_argument("--limit", type=int, help="stop after this many shopper events (catalog events come on top)")
+    pr.add_argument("--limit", type=_events_count,
+                   help="stop after this many shopper events (catalog events come on top)")
     _csv_layout_flags(pr)
 
     c = sub.add_parser("copywriter", help="run the LLM copy pool as its own process")
