@@ -456,7 +456,7 @@ def _read_jsonl(path: Path, limit: int | None = None, progress: bool = False) ->
                     continue
                 yield ev.ts, n, ev, None
 
-    return _time_ordered("jsonl", scan, describes_items=False, limit=limit, progress_name=path.name if progress else None)
+    return _time_ordered("jsonl", scan, makes_catalog=False, limit=limit, progress_name=path.name if progress else None)
 
 
 # -- csv: any clickstream export ----------------------------------------------------------
@@ -790,10 +790,11 @@ def _read_csv(path: Path, layout: CsvLayout, limit: int | None = None, fmt: str 
 
     read_as = (f"{path.name}: " + ", ".join(f"{f}={column(file.index[f])}" for f in CSV_FIELDS if f in file.index)
                + f"; delimiter {file.delimiter!r}")
-    return _time_ordered(fmt, file.rows, file.describes_items, read_as, limit, path.name if progress else None)
+    # items without a title make no catalog entry: without a title column there is no catalog to gather
+    return _time_ordered(fmt, file.rows, "title" in file.index, read_as, limit, path.name if progress else None)
 
 
-def _time_ordered(fmt: str, scan: Callable[[Malformed, list[int]], Iterator[_Row]], describes_items: bool,
+def _time_ordered(fmt: str, scan: Callable[[Malformed, list[int]], Iterator[_Row]], makes_catalog: bool,
                   read_as: str = "", limit: int | None = None, progress_name: str | None = None) -> Recording:
     """A recording of the rows ``scan`` reads in file order (it adds each bad row to the
     ``Malformed`` it is given, and counts rows left out on purpose in ``skipped[0]``).
@@ -808,10 +809,10 @@ def _time_ordered(fmt: str, scan: Callable[[Malformed, list[int]], Iterator[_Row
     the first read stops there when the file is in time order up to it: its bad rows and
     ``total`` are then those of that part. ``progress_name``: show a bar of the rows read,
     named so, while reading at the start takes over two seconds."""
-    stop_at = limit if limit is not None and not describes_items else None
+    stop_at = limit if limit is not None and not makes_catalog else None
     shoppers, stopped = 0, False
     malformed, skipped = Malformed(), [0]
-    catalog = CatalogBuilder() if describes_items else None
+    catalog = CatalogBuilder() if makes_catalog else None
     count, first, last, in_order = 0, math.inf, -math.inf, True
     for ts, _, ev, meta in _shown(scan(malformed, skipped), progress_name, "checking"):
         if stop_at is not None and shoppers >= stop_at:
@@ -834,7 +835,7 @@ def _time_ordered(fmt: str, scan: Callable[[Malformed, list[int]], Iterator[_Row
                 yield ev
     else:  # read again, sorting what it reads
         malformed, skipped = Malformed(), [0]
-        catalog = CatalogBuilder() if describes_items else None
+        catalog = CatalogBuilder() if makes_catalog else None
         count, first = 0, math.inf
 
         def tap(rows: Iterator[_Row]) -> Iterator[_Row]:
