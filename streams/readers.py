@@ -109,6 +109,16 @@ LATEST_RECORDED_TS = 4_102_444_800.0
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "\\n"})
 
 
+def _value(cell: str) -> str:
+    """A cell's text, stripped; "" for an export's null (``MISSING``: none is over 4 long).
+
+    >>> _value(" NaN "), _value(" Mug ")
+    ('', 'Mug')
+    """
+    v = cell.strip()
+    return "" if len(v) <= 4 and v.lower() in MISSING else v
+
+
 @dataclass(slots=True)
 class Malformed:
     """Rows that could not be used: how many, and the first few reasons."""
@@ -741,12 +751,11 @@ class _CsvFile:
                         malformed.add(f"{path.name}:{n}", f"expected at least {width} fields, got {len(row)}")
                     continue
                 got = {}
-                for f, i in fields:
+                for f, i in fields:  # _value, inlined: a call per cell costs a fifth of a read
                     v = row[i].strip()
                     got[f] = "" if len(v) <= 4 and v.lower() in MISSING else v
                 for f, cols in joined:
-                    cells = (row[i].strip() for i in cols)
-                    got[f] = " ".join(v for v in cells if not (len(v) <= 4 and v.lower() in MISSING))
+                    got[f] = " ".join(filter(None, (_value(row[i]) for i in cols)))
                 if "action" in got:
                     kind = actions.get(_norm(got["action"])) or actions.get("*", "")
                     if not kind:

@@ -357,22 +357,23 @@ def test_csv_reads_common_public_exports_by_their_own_names(tmp_path: Path):
         ("Cart", "85048", 1259653500.0), ("Cart", "79323P", 1259653500.0 + 3600)]
 
 
-#: (file, its first lines, the flags docs/replay.md gives it, how it reads, the events)
+#: (file, its first lines, the flags docs/replay.md gives it, how it reads, the events,
+#: whether --limit 1 stops its first read: it does unless a title column makes a catalog)
 PUBLIC_EXPORTS = [
     ("events.csv",  # RetailRocket
      "timestamp,visitorid,event,itemid,transactionid\n1433221332117,257597,view,355908,\n"
      "1433224214164,992329,addtocart,248676,\n1433224215164,992329,transaction,248676,4000\n",
      (None, None), "user=visitorid, item=itemid, time=timestamp, action=event",
-     [("Click", "257597", "355908"), ("Cart", "992329", "248676"), ("Cart", "992329", "248676")]),
+     [("Click", "257597", "355908"), ("Cart", "992329", "248676"), ("Cart", "992329", "248676")], True),
     ("yoochoose-clicks.dat",  # YOOCHOOSE: session, ISO time, item, category; no header
      "1,2014-04-07T10:51:09.277Z,214536502,0\n1,2014-04-07T10:54:09.868Z,214577561,0\n",
      ("session=0,time=1,item=2", None), "item=2, time=1, session=0",
-     [("Click", "1", "214536502"), ("Click", "1", "214577561")]),
+     [("Click", "1", "214536502"), ("Click", "1", "214577561")], True),
     ("transactions_train.csv",  # H&M: every row a purchase, a day's date
      "t_dat,customer_id,article_id,price,sales_channel_id\n2018-09-20,00005,0663713001,0.0508,2\n"
      "2018-09-21,00007,0541518023,0.0305,2\n",
      (None, "*=purchase"), "user=customer_id, item=article_id, time=t_dat, price=price",
-     [("Cart", "00005", "0663713001"), ("Cart", "00007", "0541518023")]),
+     [("Cart", "00005", "0663713001"), ("Cart", "00007", "0541518023")], True),
     ("online_retail_II.csv",  # UCI Online Retail II: a return is malformed, a guest is the invoice
      "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country\n"
      "489434,85048,GLASS BALL 20 LIGHTS,12,2009-12-01 07:45:00,6.95,13085,United Kingdom\n"
@@ -380,12 +381,12 @@ PUBLIC_EXPORTS = [
      "489435,22350,CAT BOWL ,12,2009-12-01 07:46:00,2.55,,United Kingdom\n",
      ("title=Description,session=Invoice", "*=purchase"),
      "user=Customer ID, item=StockCode, time=InvoiceDate, session=Invoice, quantity=Quantity, title=Description, price=Price",
-     [("Item", "", "85048"), ("Item", "", "22350"), ("Cart", "13085", "85048"), ("Cart", "489435", "22350")]),
+     [("Item", "", "85048"), ("Item", "", "22350"), ("Cart", "13085", "85048"), ("Cart", "489435", "22350")], False),
 ]
 
 
-@pytest.mark.parametrize("name, text, flags, read_as, events", PUBLIC_EXPORTS, ids=[e[0] for e in PUBLIC_EXPORTS])
-def test_public_exports_read_with_the_flags_the_docs_give(tmp_path: Path, name, text, flags, read_as, events):
+@pytest.mark.parametrize("name, text, flags, read_as, events, stops", PUBLIC_EXPORTS, ids=[e[0] for e in PUBLIC_EXPORTS])
+def test_public_exports_read_with_the_flags_the_docs_give(tmp_path: Path, name, text, flags, read_as, events, stops):
     (tmp_path / name).write_text(text)
     rec = open_recording(tmp_path / name, "csv", CsvLayout.parse(*flags))
     assert rec.read_as.startswith(f"{name}: {read_as}; delimiter ','")
@@ -393,7 +394,8 @@ def test_public_exports_read_with_the_flags_the_docs_give(tmp_path: Path, name, 
     assert rec.malformed.count == ("online_retail_II" in name)  # the return
     # a price without a title makes no catalog: --limit stops the first read there
     limited = open_recording(tmp_path / name, "csv", CsvLayout.parse(*flags), limit=1)
-    assert limited.read_as.endswith("read up to --limit 1") == (len(events) > 1 and "Description" not in text)
+    assert limited.read_as.endswith("; read up to --limit 1") == stops
+    assert limited.total == (1 if stops else len(events))
 
 
 def test_a_time_ordered_export_is_read_again_on_each_pass_not_held_in_memory(tmp_path: Path, monkeypatch):
