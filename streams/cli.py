@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-from streams.readers import FORMATS, CsvLayout
+from streams.readers import FORMATS, CatalogFile, CsvLayout
 from streams.settings import load_settings
 
 
@@ -33,6 +33,28 @@ def _csv_layout_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delimiter", help="one character, or 'tab'")
     g.add_argument("--time-format", help="a strptime format for times that are neither unix numbers nor "
                                          "ISO 8601, e.g. '%%m/%%d/%%Y %%H:%%M' (no zone: UTC)")
+
+
+def _catalog_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("--catalog", "a product catalog kept in a file of its own, published as the "
+                                          "recording starts (any format)")
+    g.add_argument("--catalog", metavar="FILE",
+                   help="products as CSV with a header (H&M's articles.csv, a Shopify or WooCommerce product "
+                        "export ...) or as JSON lines of items values (.jsonl); its items replace the "
+                        "recording's own catalog entries for the same ids")
+    g.add_argument("--catalog-columns",
+                   help="field=column pairs: item, title, description, category, price, available (found by "
+                        "their usual names when not given; field=- reads a field from no column); title, "
+                        "description and category may join columns (title=prod_name+colour_group_name)")
+
+
+def _catalog(args: argparse.Namespace) -> CatalogFile | None:
+    """The catalog file the flags give (None when none is given)."""
+    if args.catalog is None:
+        if args.catalog_columns is not None:
+            raise ValueError("--catalog-columns describes a --catalog file: give one")
+        return None
+    return CatalogFile.parse(args.catalog, args.catalog_columns)
 
 
 def _events_count(text: str) -> int:
@@ -81,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many shopper events (catalog events come on top)")
     r.add_argument("--redis-url")
     _csv_layout_flags(r)
+    _catalog_flags(r)
 
     pr = sub.add_parser("produce", help="replay a recorded stream into Kafka in event-time order")
     _common(pr)
@@ -92,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--limit", type=_events_count,
                    help="stop after this many shopper events (catalog events come on top)")
     _csv_layout_flags(pr)
+    _catalog_flags(pr)
 
     c = sub.add_parser("copywriter", help="run the LLM copy pool as its own process")
     _common(c)
@@ -158,13 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = load_settings(redis_url=args.redis_url or os.environ.get("STREAMREC_REDIS_URL", "memory://"))
             run_replay(args.path, args.format, k=args.k, report=args.report, baselines=args.baselines,
                        no_content=args.no_content, plot=args.plot, settings=settings, limit=args.limit,
-                       layout=_layout(args))
+                       layout=_layout(args), catalog=_catalog(args))
             return 0
         if args.command == "produce":
             from streams.produce import run_produce
 
             n = run_produce(load_settings(**common), args.path, args.format, speedup=args.speedup,
-                            rate=args.rate, limit=args.limit, layout=_layout(args))
+                            rate=args.rate, limit=args.limit, layout=_layout(args), catalog=_catalog(args))
             print(f"produced {n} events")
             return 0
         if args.command == "copywriter":

@@ -36,16 +36,14 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from models.events import Cart, Click, Event, Feedback, Forget, Item, Review, to_dict
+from streams.readers import CatalogFile, CsvLayout, open_recording, up_to_limit
 from streams.settings import Settings
-
-if TYPE_CHECKING:
-    from streams.readers import CsvLayout
 
 log = logging.getLogger("streamrec.produce")
 
@@ -109,9 +107,7 @@ async def produce_events(settings: Settings, events: Iterable[Event], speedup: f
                mininterval=0.5, dynamic_ncols=True)
     try:
         t0 = time.perf_counter()
-        for event in events:
-            if limit is not None and shoppers >= limit:
-                break
+        for event in up_to_limit(events, limit):
             catalog = isinstance(event, Item)
             due = None if catalog and pacer.rate is not None else pacer.due(shoppers, event.ts)
             if due is not None:
@@ -138,16 +134,15 @@ async def produce_events(settings: Settings, events: Iterable[Event], speedup: f
 
 def run_produce(settings: Settings, path: str | os.PathLike, fmt: str, speedup: float | None = None,
                 rate: float | None = None, limit: int | None = None, progress: bool = True,
-                layout: CsvLayout | None = None) -> int:
-    """Replay the recording at ``path`` (format ``fmt``; ``layout`` for a ``csv`` file) into
-    Kafka; returns the events sent.
+                layout: CsvLayout | None = None, catalog: CatalogFile | None = None) -> int:
+    """Replay the recording at ``path`` (format ``fmt``; ``layout`` for a ``csv`` file;
+    ``catalog``: a product catalog kept apart, sent to ``items`` first) into Kafka;
+    returns the events sent.
 
     Rows the reader could not use are skipped and counted in the log.
     """
-    from streams.readers import open_recording
-
     Pacer(speedup, rate)  # validate before connecting
-    recording = open_recording(path, fmt, layout, limit, progress=progress)
+    recording = open_recording(path, fmt, layout, limit, progress=progress, catalog=catalog)
     if recording.read_as:
         log.info("read as %s", recording.read_as)
     sent = asyncio.run(produce_events(settings, recording, speedup=speedup, rate=rate, limit=limit,

@@ -83,20 +83,22 @@ from __future__ import annotations
 
 import csv
 import heapq
+import html
 import math
 import os
 import pickle
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
-from models.events import MAX_TITLE_CHARS, Cart, Click, Event, Item, Rejected, parse_value
+from models.events import MAX_TEXT_CHARS, MAX_TITLE_CHARS, Cart, Click, Event, Item, Rejected, parse_value
 
 FORMATS = ("jsonl", "sessions", "session-tsv", "taobao", "online-retail", "csv")
 
@@ -162,13 +164,16 @@ class Recording:
 
 
 def open_recording(path: str | os.PathLike, fmt: str, layout: "CsvLayout | None" = None,
-                   limit: int | None = None, progress: bool = False) -> Recording:
+                   limit: int | None = None, progress: bool = False,
+                   catalog: "CatalogFile | None" = None) -> Recording:
     """Open ``path`` as a recording of format ``fmt`` (one of ``FORMATS``); ``layout``
     describes a ``csv`` file (by default its columns and actions are found by name).
     ``limit``: only the first ``limit`` shopper events will be read (``--limit``), so a
     ``jsonl`` or ``csv`` file in time order up to there, without a catalog to gather
     from its rows, is checked no further. ``progress``: a bar on stderr while a ``jsonl``,
-    ``csv`` or ``taobao`` file is read at the start, once that takes over two seconds."""
+    ``csv`` or ``taobao`` file is read at the start, once that takes over two seconds.
+    ``catalog``: a product catalog kept in a file of its own (``--catalog``), published
+    as the recording starts (see ``CatalogFile``)."""
     path = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -187,7 +192,24 @@ def open_recording(path: str | os.PathLike, fmt: str, layout: "CsvLayout | None"
     if not recording.total and recording.malformed.count:
         raise ValueError(f"{path.name}: none of its rows could be read as {fmt} ({recording.malformed.count:,} "
                          "malformed), e.g. " + "; ".join(recording.malformed.examples[:3]))
-    return recording
+    return recording if catalog is None else _with_catalog(recording, catalog)
+
+
+def up_to_limit(events: Iterable[Event], limit: int | None) -> Iterator[Event]:
+    """``events`` until ``limit`` shopper events have come (``--limit``; None: all).
+    Catalog events (``Item``) do not count, so the same limit replays the same
+    purchases whether or not a recording publishes its catalog ahead.
+
+    >>> evs = [Item("a", "A", 1.0), Click("e1", "u", "a", 2.0), Item("b", "B", 2.0), Click("e2", "u", "b", 3.0)]
+    >>> [e.event_id for e in up_to_limit(evs, 1)]
+    ['item:a:1.0', 'e1']
+    """
+    n = 0
+    for ev in events:
+        if limit is not None and n >= limit:
+            return
+        n += not isinstance(ev, Item)
+        yield ev
 
 
 # -- sessions (train.txt / test.txt) ------------------------------------------------------
@@ -658,16 +680,18 @@ def _position(column: str) -> Column:
     return parts[0] if len(parts) == 1 else parts
 
 
-def _csv_columns(header: list[str], named: dict[str, str], file: Path) -> dict[str, Column]:
-    """Field -> column position (or positions, for a joined field), from the header row
-    and the columns ``named``."""
+def _find_columns(header: list[str], named: dict[str, str], file: Path, names: dict[str, tuple[str, ...]],
+                  joinable: Iterable[str]) -> dict[str, Column]:
+    """Field -> column position (or positions, for a joined field), from the header row,
+    the columns ``named`` and, for the fields not named, the first of their usual
+    ``names`` the header has (a column serves one field)."""
     where = {_norm(h): i for i, h in reversed(list(enumerate(header)))}  # the first of equal names
     out: dict[str, Column] = {}
-    for f in CSV_FIELDS:
+    for f in names:
         if named.get(f) == NO_COLUMN:
             continue
         if f in named:
-            parts = [named[f]] if _norm(named[f]) in where or f not in JOINABLE else named[f].split("+")
+            parts = [named[f]] if _norm(named[f]) in where or f not in joinable else named[f].split("+")
             absent = [p for p in parts if _norm(p) not in where]
             if absent:
                 raise ValueError(f"{file.name}: no column {absent[0]!r} for {f}; the header has "
@@ -675,9 +699,15 @@ def _csv_columns(header: list[str], named: dict[str, str], file: Path) -> dict[s
             cols = tuple(where[_norm(p)] for p in parts)
             out[f] = cols[0] if len(cols) == 1 else cols
         else:
-            found = next((where[n] for n in COLUMN_NAMES[f] if n in where), None)
+            found = next((where[n] for n in names[f] if n in where), None)
             if found is not None and found not in out.values():
                 out[f] = found
+    return out
+
+
+def _csv_columns(header: list[str], named: dict[str, str], file: Path) -> dict[str, Column]:
+    """Field -> column position (or positions, for a joined field) of a clickstream csv."""
+    out = _find_columns(header, named, file, COLUMN_NAMES, JOINABLE)
     missing = [f for f in ("item", "time") if f not in out]
     if "user" not in out and "session" not in out:
         missing.insert(0, "user (or session)")
@@ -983,6 +1013,282 @@ def _quantity(text: str) -> int | str:
     except ValueError:
         return text
     return int(q) if math.isfinite(q) and q == int(q) else text
+
+
+# -- catalog files: a shop's product export beside its events -------------------------------
+
+#: The fields a catalog file's row can fill. ``item`` is required, and an item is
+#: published only once one of its rows gives a ``title``.
+CATALOG_FIELDS = ("item", "title", "description", "category", "price", "available")
+#: Column names looked for in a catalog file, as ``COLUMN_NAMES`` for events: product
+#: exports (H&M's ``articles.csv``, Shopify's and WooCommerce's product CSVs) name them so.
+CATALOG_COLUMN_NAMES: dict[str, tuple[str, ...]] = {
+    "item": (*COLUMN_NAMES["item"], "id", "handle"),
+    "title": (*COLUMN_NAMES["title"], "name", "prod_name"),
+    "description": ("description", "detail_desc", "product_description", "body_(html)", "body_html", "body",
+                    "long_description", "short_description"),
+    "category": (*COLUMN_NAMES["category"], "categories", "product_type", "product_type_name", "type",
+                 "department", "department_name"),
+    "price": (*COLUMN_NAMES["price"], "regular_price", "variant_price", "sale_price"),
+    "available": ("available", "availability", "in_stock", "in_stock?", "is_available", "stock_status"),
+}
+#: Catalog fields that may join several columns (their non-empty cells, by a space)
+CATALOG_JOINABLE = ("title", "description", "category")
+#: What an ``available`` cell means (lower case, ``-`` and spaces read as ``_``); a whole
+#: number is a stock count (0: not available)
+AVAILABILITY: dict[str, bool] = {
+    **dict.fromkeys(("1", "true", "t", "yes", "y", "instock", "in_stock", "available", "onbackorder",
+                     "on_backorder", "preorder"), True),
+    **dict.fromkeys(("0", "false", "f", "no", "n", "outofstock", "out_of_stock", "unavailable", "sold_out",
+                     "soldout", "discontinued"), False),
+}
+#: Shopper events whose items are looked up in a catalog file before a replay starts
+#: (an item id column that does not match the events' shows in the share found)
+CATALOG_SAMPLE = 10_000
+_TAG = re.compile(r"<[^>]*>")
+_SPACES = re.compile(r"\s+")
+
+
+def _plain_text(text: str) -> str:
+    """A description's text without its HTML tags and entities, in single spaces.
+
+    >>> _plain_text("<p>Soft <b>wool</b>&nbsp;scarf &amp; hat</p>")
+    'Soft wool scarf & hat'
+    """
+    if "<" in text or "&" in text:
+        text = html.unescape(_TAG.sub(" ", text))
+    return _SPACES.sub(" ", text).strip()
+
+
+def _availability(text: str) -> bool:
+    kind = AVAILABILITY.get(_norm(text))
+    if kind is None:
+        if not text.strip().isdigit():
+            raise ValueError(f"available: {text[:20]!r} is neither yes/no, in/out of stock nor a stock count")
+        kind = int(text) > 0
+    return kind
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogFile:
+    """A product catalog kept apart from the events (``--catalog``): a CSV file with a
+    header, or JSON lines of ``items`` values (``{"item_id", "title", ...}``, bare or as
+    ``{"topic": "items", "value": ...}``; a ``.jsonl``, ``.ndjson`` or ``.json`` file).
+
+    Its items are published when the recording starts, ahead of the recording's own
+    catalog (whose items the file names are left out: the file says what they are).
+    CSV columns are found by their usual names (``CATALOG_COLUMN_NAMES``) or named in
+    ``columns`` (``--catalog-columns item=SKU,title=Name``); title, description and
+    category may join columns (``title=prod_name+colour_group_name``). A row that names
+    an item again fills in only what its earlier rows left empty (a product's variant
+    rows follow its main row, their title empty); an item no row gives a title is left
+    out, counted. Every item goes through
+    the ``items`` topic's validation step; descriptions lose their HTML and are cut to
+    the topic's limit.
+
+    >>> CatalogFile.parse("products.csv", "item=SKU,title=Name+Brand").columns
+    {'item': 'SKU', 'title': 'Name+Brand'}
+    >>> CatalogFile.parse("products.csv", "price=Name+Brand")
+    Traceback (most recent call last):
+    ValueError: --catalog-columns: only title, description and category may join columns, not price
+    """
+
+    path: Path
+    columns: dict[str, str] = field(default_factory=dict)
+    delimiter: str | None = None
+
+    @classmethod
+    def parse(cls, path: str | os.PathLike, columns: str | None = None, delimiter: str | None = None) -> CatalogFile:
+        """From ``--catalog PATH``, ``--catalog-columns field=column,...`` and a delimiter."""
+        cols = _pairs(columns or "", "--catalog-columns")
+        unknown = sorted(set(cols) - set(CATALOG_FIELDS))
+        if unknown:
+            raise ValueError(f"--catalog-columns: unknown field(s) {', '.join(unknown)}; "
+                             f"fields: {', '.join(CATALOG_FIELDS)}")
+        joined = sorted(f for f, v in cols.items() if "+" in v and f not in CATALOG_JOINABLE)
+        if joined:
+            raise ValueError("--catalog-columns: only title, description and category may join columns, "
+                             f"not {', '.join(joined)}")
+        if cols.get("item") == NO_COLUMN:
+            raise ValueError("--catalog-columns: the item id cannot be left out")
+        return cls(Path(path), cols, delimiter)
+
+    @property
+    def is_jsonl(self) -> bool:
+        return self.path.suffix.lower() in (".jsonl", ".ndjson", ".json")
+
+    def read(self, malformed: Malformed) -> tuple[dict[str, dict[str, Any]], str]:
+        """Item -> its fields (and ``"line"``, where it was first named), in file order,
+        and how the file was read; each bad row is added to ``malformed``."""
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such catalog file")
+        if self.is_jsonl:
+            return self._read_jsonl(malformed), f"catalog {self.path.name}: items values"
+        with open(self.path, encoding="utf-8-sig", newline="") as fh:
+            delimiter = self.delimiter or _sniff_delimiter(fh.read(65536))
+            fh.seek(0)
+            reader = csv.reader(fh, delimiter=delimiter)
+            try:
+                header = next(reader, None)
+            except csv.Error as e:
+                raise ValueError(f"{self.path.name}: unreadable header ({e})") from None
+            if header is None:
+                raise ValueError(f"{self.path.name}: empty (a header row was expected)")
+            index = _find_columns(header, self.columns, self.path, CATALOG_COLUMN_NAMES, CATALOG_JOINABLE)
+            for f in ("item", "title"):
+                if f not in index:
+                    raise ValueError(f"{self.path.name}: no column found for the {f}; the header has "
+                                     f"{', '.join(map(repr, header))[:300]}; name it with --catalog-columns, "
+                                     f"e.g. --catalog-columns {f}=...")
+            width = max(max(i) if isinstance(i, tuple) else i for i in index.values()) + 1
+            items: dict[str, dict[str, Any]] = {}
+            for row in _rows(reader, malformed, self.path.name):
+                n = reader.line_num
+                if len(row) < width:
+                    if any(c.strip() for c in row):
+                        malformed.add(f"{self.path.name}:{n}", f"expected at least {width} fields, got {len(row)}")
+                    continue
+                got = {f: " ".join(filter(None, (_value(row[c]) for c in cols))) if isinstance(cols, tuple)
+                       else _value(row[cols]) for f, cols in index.items()}
+                try:
+                    self._add(items, got, n)
+                except ValueError as e:
+                    malformed.add(f"{self.path.name}:{n}", str(e))
+        names = dict(enumerate(header))
+        columns = ", ".join(f"{f}={'+'.join(names[c] for c in (index[f] if isinstance(index[f], tuple) else (index[f],)))}"
+                            for f in CATALOG_FIELDS if f in index)
+        return items, f"catalog {self.path.name}: {columns}"
+
+    def _read_jsonl(self, malformed: Malformed) -> dict[str, dict[str, Any]]:
+        items: dict[str, dict[str, Any]] = {}
+        with open(self.path, "rb") as fh:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    malformed.add(f"{self.path.name}:{n}", f"not JSON: {str(e)[:80]}")
+                    continue
+                if isinstance(obj, dict) and obj.get("topic") == "items" and isinstance(obj.get("value"), dict):
+                    obj = obj["value"]
+                if not isinstance(obj, dict) or not isinstance(obj.get("item_id"), str):
+                    malformed.add(f"{self.path.name}:{n}", 'expected an items value {"item_id": ..., "title": ...}')
+                    continue
+                got = {f: obj.get(k) for f, k in (("item", "item_id"), ("title", "title"), ("description", "description"),
+                                                   ("category", "category"), ("price", "price"),
+                                                   ("available", "available")) if obj.get(k) not in (None, "")}
+                try:
+                    self._add(items, got, n)
+                except ValueError as e:
+                    malformed.add(f"{self.path.name}:{n}", str(e))
+        return items
+
+    @staticmethod
+    def _add(items: dict[str, dict[str, Any]], got: dict[str, Any], line: int) -> None:
+        """Fold one row's non-empty fields into its item's where that has none yet, each
+        checked first: a row with a bad field changes nothing."""
+        item = got.get("item")
+        if not item:
+            raise ValueError("no item id")
+        fields: dict[str, Any] = {}
+        for name in ("title", "category"):
+            text = got.get(name)
+            if text:
+                if not isinstance(text, str):
+                    raise ValueError(f"{name}: must be a string")
+                if len(text) > MAX_TITLE_CHARS:
+                    raise ValueError(f"{name}: longer than {MAX_TITLE_CHARS} characters")
+                fields[name] = text
+        text = got.get("description")
+        if text:
+            if not isinstance(text, str):
+                raise ValueError("description: must be a string")
+            text = _plain_text(text)
+            if len(text) > MAX_TEXT_CHARS:  # a product page's text: its start describes it
+                text = text[:MAX_TEXT_CHARS].rsplit(" ", 1)[0]
+                fields["shortened"] = True
+            if text:
+                fields["description"] = text
+        price = got.get("price")
+        if price not in (None, ""):
+            try:
+                value = float(price)
+            except (TypeError, ValueError):
+                raise ValueError(f"price: {str(price)[:20]!r} is not a number") from None
+            if isinstance(price, bool) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"price: {str(price)[:20]!r} is not a price")
+            fields["price"] = value
+        available = got.get("available")
+        if available not in (None, ""):
+            fields["available"] = available if isinstance(available, bool) else _availability(str(available))
+        kept = items.get(item)
+        if kept is None:
+            items[item] = {"line": line, **fields}
+        else:
+            for name, value in fields.items():
+                kept.setdefault(name, value)
+
+
+def _with_catalog(recording: Recording, catalog: CatalogFile) -> Recording:
+    """``recording`` with ``catalog``'s items published first, at the time of its first
+    event; the recording's own catalog items that the file names are left out."""
+    described, read_as = catalog.read(recording.malformed)
+    start: float | None = None
+    own: list[str] = []  # the recording's own catalog: the items before its first other event
+    sampled, found = 0, 0  # shopper events looked at, and those on the file's items
+    for ev in recording:
+        if start is None:
+            start = ev.ts
+        if isinstance(ev, Item):
+            if not sampled:
+                own.append(ev.item_id)
+        elif isinstance(ev, (Click, Cart)):
+            sampled += 1
+            found += ev.item_id in described
+            if sampled >= CATALOG_SAMPLE:
+                break
+    start = BASE_TS if start is None else start
+    items, untitled, shortened = [], 0, 0
+    for item_id, fields in described.items():
+        if "title" not in fields:
+            untitled += 1
+            continue
+        shortened += fields.get("shortened", False)
+        value = {"item_id": item_id, "ts": start, **{f: fields[f] for f in CATALOG_FIELDS[1:] if f in fields}}
+        ev = parse_value("items", value, now=math.inf)
+        if isinstance(ev, Rejected):
+            recording.malformed.add(f"{catalog.path.name}:{fields['line']}", f"items: {ev.reason}")
+        else:
+            items.append(ev)
+    named = {i.item_id for i in items}
+    own_events = recording.events_factory
+
+    def events() -> Iterator[Event]:
+        yield from items
+        head = True  # the recording's own catalog: the items before its first shopper event
+        for ev in own_events():
+            if head:
+                if isinstance(ev, Item):
+                    if ev.item_id in named:
+                        continue
+                elif isinstance(ev, (Click, Cart)):
+                    head = False
+            yield ev
+
+    read_as += f"; {len(items):,} items"
+    left = [f"{untitled:,} without a title left out"] if untitled else []
+    left += [f"{shortened:,} descriptions cut to {MAX_TEXT_CHARS:,} characters"] if shortened else []
+    read_as += f" ({', '.join(left)})" if left else ""
+    if sampled:
+        share = found / sampled
+        read_as += (f"; the items of {share:.1%} of the first {sampled:,} shopper events are in it" if found else
+                    f"; none of the items of the first {sampled:,} shopper events is in it: is the item id "
+                    "column the one the events name (--catalog-columns item=...)?")
+    recording.events_factory = events
+    recording.total = (recording.total or 0) + len(items) - sum(i in named for i in own)
+    recording.read_as = f"{recording.read_as}; {read_as}" if recording.read_as else read_as
+    return recording
 
 
 # -- taobao: the csv reader with the data set's layout ---------------------------------------

@@ -47,7 +47,7 @@ from models.events import Event, Item
 from models.features.keys import Keys
 from models.pipeline import Recommender
 from models.ranking import Ranker
-from streams.readers import CsvLayout, Recording, open_recording
+from streams.readers import CatalogFile, CsvLayout, Recording, open_recording, up_to_limit
 
 #: Published results on the SR-GNN split of Diginetica, HR@20 / MRR@20 in %.
 PUBLISHED_DIGINETICA = {
@@ -115,13 +115,7 @@ def last_positions(events: Iterator[Event], limit: int | None) -> dict[str, int]
     {'u': 3, 'v': 2}
     """
     last: dict[str, int] = {}
-    n = 0
-    for pos, ev in enumerate(events):
-        if limit is not None and n >= limit:
-            break
-        if isinstance(ev, Item):
-            continue
-        n += 1
+    for pos, ev in enumerate(up_to_limit(events, limit)):
         if is_positive(ev):
             last[ev.user_id] = pos
     return last
@@ -151,15 +145,10 @@ def _batches(events: Iterator[Event], recording: Recording, limit: int | None,
     """
     test_from = recording.test_from
     batch: list[Event] = []
-    n = 0
     prev: list[Event] = []  # the pending scored group: one event, or a run of catalog events
     prev_pos = -1  # the position of prev's last event
-    for pos, ev in enumerate(events):
+    for pos, ev in enumerate(up_to_limit(events, limit)):
         catalog = isinstance(ev, Item)
-        if limit is not None and n >= limit:
-            break
-        if not catalog:
-            n += 1
         if test_from is not None and ev.ts < test_from:
             batch.append(ev)
             if len(batch) >= TRAIN_BATCH:
@@ -273,10 +262,10 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
                baselines: bool = False, no_content: bool = False, plot: str | None = None,
                settings: Any = None, limit: int | None = None, progress: bool = True,
                quiet: bool = False, profile: str | None = None,
-               layout: CsvLayout | None = None) -> dict[str, Any]:
-    """Replay ``path`` (format ``fmt``; ``layout`` for a ``csv`` file), print a summary,
-    write the report; return it."""
-    recording = open_recording(path, fmt, layout, limit, progress=progress and not quiet)
+               layout: CsvLayout | None = None, catalog: CatalogFile | None = None) -> dict[str, Any]:
+    """Replay ``path`` (format ``fmt``; ``layout`` for a ``csv`` file; ``catalog``: a
+    product catalog kept apart), print a summary, write the report; return it."""
+    recording = open_recording(path, fmt, layout, limit, progress=progress and not quiet, catalog=catalog)
     if recording.read_as and not quiet:  # what the reader worked out, before the long part
         print(f"read as {recording.read_as}", file=sys.stderr)
     if recording.malformed.count and not quiet:  # why rows were left out, before the long part

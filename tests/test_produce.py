@@ -15,7 +15,7 @@ import pytest
 
 from models.events import to_dict
 from streams.produce import Pacer, run_produce
-from streams.readers import open_recording
+from streams.readers import csv_time, open_recording
 from streams.settings import Settings
 from tests.support.kafka import Collector
 
@@ -171,3 +171,37 @@ async def test_cli_csv_export_with_its_layout(broker, prefix, tmp_path):
     carts = [orjson.loads(m.value) for m in col.messages[prefix + "carts"]]
     assert len(clicks) == 9 and len(carts) == 3 and {c["action"] for c in carts} == {"purchase"}
     assert sorted(v["ts"] for v in clicks + carts) == [T0 + n for n in range(12)]
+
+
+async def test_cli_catalog_file_goes_to_items_first(broker, prefix, tmp_path):
+    """``--catalog``: a product file kept apart from the events is sent to ``items``
+    ahead of the stream, stamped with its first event's time; ``--limit`` counts shopper
+    events only."""
+    events = tmp_path / "transactions_train.csv"
+    events.write_text("t_dat,customer_id,article_id\n" + "".join(
+        f"2018-09-{20 + n // 3},c{n % 4},0{n % 5}00000001\n" for n in range(9)))
+    articles = tmp_path / "articles.csv"
+    articles.write_text("article_id,prod_name,product_type_name\n" + "".join(
+        f"0{j}00000001,Article {j},Type {j % 2}\n" for j in range(5)) + "0900000001,,Untitled\n")
+    env = {**os.environ, "STREAMREC_KAFKA_URL": f"kafka://{broker}", "STREAMREC_TOPIC_PREFIX": prefix}
+
+    async def run():
+        proc = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "streams.cli", "produce", str(events), "--format", "csv", "--actions", "*=purchase",
+            "--rate", "500", "--limit", "6", "--catalog", str(articles)], env=env, capture_output=True, text=True,
+            timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "produced 11 events" in proc.stdout
+        assert ("catalog articles.csv: item=article_id, title=prod_name, category=product_type_name; "
+                "5 items (1 without a title left out)") in proc.stderr
+        return 11
+
+    col = await collect(broker, prefix, 5 + 6, run)
+    items = [orjson.loads(m.value) for m in col.messages[prefix + "items"]]
+    carts = [orjson.loads(m.value) for m in col.messages[prefix + "carts"]]
+    start = csv_time("2018-09-20")
+    assert sorted((i["item_id"], i["title"], i["category"], i["ts"]) for i in items) == [
+        (f"0{j}00000001", f"Article {j}", f"Type {j % 2}", start) for j in range(5)]
+    assert len(carts) == 6 and {c["item_id"] for c in carts} <= {i["item_id"] for i in items}
+    # the catalog went out before the first purchase
+    assert max(m.timestamp for m in col.messages[prefix + "items"]) <= min(m.timestamp for m in col.messages[prefix + "carts"])
