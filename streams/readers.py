@@ -457,36 +457,42 @@ def catalog_at(start: float, sightings: Iterable[tuple[str, str | None, str | No
 
 # -- jsonl (wire format) ------------------------------------------------------------------------
 
+def _json_lines(path: Path, malformed: Malformed) -> Iterator[tuple[int, bytes, Any]]:
+    """(line number, line, its JSON) of each non-blank line of ``path``; a line that is
+    not JSON is added to ``malformed``."""
+    with open(path, "rb") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield n, line, orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                malformed.add(f"{path.name}:{n}", f"not JSON: {str(e)[:80]}")
+
+
 def _read_jsonl(path: Path, limit: int | None = None, progress: bool = False) -> Recording:
     def scan(malformed: Malformed, skipped: list[int]) -> Iterator[_Row]:
-        with open(path, "rb") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
+        for n, line, obj in _json_lines(path, malformed):
+            where = f"{path.name}:{n}"
+            if not isinstance(obj, dict) or not isinstance(obj.get("topic"), str) or "value" not in obj:
+                malformed.add(where, "expected {\"topic\": ..., \"value\": ...}")
+                continue
+            value = obj["value"]
+            if isinstance(value, str):
                 try:
-                    obj = orjson.loads(line)
+                    value = orjson.loads(value)
                 except orjson.JSONDecodeError as e:
-                    malformed.add(f"line {n}", f"not JSON: {str(e)[:80]}")
+                    malformed.add(where, f"value is not JSON: {str(e)[:80]}")
                     continue
-                if not isinstance(obj, dict) or not isinstance(obj.get("topic"), str) or "value" not in obj:
-                    malformed.add(f"line {n}", "expected {\"topic\": ..., \"value\": ...}")
-                    continue
-                value = obj["value"]
-                if isinstance(value, str):
-                    try:
-                        value = orjson.loads(value)
-                    except orjson.JSONDecodeError as e:
-                        malformed.add(f"line {n}", f"value is not JSON: {str(e)[:80]}")
-                        continue
-                # Recorded streams are in the past: judge no timestamp as "in the future".
-                ev = parse_value(obj["topic"], value, line, now=math.inf)
-                if isinstance(ev, Rejected):
-                    malformed.add(f"line {n}", f"{obj['topic'][:32]}: {ev.reason}")
-                    continue
-                if ev.ts > LATEST_RECORDED_TS:
-                    malformed.add(f"line {n}", f"{obj['topic'][:32]}: ts {ev.ts!r} is after 2100 (a clock bug)")
-                    continue
-                yield ev.ts, n, ev, None
+            # Recorded streams are in the past: judge no timestamp as "in the future".
+            ev = parse_value(obj["topic"], value, line, now=math.inf)
+            if isinstance(ev, Rejected):
+                malformed.add(where, f"{obj['topic'][:32]}: {ev.reason}")
+                continue
+            if ev.ts > LATEST_RECORDED_TS:
+                malformed.add(where, f"{obj['topic'][:32]}: ts {ev.ts!r} is after 2100 (a clock bug)")
+                continue
+            yield ev.ts, n, ev, None
 
     return _time_ordered("jsonl", scan, makes_catalog=False, limit=limit, progress_name=path.name if progress else None)
 
@@ -975,7 +981,7 @@ def _read_run(path: str) -> Iterator[tuple[float, int, Event]]:
             yield from batch
 
 
-def _item_fields(got: dict[str, str]) -> tuple[str, str | None, str | None, float | None]:
+def _item_fields(got: dict[str, Any]) -> tuple[str, str | None, str | None, float | None]:
     """(item, title, category, price) of a row that describes its item, each checked as
     the ``items`` topic checks it."""
     title, category = got.get("title") or None, got.get("category") or None
@@ -983,13 +989,14 @@ def _item_fields(got: dict[str, str]) -> tuple[str, str | None, str | None, floa
         if text is not None and len(text) > MAX_TITLE_CHARS:
             raise ValueError(f"{name}: longer than {MAX_TITLE_CHARS} characters")
     price = None
-    if got.get("price"):
+    given = got.get("price")
+    if given not in (None, ""):
         try:
-            price = float(got["price"])
-        except ValueError:
-            raise ValueError(f"price: {got['price'][:20]!r} is not a number") from None
-        if not math.isfinite(price) or price < 0:
-            raise ValueError(f"price: {got['price'][:20]!r} is not a price")
+            price = float(given)
+        except (TypeError, ValueError):
+            raise ValueError(f"price: {str(given)[:20]!r} is not a number") from None
+        if isinstance(given, bool) or not math.isfinite(price) or price < 0:  # (a JSON true is no price)
+            raise ValueError(f"price: {str(given)[:20]!r} is not a price")
     return got["item"], title, category, price
 
 
@@ -1161,45 +1168,33 @@ class CatalogFile:
 
     def _read_jsonl(self, malformed: Malformed) -> dict[str, dict[str, Any]]:
         items: dict[str, dict[str, Any]] = {}
-        with open(self.path, "rb") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError as e:
-                    malformed.add(f"{self.path.name}:{n}", f"not JSON: {str(e)[:80]}")
-                    continue
-                if isinstance(obj, dict) and obj.get("topic") == "items" and isinstance(obj.get("value"), dict):
-                    obj = obj["value"]
-                if not isinstance(obj, dict) or not isinstance(obj.get("item_id"), str):
-                    malformed.add(f"{self.path.name}:{n}", 'expected an items value {"item_id": ..., "title": ...}')
-                    continue
-                got = {f: obj.get(k) for f, k in (("item", "item_id"), ("title", "title"), ("description", "description"),
-                                                   ("category", "category"), ("price", "price"),
-                                                   ("available", "available")) if obj.get(k) not in (None, "")}
-                try:
-                    self._add(items, got, n)
-                except ValueError as e:
-                    malformed.add(f"{self.path.name}:{n}", str(e))
+        for n, _, obj in _json_lines(self.path, malformed):
+            if isinstance(obj, dict) and obj.get("topic") == "items" and isinstance(obj.get("value"), dict):
+                obj = obj["value"]
+            if not isinstance(obj, dict) or not isinstance(obj.get("item_id"), str):
+                malformed.add(f"{self.path.name}:{n}", 'expected an items value {"item_id": ..., "title": ...}')
+                continue
+            got = {f: obj.get(k) for f, k in (("item", "item_id"), ("title", "title"), ("description", "description"),
+                                               ("category", "category"), ("price", "price"),
+                                               ("available", "available")) if obj.get(k) not in (None, "")}
+            try:
+                self._add(items, got, n)
+            except ValueError as e:
+                malformed.add(f"{self.path.name}:{n}", str(e))
         return items
 
     @staticmethod
     def _add(items: dict[str, dict[str, Any]], got: dict[str, Any], line: int) -> None:
         """Fold one row's non-empty fields into its item's where that has none yet, each
         checked first: a row with a bad field changes nothing."""
-        item = got.get("item")
-        if not item:
+        if not got.get("item"):
             raise ValueError("no item id")
-        fields: dict[str, Any] = {}
-        for name in ("title", "category"):
-            text = got.get(name)
-            if text:
-                if not isinstance(text, str):
-                    raise ValueError(f"{name}: must be a string")
-                if len(text) > MAX_TITLE_CHARS:
-                    raise ValueError(f"{name}: longer than {MAX_TITLE_CHARS} characters")
-                fields[name] = text
+        for name in ("title", "category", "description"):
+            if not isinstance(got.get(name) or "", str):
+                raise ValueError(f"{name}: must be a string")
+        item, title, category, price = _item_fields(got)
+        fields: dict[str, Any] = {k: v for k, v in (("title", title), ("category", category), ("price", price))
+                                  if v is not None}
         text = got.get("description")
         if text:
             if not isinstance(text, str):
@@ -1210,15 +1205,6 @@ class CatalogFile:
                 fields["shortened"] = True
             if text:
                 fields["description"] = text
-        price = got.get("price")
-        if price not in (None, ""):
-            try:
-                value = float(price)
-            except (TypeError, ValueError):
-                raise ValueError(f"price: {str(price)[:20]!r} is not a number") from None
-            if isinstance(price, bool) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"price: {str(price)[:20]!r} is not a price")
-            fields["price"] = value
         available = got.get("available")
         if available not in (None, ""):
             fields["available"] = available if isinstance(available, bool) else _availability(str(available))
