@@ -31,6 +31,8 @@ def _csv_layout_flags(p: argparse.ArgumentParser) -> None:
                                      "(e.g. view=click,addtocart=add,transaction=purchase); '*' maps every "
                                      "other value, or every row of a file without an action column")
     g.add_argument("--delimiter", help="one character, or 'tab'")
+    g.add_argument("--encoding", help="the text encoding of the csv file and of a --catalog CSV, e.g. cp1252 "
+                                      "or latin-1 (default: UTF-8, with or without a byte-order mark)")
     g.add_argument("--time-format", help="a strptime format for times that are neither unix numbers nor "
                                          "ISO 8601, e.g. '%%m/%%d/%%Y %%H:%%M' (no zone: UTC)")
 
@@ -54,7 +56,7 @@ def _catalog(args: argparse.Namespace) -> CatalogFile | None:
         if args.catalog_columns is not None:
             raise ValueError("--catalog-columns describes a --catalog file: give one")
         return None
-    return CatalogFile.parse(args.catalog, args.catalog_columns)
+    return CatalogFile.parse(args.catalog, args.catalog_columns, encoding=args.encoding)
 
 
 def _events_count(text: str) -> int:
@@ -78,8 +80,11 @@ def _events_count(text: str) -> int:
 def _layout(args: argparse.Namespace) -> CsvLayout | None:
     """The CSV layout the flags give (None when none is given)."""
     if args.columns is None and args.actions is None and args.delimiter is None and args.time_format is None:
-        return None
-    return CsvLayout.parse(args.columns, args.actions, args.delimiter, args.time_format)
+        if args.encoding is not None and args.format != "csv" and args.catalog is None:
+            raise ValueError("--encoding is a csv recording's or a --catalog file's")
+        if args.encoding is None or args.format != "csv":
+            return None
+    return CsvLayout.parse(args.columns, args.actions, args.delimiter, args.time_format, args.encoding)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,6 +81,7 @@ beyond that in sorted runs kept in temporary files and merged on each pass. Form
 
 from __future__ import annotations
 
+import codecs
 import csv
 import heapq
 import html
@@ -546,6 +547,28 @@ def _norm(name: str) -> str:
     return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 
+#: UTF-8, reading past a spreadsheet's byte-order mark
+UTF8 = "utf-8-sig"
+
+
+def text_encoding(name: str | None) -> str:
+    """``--encoding``: a codec Python knows (UTF-8, past a byte-order mark, when None).
+
+    >>> text_encoding("latin-1"), text_encoding(None), text_encoding("UTF8")
+    ('latin-1', 'utf-8-sig', 'utf-8-sig')
+    >>> text_encoding("klingon")
+    Traceback (most recent call last):
+    ValueError: --encoding: unknown encoding 'klingon' (e.g. utf-8, cp1252, latin-1)
+    """
+    if name is None:
+        return UTF8
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        raise ValueError(f"--encoding: unknown encoding {name!r} (e.g. utf-8, cp1252, latin-1)") from None
+    return UTF8 if codec == "utf-8" else name
+
+
 @dataclass(frozen=True, slots=True)
 class CsvLayout:
     """How a CSV clickstream reads: each field's column (a header name, or a 0-based
@@ -553,7 +576,7 @@ class CsvLayout:
     and the delimiter (sniffed when None).
 
     >>> CsvLayout.parse("user=visitorid,item=itemid", "transaction=purchase,fav=skip", "tab")
-    CsvLayout(columns={'user': 'visitorid', 'item': 'itemid'}, actions={'transaction': 'purchase', 'fav': 'skip'}, delimiter='\\t', time_format=None)
+    CsvLayout(columns={'user': 'visitorid', 'item': 'itemid'}, actions={'transaction': 'purchase', 'fav': 'skip'}, delimiter='\\t', time_format=None, encoding='utf-8-sig')
     >>> CsvLayout.parse("user=0,item=visitorid")
     Traceback (most recent call last):
     ValueError: --columns: give every column by header name or every one by position, not both
@@ -564,12 +587,15 @@ class CsvLayout:
     delimiter: str | None = None
     #: a ``strptime`` format for times that are neither numbers nor ISO 8601
     time_format: str | None = None
+    #: the file's text encoding (``encoding``)
+    encoding: str = UTF8
 
     @classmethod
     def parse(cls, columns: str | None = None, actions: str | None = None,
-              delimiter: str | None = None, time_format: str | None = None) -> CsvLayout:
+              delimiter: str | None = None, time_format: str | None = None,
+              encoding: str | None = None) -> CsvLayout:
         """From the command line's ``--columns field=column,...``, ``--actions value=kind,...``,
-        ``--delimiter`` (one character, or ``tab``) and ``--time-format``."""
+        ``--delimiter`` (one character, or ``tab``), ``--time-format`` and ``--encoding``."""
         cols = _pairs(columns or "", "--columns")
         unknown = sorted(set(cols) - set(CSV_FIELDS))
         if unknown:
@@ -589,7 +615,8 @@ class CsvLayout:
                 raise ValueError(f"--delimiter: one character (or 'tab'), got {delimiter!r}")
         if time_format is not None and "%" not in time_format:
             raise ValueError(f"--time-format: a strptime format such as '%d/%m/%Y %H:%M', got {time_format!r}")
-        return cls(cols, acts, delimiter, time_format)
+        return cls(cols, acts, delimiter, time_format, text_encoding(encoding))
+
 
 
 #: Fields that may join several columns (``title=brand+category_code``): their non-empty
@@ -745,8 +772,8 @@ class _CsvFile:
     def open(cls, path: Path, layout: CsvLayout, id_prefix: str = "csv") -> _CsvFile:
         if path.is_dir():
             raise ValueError(f"{path}: the csv format reads one file, not a folder")
-        with open(path, encoding="utf-8-sig", newline="") as fh:  # (-sig: a spreadsheet's byte-order mark)
-            delimiter = layout.delimiter or _sniff_delimiter(fh.read(65536))
+        with open(path, encoding=layout.encoding, newline="") as fh:
+            delimiter = layout.delimiter or _sniff_delimiter(_sample(fh, path.name))
             positions = {f: v for f, v in layout.columns.items() if v != NO_COLUMN}
             if positions and all(_by_position(v) for v in positions.values()):
                 index = {f: _position(v) for f, v in positions.items()}  # no header
@@ -776,7 +803,7 @@ class _CsvFile:
         fields = [(f, i) for f, i in index.items() if not isinstance(i, tuple)]
         joined = [(f, i) for f, i in index.items() if isinstance(i, tuple)]
         describes_items, id_prefix = self.describes_items, self.id_prefix
-        with open(path, encoding="utf-8-sig", newline="") as fh:
+        with open(path, encoding=layout.encoding, newline="") as fh:
             reader = csv.reader(fh, delimiter=self.delimiter)
             if self.header is not None:
                 next(reader, None)
@@ -1002,7 +1029,8 @@ def _item_fields(got: dict[str, Any]) -> tuple[str, str | None, str | None, floa
 
 def _rows(reader: Iterator[list[str]], malformed: Malformed, name: str) -> Iterator[list[str]]:
     """The rows of a ``csv.reader``; a row it cannot read (a field past the csv module's
-    size limit, say after an unclosed quote) is malformed, and reading goes on after it."""
+    size limit, say after an unclosed quote) is malformed, and reading goes on after it.
+    Text that is not in the file's encoding stops the reading with ``ValueError``."""
     while True:
         try:
             yield next(reader)
@@ -1010,6 +1038,23 @@ def _rows(reader: Iterator[list[str]], malformed: Malformed, name: str) -> Itera
             return
         except csv.Error as e:
             malformed.add(f"{name}:{getattr(reader, 'line_num', '?')}", f"unreadable row ({e})")
+        except UnicodeDecodeError as e:
+            raise _not_encoded(name, e, f"after line {getattr(reader, 'line_num', '?')}") from None
+
+
+def _sample(fh: Any, name: str) -> str:
+    """The start of a text file, to sniff its delimiter from."""
+    try:
+        return fh.read(65536)
+    except UnicodeDecodeError as e:
+        raise _not_encoded(name, e, "in its first 64 KiB") from None
+
+
+def _not_encoded(name: str, e: UnicodeDecodeError, where: str) -> ValueError:
+    encoding = "UTF-8" if e.encoding.startswith("utf") else e.encoding
+    return ValueError(f"{name}: not {encoding} text {where} (byte {e.object[e.start:e.start + 1]!r}); give the "
+                      "file's encoding with --encoding, e.g. --encoding cp1252 for a spreadsheet saved on "
+                      "Windows, or latin-1")
 
 
 def _quantity(text: str) -> int | str:
@@ -1103,10 +1148,13 @@ class CatalogFile:
     path: Path
     columns: dict[str, str] = field(default_factory=dict)
     delimiter: str | None = None
+    encoding: str = UTF8
 
     @classmethod
-    def parse(cls, path: str | os.PathLike, columns: str | None = None, delimiter: str | None = None) -> CatalogFile:
-        """From ``--catalog PATH``, ``--catalog-columns field=column,...`` and a delimiter."""
+    def parse(cls, path: str | os.PathLike, columns: str | None = None, delimiter: str | None = None,
+              encoding: str | None = None) -> CatalogFile:
+        """From ``--catalog PATH``, ``--catalog-columns field=column,...``, a delimiter and
+        ``--encoding``."""
         cols = _pairs(columns or "", "--catalog-columns")
         unknown = sorted(set(cols) - set(CATALOG_FIELDS))
         if unknown:
@@ -1118,7 +1166,7 @@ class CatalogFile:
                              f"not {', '.join(joined)}")
         if cols.get("item") == NO_COLUMN:
             raise ValueError("--catalog-columns: the item id cannot be left out")
-        return cls(Path(path), cols, delimiter)
+        return cls(Path(path), cols, delimiter, text_encoding(encoding))
 
     @property
     def is_jsonl(self) -> bool:
@@ -1131,8 +1179,8 @@ class CatalogFile:
             raise FileNotFoundError(f"{self.path}: no such catalog file")
         if self.is_jsonl:
             return self._read_jsonl(malformed), f"catalog {self.path.name}: items values"
-        with open(self.path, encoding="utf-8-sig", newline="") as fh:
-            delimiter = self.delimiter or _sniff_delimiter(fh.read(65536))
+        with open(self.path, encoding=self.encoding, newline="") as fh:
+            delimiter = self.delimiter or _sniff_delimiter(_sample(fh, self.path.name))
             fh.seek(0)
             reader = csv.reader(fh, delimiter=delimiter)
             try:

@@ -298,6 +298,43 @@ def test_csv_rejects_what_it_cannot_read_with_a_clear_error(tmp_path: Path):
         CsvLayout.parse(time_format="dd/mm/yyyy")
 
 
+def test_a_spreadsheets_encoding_is_named_by_the_error_and_read_with_it(tmp_path: Path, capsys):
+    """Exports saved by a spreadsheet on Windows are cp1252, not UTF-8: the error says
+    which file and what to give, and ``--encoding`` reads them, a catalog file too."""
+    from streams.cli import main
+    from streams.readers import CatalogFile
+
+    f = tmp_path / "export.csv"
+    f.write_bytes("timestamp,visitorid,event,itemid,title\n2024-01-01T10:00:00,u1,view,A,Café crème\n"
+                  "2024-01-01T10:01:00,u2,view,B,Thé – vert\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"export.csv: not UTF-8 text in its first 64 KiB \(byte b'\\xe9'\); "
+                                         r"give the file's encoding with --encoding, e.g. --encoding cp1252"):
+        open_recording(f, "csv")
+    rec = open_recording(f, "csv", CsvLayout.parse(encoding="cp1252"))
+    assert [(e.item_id, e.title) for e in rec if isinstance(e, Item)] == [("A", "Café crème"), ("B", "Thé – vert")]
+    # a bad byte past the sniffed start is found where the reading meets it
+    long = tmp_path / "long.csv"
+    long.write_bytes(b"ts,user,item\n" + b"".join(b"%d,u%d,i%d\n" % (1_700_000_000 + n, n % 7, n % 11)
+                                                   for n in range(5000)) + "1700009999,u1,Café\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"long.csv: not UTF-8 text after line \d+ \(byte b'\\xe9'\)"):
+        open_recording(long, "csv")
+    catalog = tmp_path / "articles.csv"
+    catalog.write_bytes("item,title\nA,Café crème\n".encode("cp1252"))
+    with pytest.raises(ValueError, match="articles.csv: not UTF-8 text"):
+        open_recording(f, "csv", CsvLayout.parse(encoding="cp1252"), catalog=CatalogFile.parse(catalog))
+    rec = open_recording(f, "csv", CsvLayout.parse(encoding="cp1252"), catalog=CatalogFile.parse(catalog, encoding="cp1252"))
+    assert next(iter(rec)).title == "Café crème"
+    with pytest.raises(ValueError, match="unknown encoding 'klingon'"):
+        CsvLayout.parse(encoding="klingon")
+    # the command line: one --encoding for the recording and its catalog file
+    args = ["replay", str(f), "--format", "csv", "--no-content", "--report", str(tmp_path / "r.json")]
+    assert main(args) == 2 and "--encoding cp1252" in capsys.readouterr().err
+    assert main([*args, "--encoding", "cp1252", "--catalog", str(catalog)]) == 0
+    assert orjson.loads((tmp_path / "r.json").read_bytes())["events"] == 2 + 2  # A from the file, B from the rows
+    assert main([*args[:3], "sessions", "--encoding", "cp1252"]) == 2
+    assert "--encoding is a csv recording's or a --catalog file's" in capsys.readouterr().err
+
+
 def test_csv_hostile_rows_are_malformed_never_fatal(tmp_path: Path):
     rows = ["user,item,ts,action",
             "u1,i1,1700000000,click",
