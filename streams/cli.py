@@ -122,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     _csv_layout_flags(pr)
     _catalog_flags(pr)
 
+    pc = sub.add_parser("catalog", help="publish a product catalog file to the items topic, stamped now")
+    _common(pc)
+    pc.add_argument("path", help="products as CSV with a header or JSON lines of items values (see produce --catalog)")
+    pc.add_argument("--catalog-columns", help="field=column pairs: item, title, description, category, price, "
+                                              "available (found by their usual names when not given)")
+    pc.add_argument("--delimiter", help="one character, or 'tab' (sniffed when not given)")
+    pc.add_argument("--encoding", help="the file's text encoding, e.g. cp1252 (default: UTF-8)")
+
     c = sub.add_parser("copywriter", help="run the LLM copy pool as its own process")
     _common(c)
 
@@ -195,6 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             n = run_produce(load_settings(**common), args.path, args.format, speedup=args.speedup,
                             rate=args.rate, limit=args.limit, layout=_layout(args), catalog=_catalog(args))
             print(f"produced {n} events")
+            return 0
+        if args.command == "catalog":
+            from streams.produce import run_publish_catalog
+
+            n = run_publish_catalog(load_settings(**common), CatalogFile.parse(
+                args.path, args.catalog_columns, args.delimiter, encoding=args.encoding))
+            print(f"published {n} items")
             return 0
         if args.command == "copywriter":
             import asyncio

@@ -42,7 +42,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from models.events import Cart, Click, Event, Feedback, Forget, Item, Review, to_dict
-from streams.readers import CatalogFile, CsvLayout, open_recording, up_to_limit
+from streams.readers import CatalogFile, CsvLayout, Malformed, open_recording, up_to_limit
 from streams.settings import Settings
 
 log = logging.getLogger("streamrec.produce")
@@ -151,3 +151,17 @@ def run_produce(settings: Settings, path: str | os.PathLike, fmt: str, speedup: 
         log.warning("%d malformed rows skipped, e.g. %s", recording.malformed.count,
                     "; ".join(recording.malformed.examples[:3]))
     return sent
+
+
+def run_publish_catalog(settings: Settings, catalog: CatalogFile, progress: bool = True) -> int:
+    """Publish the items of a product catalog file to ``items``, stamped now (a shop's
+    first step: content similarity and cold start then know its products); returns the
+    items sent. Rows that cannot be used are logged, with their reasons."""
+    malformed = Malformed()
+    items, read_as = catalog.items(time.time(), malformed)
+    log.info("read as %s", read_as)
+    if malformed.count:
+        log.warning("%d malformed rows or items left out, e.g. %s", malformed.count, "; ".join(malformed.examples[:3]))
+    if not items:
+        raise ValueError(f"{catalog.path.name}: no item to publish ({read_as})")
+    return asyncio.run(produce_events(settings, items, total=len(items), progress=progress))

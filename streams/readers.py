@@ -609,13 +609,19 @@ class CsvLayout:
         bad = sorted(f"{k}={v}" for k, v in acts.items() if v not in ACTION_KINDS)
         if bad:
             raise ValueError(f"--actions: {', '.join(bad)}: an action means one of {', '.join(ACTION_KINDS)}")
-        if delimiter is not None:
-            delimiter = "\t" if delimiter.lower() in ("tab", "\\t") else delimiter
-            if len(delimiter) != 1:
-                raise ValueError(f"--delimiter: one character (or 'tab'), got {delimiter!r}")
         if time_format is not None and "%" not in time_format:
             raise ValueError(f"--time-format: a strptime format such as '%d/%m/%Y %H:%M', got {time_format!r}")
-        return cls(cols, acts, delimiter, time_format, text_encoding(encoding))
+        return cls(cols, acts, _delimiter(delimiter), time_format, text_encoding(encoding))
+
+
+def _delimiter(text: str | None) -> str | None:
+    """``--delimiter``: one character, or ``tab``; None: sniffed."""
+    if text is None:
+        return None
+    delimiter = "\t" if text.lower() in ("tab", "\\t") else text
+    if len(delimiter) != 1:
+        raise ValueError(f"--delimiter: one character (or 'tab'), got {text!r}")
+    return delimiter
 
 
 
@@ -1166,7 +1172,7 @@ class CatalogFile:
                              f"not {', '.join(joined)}")
         if cols.get("item") == NO_COLUMN:
             raise ValueError("--catalog-columns: the item id cannot be left out")
-        return cls(Path(path), cols, delimiter, text_encoding(encoding))
+        return cls(Path(path), cols, _delimiter(delimiter), text_encoding(encoding))
 
     @property
     def is_jsonl(self) -> bool:
@@ -1264,6 +1270,31 @@ class CatalogFile:
                 kept.setdefault(name, value)
 
 
+    def items(self, ts: float, malformed: Malformed, described: dict[str, dict[str, Any]] | None = None,
+              read_as: str = "") -> tuple[list[Item], str]:
+        """The file's items, stamped ``ts``, and how it was read (its columns, the items
+        made, those left out); bad rows and items are added to ``malformed``.
+        ``described`` and ``read_as``: what ``read`` gave, when it was called already."""
+        if described is None:
+            described, read_as = self.read(malformed)
+        items, untitled, shortened = [], 0, 0
+        for item_id, fields in described.items():
+            if "title" not in fields:
+                untitled += 1
+                continue
+            shortened += fields.get("shortened", False)
+            value = {"item_id": item_id, "ts": ts, **{f: fields[f] for f in CATALOG_FIELDS[1:] if f in fields}}
+            ev = parse_value("items", value, now=math.inf)
+            if isinstance(ev, Rejected):
+                malformed.add(f"{self.path.name}:{fields['line']}", f"items: {ev.reason}")
+            else:
+                items.append(ev)
+        read_as += f"; {len(items):,} items"
+        left = [f"{untitled:,} without a title left out"] if untitled else []
+        left += [f"{shortened:,} descriptions cut to {MAX_TEXT_CHARS:,} characters"] if shortened else []
+        return items, read_as + (f" ({', '.join(left)})" if left else "")
+
+
 def _with_catalog(recording: Recording, catalog: CatalogFile) -> Recording:
     """``recording`` with ``catalog``'s items published first, at the time of its first
     event; the recording's own catalog items that the file names are left out."""
@@ -1282,19 +1313,7 @@ def _with_catalog(recording: Recording, catalog: CatalogFile) -> Recording:
             found += ev.item_id in described
             if sampled >= CATALOG_SAMPLE:
                 break
-    start = BASE_TS if start is None else start
-    items, untitled, shortened = [], 0, 0
-    for item_id, fields in described.items():
-        if "title" not in fields:
-            untitled += 1
-            continue
-        shortened += fields.get("shortened", False)
-        value = {"item_id": item_id, "ts": start, **{f: fields[f] for f in CATALOG_FIELDS[1:] if f in fields}}
-        ev = parse_value("items", value, now=math.inf)
-        if isinstance(ev, Rejected):
-            recording.malformed.add(f"{catalog.path.name}:{fields['line']}", f"items: {ev.reason}")
-        else:
-            items.append(ev)
+    items, read_as = catalog.items(BASE_TS if start is None else start, recording.malformed, described, read_as)
     named = {i.item_id for i in items}
     own_events = recording.events_factory
 
@@ -1310,10 +1329,6 @@ def _with_catalog(recording: Recording, catalog: CatalogFile) -> Recording:
                     head = False
             yield ev
 
-    read_as += f"; {len(items):,} items"
-    left = [f"{untitled:,} without a title left out"] if untitled else []
-    left += [f"{shortened:,} descriptions cut to {MAX_TEXT_CHARS:,} characters"] if shortened else []
-    read_as += f" ({', '.join(left)})" if left else ""
     if sampled:
         share = found / sampled
         read_as += (f"; the items of {share:.1%} of the first {sampled:,} shopper events are in it" if found else

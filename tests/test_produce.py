@@ -205,3 +205,43 @@ async def test_cli_catalog_file_goes_to_items_first(broker, prefix, tmp_path):
     assert len(carts) == 6 and {c["item_id"] for c in carts} <= {i["item_id"] for i in items}
     # the catalog went out before the first purchase
     assert max(m.timestamp for m in col.messages[prefix + "items"]) <= min(m.timestamp for m in col.messages[prefix + "carts"])
+
+
+async def test_cli_catalog_publishes_a_product_export_to_items_stamped_now(broker, prefix, tmp_path):
+    """``streamrec catalog FILE``: a shop's product export (here semicolon-separated,
+    cp1252, as a spreadsheet on Windows saves it) onto ``items``, keyed by item, each
+    value what the topic accepts; rows it cannot use are logged with their reasons."""
+    products = tmp_path / "products.csv"
+    products.write_bytes(("SKU;Name;Description;Category;Price;In stock?\n"
+                          "S1;Café mug;<p>Stoneware, 300 ml</p>;Kitchen;8.50;yes\n"
+                          "S2;Tea pot;;Kitchen;24;no\n"
+                          "S3;Lamp;;Home;cheap;yes\n"
+                          "S4;;Untitled;Home;3;yes\n").encode("cp1252"))
+    env = {**os.environ, "STREAMREC_KAFKA_URL": f"kafka://{broker}", "STREAMREC_TOPIC_PREFIX": prefix}
+    before = time.time()
+
+    async def run():
+        proc = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "streams.cli", "catalog", str(products), "--encoding", "cp1252",
+            "--catalog-columns", "item=SKU"], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "published 2 items" in proc.stdout
+        assert ("read as catalog products.csv: item=SKU, title=Name, description=Description, category=Category, "
+                "price=Price, available=In stock?; 2 items (1 without a title left out)") in proc.stderr
+        assert "1 malformed rows or items left out, e.g. products.csv:4: price: 'cheap' is not a number" in proc.stderr
+        return 2
+
+    col = await collect(broker, prefix, 2, run)
+    got = {m.key.decode(): orjson.loads(m.value) for m in col.messages[prefix + "items"]}
+    assert {k: {f: v.get(f) for f in ("item_id", "title", "description", "category", "price", "available")}
+            for k, v in got.items()} == {
+        "S1": {"item_id": "S1", "title": "Café mug", "description": "Stoneware, 300 ml", "category": "Kitchen",
+               "price": 8.5, "available": True},
+        "S2": {"item_id": "S2", "title": "Tea pot", "description": None, "category": "Kitchen", "price": 24.0,
+               "available": False}}
+    assert all(before <= v["ts"] <= time.time() for v in got.values())
+    # a file with nothing to publish is an error, not "published 0 items"
+    products.write_text("SKU,Name\nS9,\n")
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "streams.cli", "catalog", str(products)],
+                                   env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "products.csv: no item to publish" in proc.stderr
