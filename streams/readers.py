@@ -68,6 +68,10 @@ beyond that in sorted runs kept in temporary files and merged on each pass. Form
     ``C...``) and non-positive quantities are skipped; a null CustomerID makes the
     basket its own anonymous shopper (``guest-<InvoiceNo>``).
 
+A product catalog kept in a file of its own (:class:`CatalogFile`, ``--catalog``: a
+CSV product export, or JSON lines of ``items`` values) is published as any recording
+starts, ahead of the recording's own catalog.
+
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
 >>> _ = (d / "train.txt").write_text("1 2\\n2 3 4\\n")
