@@ -37,7 +37,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from models.events import INPUT_TOPICS, Event, Item, Rejected, parse
-from models.features import StoreError, open_store
+from models.features import StoreError
 from models.features.cache import ItemSideCache, ShopClock
 from models.features.keys import Keys
 from models.features.store import FeatureStore, StoreDataError
@@ -156,8 +156,7 @@ class Runtime:
     def __init__(self, settings: Settings, store: FeatureStore | None = None,
                  recommender: Recommender | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.redis_url, **(
-            settings.redis_kwargs() if not settings.redis_url.startswith("memory") else {}))
+        self.store = store or settings.open_store()
         self.keys = Keys(settings.key_prefix)
         self.catalog: Any = None
         self.catalog_feed: asyncio.Future | None = None

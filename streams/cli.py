@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
                                               "available (found by their usual names when not given)")
     pc.add_argument("--delimiter", help="one character, or 'tab' (sniffed when not given)")
     pc.add_argument("--encoding", help="the file's text encoding, e.g. cp1252 (default: UTF-8)")
+    pc.add_argument("--replace", action="store_true",
+                    help="the file is the whole catalog: items the feature store lists as available that it "
+                         "does not name are published unavailable (STREAMREC_REDIS_URL, STREAMREC_KEY_PREFIX)")
+    pc.add_argument("--force", action="store_true", help="let --replace retire more than half the catalog")
+    pc.add_argument("--check", action="store_true",
+                    help="read the file (with --replace, compare it with the store) and report; send nothing")
 
     c = sub.add_parser("copywriter", help="run the LLM copy pool as its own process")
     _common(c)
@@ -207,9 +213,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "catalog":
             from streams.produce import run_publish_catalog
 
-            n = run_publish_catalog(load_settings(**common), CatalogFile.parse(
-                args.path, args.catalog_columns, args.delimiter, encoding=args.encoding))
-            print(f"published {n} items")
+            done = run_publish_catalog(load_settings(**common), CatalogFile.parse(
+                args.path, args.catalog_columns, args.delimiter, encoding=args.encoding),
+                check=args.check, replace=args.replace, force=args.force)
+            verb = "would publish" if args.check else "published"
+            line = f"{verb} {done.items} items"
+            if args.replace:
+                line += (f", {done.retired} of the {done.listed} listed available no longer in the file "
+                         + ("to retire" if args.check else "retired (published unavailable)"))
+                line += f"; {done.untitled} without a stored title left as they are" if done.untitled else ""
+            print(line)
             return 0
         if args.command == "copywriter":
             import asyncio

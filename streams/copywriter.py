@@ -24,7 +24,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from models.features import open_store
 from models.features.keys import Keys
 from streams.copy_pool import CopyPool
 from streams.embedded import create_topics
@@ -84,12 +83,6 @@ def _valid(rec: Any) -> str | None:
     return None
 
 
-def _open_store(settings: Settings):
-    if settings.redis_url.startswith("memory://"):
-        return open_store(settings.redis_url)
-    return open_store(settings.redis_url, **settings.redis_kwargs())
-
-
 async def copywriter(settings: Settings, *, stop: asyncio.Event | None = None,
                      registry: CollectorRegistry | None = None, ready: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set: recommendations in, enriched recommendations out."""
@@ -99,7 +92,7 @@ async def copywriter(settings: Settings, *, stop: asyncio.Event | None = None,
     # the topics it reads and writes, where missing (a broker that refuses is not an error)
     await create_topics(settings.kafka_bootstrap, "", settings.partitions, [source, target, dead],
                         refusal_ok=True, **settings.kafka_kwargs())
-    store = _open_store(settings)
+    store = settings.open_store()
     keys = Keys(settings.key_prefix)
     kafka = settings.kafka_kwargs()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, acks="all", **kafka)

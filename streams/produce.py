@@ -36,13 +36,15 @@ import logging
 import os
 import sys
 import time
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from models.events import Cart, Click, Event, Feedback, Forget, Item, Review, to_dict
 from streams.readers import CatalogFile, CsvLayout, Malformed, open_recording, up_to_limit
+from models.features.keys import Keys
 from streams.settings import Settings
 
 log = logging.getLogger("streamrec.produce")
@@ -153,15 +155,81 @@ def run_produce(settings: Settings, path: str | os.PathLike, fmt: str, speedup: 
     return sent
 
 
-def run_publish_catalog(settings: Settings, catalog: CatalogFile, progress: bool = True) -> int:
+#: ``streamrec catalog --replace`` retires at most this share of the available catalog
+#: unless ``--force`` says the file is right (a cut or wrong file is likelier than a shop
+#: dropping half its range in a day)
+RETIRE_SHARE_MAX = 0.5
+
+
+@dataclass(slots=True)
+class CatalogPublication:
+    """What ``streamrec catalog`` published, or would publish with ``--check``."""
+
+    items: int
+    #: items the store lists as available that the file no longer names (``--replace``)
+    retired: int = 0
+    #: the available catalog the store listed before (``--replace``)
+    listed: int = 0
+    #: retired items the store held no title of: left as they are (an ``items`` event needs one)
+    untitled: int = 0
+
+
+async def retired_items(store: Any, keys: Keys, keep: set[str], ts: float, chunk: int = 2000
+                        ) -> tuple[list[Item], int, int]:
+    """``items`` upserts that retire (``available: false``) every item the store lists
+    as available that ``keep`` does not name, carrying what the store holds of each
+    (title, category, description, price: the workers then keep its vector as it is);
+    also the number of items listed, and of those left out for want of a stored title."""
+    (listed,) = await store.read([("smembers", keys.catalog_ids())])
+    gone = sorted(set(listed) - keep)
+    out: list[Item] = []
+    for start in range(0, len(gone), chunk):
+        part = gone[start:start + chunk]
+        metas = await store.read([("hmget", keys.item_meta(i), ["title", "category", "description", "price"])
+                                  for i in part])
+        for item_id, (title, category, description, price) in zip(part, metas):
+            if title:
+                try:
+                    value = float(price) if price else None
+                except ValueError:
+                    value = None
+                out.append(Item(item_id, title, ts, description, category, value, available=False))
+    return out, len(listed), len(gone) - len(out)
+
+
+def run_publish_catalog(settings: Settings, catalog: CatalogFile, progress: bool = True, check: bool = False,
+                        replace: bool = False, force: bool = False) -> CatalogPublication:
     """Publish the items of a product catalog file to ``items``, stamped now (a shop's
-    first step: content similarity and cold start then know its products); returns the
-    items sent. Rows that cannot be used are logged, with their reasons."""
+    first step: content similarity and cold start then know its products). With
+    ``replace`` the file is the whole catalog: the items the feature store lists as
+    available that it does not name are published unavailable (at most half of them
+    without ``force``). ``check``: read (and with ``replace`` compare) only, send
+    nothing. Rows that cannot be used are logged, with their reasons."""
     malformed = Malformed()
-    items, read_as = catalog.items(time.time(), malformed)
+    now = time.time()
+    items, read_as = catalog.items(now, malformed)
     log.info("read as %s", read_as)
     if malformed.count:
         log.warning("%d malformed rows or items left out, e.g. %s", malformed.count, "; ".join(malformed.examples[:3]))
     if not items:
         raise ValueError(f"{catalog.path.name}: no item to publish ({read_as})")
-    return asyncio.run(produce_events(settings, items, total=len(items), progress=progress))
+
+    async def publish() -> CatalogPublication:
+        out, retire = CatalogPublication(len(items)), []
+        if replace:
+            store = settings.open_store()
+            try:
+                retire, out.listed, out.untitled = await retired_items(
+                    store, Keys(settings.key_prefix), {i.item_id for i in items}, now)
+            finally:
+                await store.close()
+            out.retired = len(retire)
+            if out.listed and out.retired > RETIRE_SHARE_MAX * out.listed and not force and not check:
+                raise ValueError(f"--replace would retire {out.retired:,} of the {out.listed:,} available items "
+                                 f"({out.retired / out.listed:.0%}), more than {RETIRE_SHARE_MAX:.0%}: a cut or "
+                                 "wrong file is likelier than that; check the file, then give --force")
+        if not check:
+            await produce_events(settings, [*items, *retire], total=len(items) + len(retire), progress=progress)
+        return out
+
+    return asyncio.run(publish())

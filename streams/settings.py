@@ -203,6 +203,14 @@ class Settings(BaseSettings):
             out["ssl_ca_certs"] = self.redis_ssl_ca_certs
         return out
 
+    def open_store(self) -> Any:
+        """The feature store ``redis_url`` names, with the credentials and TLS settings
+        (a ``models.features.FeatureStore``)."""
+        from models.features import open_store
+
+        memory = self.redis_url.startswith("memory://")
+        return open_store(self.redis_url, **({} if memory else self.redis_kwargs()))
+
     def kafka_kwargs(self) -> dict:
         """aiokafka connection arguments for the security settings."""
         out: dict = {"security_protocol": self.kafka_security_protocol}

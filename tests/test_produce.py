@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from models.events import to_dict
+from models.events import Item, parse_value, to_dict
 from streams.produce import Pacer, run_produce
 from streams.readers import csv_time, open_recording
 from streams.settings import Settings
@@ -245,3 +245,52 @@ async def test_cli_catalog_publishes_a_product_export_to_items_stamped_now(broke
     proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "streams.cli", "catalog", str(products)],
                                    env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "products.csv: no item to publish" in proc.stderr
+
+
+async def test_cli_catalog_replace_retires_what_the_file_no_longer_names(broker, redis_url, prefix, tmp_path):
+    """``streamrec catalog FILE --replace``: a shop's full export is the whole catalog.
+    An item the workers' store lists as available that the file no longer names goes
+    out unavailable, carrying what the store holds of it; ``--check`` only reports; a
+    file that would retire most of the catalog is refused unless ``--force``."""
+    from models.features import open_store
+    from models.features.keys import Keys
+    from models.pipeline import Recommender
+
+    store, keys = open_store(redis_url), Keys(prefix)
+    shop = Recommender(store, keys)  # the workers' processing path, on their store
+    await shop.handle([Item("A", "Mug", T0, "Stoneware", "Kitchen", 8.5), Item("B", "Pot", T0, category="Kitchen"),
+                       Item("C", "Old lamp", T0, "Brass, 40 cm", "Home", 30.0)])
+    products = tmp_path / "products.csv"
+    products.write_text("sku,name,category\nA,Stoneware mug,Kitchen\nB,Tea pot,Kitchen\n")
+    env = {**os.environ, "STREAMREC_KAFKA_URL": f"kafka://{broker}", "STREAMREC_TOPIC_PREFIX": prefix,
+           "STREAMREC_REDIS_URL": redis_url, "STREAMREC_KEY_PREFIX": prefix}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "streams.cli", "catalog", str(products), *args],
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    async def run():
+        check = await asyncio.to_thread(cli, "--replace", "--check")
+        assert check.returncode == 0, check.stderr[-2000:]
+        assert check.stdout.strip() == "would publish 2 items, 1 of the 3 listed available no longer in the file to retire"
+        done = await asyncio.to_thread(cli, "--replace")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "published 2 items, 1 of the 3 listed available no longer in the file retired " \
+                                      "(published unavailable)"
+        return 3
+
+    col = await collect(broker, prefix, 3, run)  # --check sent nothing
+    got = {m.key.decode(): orjson.loads(m.value) for m in col.messages[prefix + "items"]}
+    assert {k: (v["title"], v.get("available", True)) for k, v in got.items()} == {
+        "A": ("Stoneware mug", True), "B": ("Tea pot", True), "C": ("Old lamp", False)}
+    assert (got["C"]["category"], got["C"]["description"], got["C"]["price"]) == ("Home", "Brass, 40 cm", 30.0)
+    # the workers apply them: the lamp leaves the catalog
+    await shop.handle([parse_value("items", v, now=time.time() + 1) for v in got.values()])
+    assert (await store.read([("smembers", keys.catalog_ids())]))[0] == {"A", "B"}
+    # a file that names none of the items left would retire them all: refused
+    products.write_text("sku,name\nZ,Something else\n")
+    refused = await asyncio.to_thread(cli, "--replace")
+    assert refused.returncode == 2
+    assert "--replace would retire 2 of the 2 available items (100%), more than 50%" in refused.stderr
+    assert "give --force" in refused.stderr
+    await store.close()
