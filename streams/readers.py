@@ -783,7 +783,8 @@ class _CsvFile:
         if path.is_dir():
             raise ValueError(f"{path}: the csv format reads one file, not a folder")
         with open(path, encoding=layout.encoding, newline="") as fh:
-            delimiter = layout.delimiter or _sniff_delimiter(_sample(fh, path.name))
+            sample = _sample(fh, path.name)  # (the encoding checked before the header is read)
+            delimiter = layout.delimiter or _sniff_delimiter(sample)
             positions = {f: v for f, v in layout.columns.items() if v != NO_COLUMN}
             if positions and all(_by_position(v) for v in positions.values()):
                 index = {f: _position(v) for f, v in positions.items()}  # no header
@@ -1144,9 +1145,8 @@ class CatalogFile:
     category may join columns (``title=prod_name+colour_group_name``). A row that names
     an item again fills in only what its earlier rows left empty (a product's variant
     rows follow its main row, their title empty); an item no row gives a title is left
-    out, counted. Every item goes through
-    the ``items`` topic's validation step; descriptions lose their HTML and are cut to
-    the topic's limit.
+    out, counted. Every item goes through the ``items`` topic's validation step;
+    descriptions lose their HTML and are cut to the topic's limit.
 
     >>> CatalogFile.parse("products.csv", "item=SKU,title=Name+Brand").columns
     {'item': 'SKU', 'title': 'Name+Brand'}
@@ -1190,7 +1190,8 @@ class CatalogFile:
         if self.is_jsonl:
             return self._read_jsonl(malformed), f"catalog {self.path.name}: items values"
         with open(self.path, encoding=self.encoding, newline="") as fh:
-            delimiter = self.delimiter or _sniff_delimiter(_sample(fh, self.path.name))
+            sample = _sample(fh, self.path.name)  # (the encoding checked before the header is read)
+            delimiter = self.delimiter or _sniff_delimiter(sample)
             fh.seek(0)
             reader = csv.reader(fh, delimiter=delimiter)
             try:

@@ -310,6 +310,8 @@ def test_a_spreadsheets_encoding_is_named_by_the_error_and_read_with_it(tmp_path
     with pytest.raises(ValueError, match=r"export.csv: not UTF-8 text in its first 64 KiB \(byte b'\\xe9'\); "
                                          r"give the file's encoding with --encoding, e.g. --encoding cp1252"):
         open_recording(f, "csv")
+    with pytest.raises(ValueError, match="export.csv: not UTF-8 text"):  # also with nothing to sniff
+        open_recording(f, "csv", CsvLayout.parse(delimiter=","))
     rec = open_recording(f, "csv", CsvLayout.parse(encoding="cp1252"))
     assert [(e.item_id, e.title) for e in rec if isinstance(e, Item)] == [("A", "Café crème"), ("B", "Thé – vert")]
     # a bad byte past the sniffed start is found where the reading meets it
