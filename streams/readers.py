@@ -783,7 +783,7 @@ class _CsvFile:
         if path.is_dir():
             raise ValueError(f"{path}: the csv format reads one file, not a folder")
         with open(path, encoding=layout.encoding, newline="") as fh:
-            sample = _sample(fh, path.name)  # (the encoding checked before the header is read)
+            sample = _sample(fh, path)  # (the encoding checked before the header is read)
             delimiter = layout.delimiter or _sniff_delimiter(sample)
             positions = {f: v for f, v in layout.columns.items() if v != NO_COLUMN}
             if positions and all(_by_position(v) for v in positions.values()):
@@ -818,7 +818,7 @@ class _CsvFile:
             reader = csv.reader(fh, delimiter=self.delimiter)
             if self.header is not None:
                 next(reader, None)
-            for row in _rows(reader, malformed, path.name):
+            for row in _rows(reader, malformed, path):
                 n = reader.line_num  # the row's (last) line in the file
                 if len(row) < width:
                     if any(c.strip() for c in row):
@@ -1038,34 +1038,45 @@ def _item_fields(got: dict[str, Any]) -> tuple[str, str | None, str | None, floa
     return got["item"], title, category, price
 
 
-def _rows(reader: Iterator[list[str]], malformed: Malformed, name: str) -> Iterator[list[str]]:
-    """The rows of a ``csv.reader``; a row it cannot read (a field past the csv module's
-    size limit, say after an unclosed quote) is malformed, and reading goes on after it.
-    Text that is not in the file's encoding stops the reading with ``ValueError``."""
+def _rows(reader: Iterator[list[str]], malformed: Malformed, path: Path) -> Iterator[list[str]]:
+    """The rows of a ``csv.reader`` over ``path``; a row it cannot read (a field past the
+    csv module's size limit, say after an unclosed quote) is malformed, and reading goes
+    on after it. Text that is not in the file's encoding stops the reading with
+    ``ValueError``."""
     while True:
         try:
             yield next(reader)
         except StopIteration:
             return
         except csv.Error as e:
-            malformed.add(f"{name}:{getattr(reader, 'line_num', '?')}", f"unreadable row ({e})")
+            malformed.add(f"{path.name}:{getattr(reader, 'line_num', '?')}", f"unreadable row ({e})")
         except UnicodeDecodeError as e:
-            raise _not_encoded(name, e, f"after line {getattr(reader, 'line_num', '?')}") from None
+            raise _not_encoded(path, e) from None
 
 
-def _sample(fh: Any, name: str) -> str:
+def _sample(fh: Any, path: Path) -> str:
     """The start of a text file, to sniff its delimiter from."""
     try:
         return fh.read(65536)
     except UnicodeDecodeError as e:
-        raise _not_encoded(name, e, "in its first 64 KiB") from None
+        raise _not_encoded(path, e) from None
 
 
-def _not_encoded(name: str, e: UnicodeDecodeError, where: str) -> ValueError:
+def _not_encoded(path: Path, e: UnicodeDecodeError) -> ValueError:
+    """The error for a file that is not in the encoding it is read with: its first line
+    that is not, and the flag that reads it."""
+    line, byte = None, e.object[e.start:e.start + 1]
+    with open(path, "rb") as fh:  # lines decode alike in one go or one by one (a newline is one byte)
+        for n, raw in enumerate(fh, start=1):
+            try:
+                raw.decode(e.encoding)
+            except UnicodeDecodeError as at:
+                line, byte = n, at.object[at.start:at.start + 1]
+                break
     encoding = "UTF-8" if e.encoding.startswith("utf") else e.encoding
-    return ValueError(f"{name}: not {encoding} text {where} (byte {e.object[e.start:e.start + 1]!r}); give the "
-                      "file's encoding with --encoding, e.g. --encoding cp1252 for a spreadsheet saved on "
-                      "Windows, or latin-1")
+    where = f"{path.name}:{line}" if line else path.name
+    return ValueError(f"{where}: not {encoding} text (byte {byte!r}); give the file's encoding with "
+                      "--encoding, e.g. --encoding cp1252 for a spreadsheet saved on Windows, or latin-1")
 
 
 def _quantity(text: str) -> int | str:
@@ -1190,7 +1201,7 @@ class CatalogFile:
         if self.is_jsonl:
             return self._read_jsonl(malformed), f"catalog {self.path.name}: items values"
         with open(self.path, encoding=self.encoding, newline="") as fh:
-            sample = _sample(fh, self.path.name)  # (the encoding checked before the header is read)
+            sample = _sample(fh, self.path)  # (the encoding checked before the header is read)
             delimiter = self.delimiter or _sniff_delimiter(sample)
             fh.seek(0)
             reader = csv.reader(fh, delimiter=delimiter)
@@ -1208,7 +1219,7 @@ class CatalogFile:
                                      f"e.g. --catalog-columns {f}=...")
             width = max(max(i) if isinstance(i, tuple) else i for i in index.values()) + 1
             items: dict[str, dict[str, Any]] = {}
-            for row in _rows(reader, malformed, self.path.name):
+            for row in _rows(reader, malformed, self.path):
                 n = reader.line_num
                 if len(row) < width:
                     if any(c.strip() for c in row):
