@@ -213,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "catalog":
             from streams.produce import run_publish_catalog
 
+            if args.force and not args.replace:
+                raise ValueError("--force lets --replace retire more than half the catalog: give --replace too")
             done = run_publish_catalog(load_settings(**common), CatalogFile.parse(
                 args.path, args.catalog_columns, args.delimiter, encoding=args.encoding),
                 check=args.check, replace=args.replace, force=args.force)

@@ -154,6 +154,8 @@ def test_flags_that_cannot_work_are_refused_with_the_reason(tmp_path: Path, caps
         open_recording(events, "csv", catalog=CatalogFile.parse(tmp_path / "no_title.csv"))
     assert main(["replay", str(events), "--format", "csv", "--catalog-columns", "item=sku"]) == 2
     assert "--catalog-columns describes a --catalog file" in capsys.readouterr().err
+    assert main(["catalog", str(tmp_path / "no_id.csv"), "--force"]) == 2
+    assert "give --replace too" in capsys.readouterr().err
 
 
 def test_replay_recommends_a_never_sold_product_from_the_catalog_file(tmp_path: Path):
