@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 line += (f", {done.retired} of the {done.listed} listed available no longer in the file "
                          + ("to retire" if args.check else "retired (published unavailable)"))
                 line += f"; {done.untitled} without a stored title left as they are" if done.untitled else ""
+                line += "; more than half the catalog: refused without --force" if (
+                    args.check and done.retires_too_many and not args.force) else ""
             print(line)
             return 0
         if args.command == "copywriter":

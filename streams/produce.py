@@ -37,14 +37,15 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from models.events import Cart, Click, Event, Feedback, Forget, Item, Review, to_dict
-from streams.readers import CatalogFile, CsvLayout, Malformed, open_recording, up_to_limit
 from models.features.keys import Keys
+from models.features.store import FeatureStore
+from streams.readers import CatalogFile, CsvLayout, Malformed, open_recording, up_to_limit
 from streams.settings import Settings
 
 log = logging.getLogger("streamrec.produce")
@@ -173,8 +174,13 @@ class CatalogPublication:
     #: retired items the store held no title of: left as they are (an ``items`` event needs one)
     untitled: int = 0
 
+    @property
+    def retires_too_many(self) -> bool:
+        """Whether ``--replace`` would retire more than ``RETIRE_SHARE_MAX`` of the catalog."""
+        return self.retired > RETIRE_SHARE_MAX * self.listed
 
-async def retired_items(store: Any, keys: Keys, keep: set[str], ts: float, chunk: int = 2000
+
+async def retired_items(store: FeatureStore, keys: Keys, keep: set[str], ts: float, chunk: int = 2000
                         ) -> tuple[list[Item], int, int]:
     """``items`` upserts that retire (``available: false``) every item the store lists
     as available that ``keep`` does not name, carrying what the store holds of each
@@ -224,7 +230,7 @@ def run_publish_catalog(settings: Settings, catalog: CatalogFile, progress: bool
             finally:
                 await store.close()
             out.retired = len(retire)
-            if out.listed and out.retired > RETIRE_SHARE_MAX * out.listed and not force and not check:
+            if out.retires_too_many and not force and not check:
                 raise ValueError(f"--replace would retire {out.retired:,} of the {out.listed:,} available items "
                                  f"({out.retired / out.listed:.0%}), more than {RETIRE_SHARE_MAX:.0%}: a cut or "
                                  "wrong file is likelier than that; check the file, then give --force")

@@ -289,6 +289,8 @@ async def test_cli_catalog_replace_retires_what_the_file_no_longer_names(broker,
     assert (await store.read([("smembers", keys.catalog_ids())]))[0] == {"A", "B"}
     # a file that names none of the items left would retire them all: refused
     products.write_text("sku,name\nZ,Something else\n")
+    check = await asyncio.to_thread(cli, "--replace", "--check")
+    assert check.stdout.strip().endswith("; more than half the catalog: refused without --force")
     refused = await asyncio.to_thread(cli, "--replace")
     assert refused.returncode == 2
     assert "--replace would retire 2 of the 2 available items (100%), more than 50%" in refused.stderr
