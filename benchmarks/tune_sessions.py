@@ -11,7 +11,9 @@ time, keeping the best value by MRR@20 + HR@20 / 3 before moving on.
 
     python -m benchmarks.tune_sessions ../shared/data/diginetica [--sessions 6000]
 
-Prints every trial and the chosen values; paste them into ``models/tuned.toml``.
+Prints every trial and the chosen values; paste them into ``models/tuned.toml``. (A
+shop's own event stream is tuned by ``streamrec tune``, ``streams/tune.py``, which
+shares this search's objective.)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from models.features.keys import Keys
 from models.features.memory import MemoryStore
 from streams.readers import Malformed, Recording, open_recording
 from streams.replay import TRAIN_BATCH, ReplayClock, build_recommender, replay
+from streams.tune import objective, with_value
 
 #: Settings searched, in order, with the values tried.
 GRID: list[tuple[str, str | None, list[Any]]] = [
@@ -51,10 +54,6 @@ def write_split(train_file: Path, out: Path, holdout: float, sessions: int | Non
         for s in val:
             for i in range(len(s) - 1, 0, -1):
                 fh.write(" ".join(s[:i]) + "\t" + s[i] + "\n")
-
-
-def objective(metrics: dict[str, float]) -> float:
-    return metrics["mrr@20"] + metrics["hit_rate@20"] / 3
 
 
 async def learn(recording: Recording, profile: dict) -> tuple[MemoryStore, ReplayClock]:
@@ -83,12 +82,6 @@ async def trial(store: MemoryStore, clock: ReplayClock, test: Recording, profile
     return out["metrics"]
 
 
-def with_value(profile: dict, name: str, section: str | None, value: Any) -> dict:
-    p = copy.deepcopy(profile)
-    (p.setdefault(section, {}) if section else p)[name] = value
-    return p
-
-
 async def main_async(args: argparse.Namespace) -> dict:
     profile = tuned.load("sessions")
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,11 +105,11 @@ async def main_async(args: argparse.Namespace) -> dict:
         for v in values:
             if v == current:
                 continue
-            m = await trial(store, clock, test, with_value(profile, name, section, v))
+            m = await trial(store, clock, test, with_value(profile, section, name, v))
             scores[v] = m
             print(f"{section}.{name} = {v}: HR@20 {m['hit_rate@20']:.4f} MRR@20 {m['mrr@20']:.4f}", flush=True)
-        choice = max(scores, key=lambda v: (objective(scores[v]), v == current))
-        profile = with_value(profile, name, section, choice)
+        choice = max(scores, key=lambda v: (objective(scores[v], 20), v == current))
+        profile = with_value(profile, section, name, choice)
         best = scores[choice]
         print(f"-> {section}.{name} = {choice} (HR@20 {best['hit_rate@20']:.4f}, MRR@20 {best['mrr@20']:.4f})",
               flush=True)

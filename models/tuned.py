@@ -13,6 +13,7 @@ how each was chosen.
 
 from __future__ import annotations
 
+import inspect
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -33,12 +34,70 @@ PROFILES = ("sessions", "events")
 
 
 def load(profile: str, path: Path = TUNED_FILE) -> dict[str, Any]:
-    """The settings of one profile as a dict."""
-    with open(path, "rb") as fh:
-        data = tomllib.load(fh)
-    if profile not in data:
-        raise KeyError(f"no profile {profile!r} in {path}")
-    return data[profile]
+    """The settings of one profile as a dict. A missing or damaged file, a missing
+    profile and a setting nothing reads are each a ``ValueError`` saying so.
+
+    >>> load("events")["sources"][-1]
+    'popular'
+    >>> load("shop")
+    Traceback (most recent call last):
+    ValueError: no profile 'shop' in models/tuned.toml (it has sessions, events)
+    """
+    shown = "models/tuned.toml" if Path(path) == TUNED_FILE else str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"no profile file {shown}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{shown} is not a TOML file of profiles: {e}") from None
+    if not isinstance(data.get(profile), dict):
+        have = ", ".join(k for k, v in data.items() if isinstance(v, dict)) or "none"
+        raise ValueError(f"no profile {profile!r} in {shown} (it has {have})")
+    p = data[profile]
+    problems = _unread(p)
+    if problems:
+        raise ValueError(f"profile {profile!r} in {shown}: " + "; ".join(problems))
+    return p
+
+
+def _source_classes() -> dict[str, Any]:
+    """Each source's name -> the class its profile table configures (None: no options)."""
+    from models.content.sources import NewItemsSource
+
+    return {"session_knn": SessionKNN, "sequential": Sequential, "covis": CoVisitation, "popular": Popularity,
+            "buy_again": BuyAgain, "new_items": NewItemsSource, "content": None}
+
+
+def _unread(p: dict[str, Any]) -> list[str]:
+    """What in profile ``p`` nothing would read: unknown sources, settings and options
+    (a misspelt name would otherwise be ignored without a word).
+
+    >>> _unread({"sources": ["covis", "sesion_knn"], "depht": 2, "covis": {"anchor": 3}})
+    ["unknown source 'sesion_knn'", "unknown setting 'depht'", "covis: unknown option 'anchor'"]
+    """
+    classes = _source_classes()
+    config = {f.name for f in fields(RecommenderConfig)}
+    sources = p.get("sources", [])
+    if not isinstance(sources, list):
+        return ["sources must be a list of source names"]
+    out = [f"unknown source {n!r}" for n in sources if n not in classes]
+    for key, value in p.items():
+        if key in ("sources", "prior", "ranker_warmup") or key in config:
+            continue
+        if key not in classes:
+            out.append(f"unknown setting {key!r}")
+        elif not isinstance(value, dict):
+            out.append(f"{key} must be a table of options")
+        else:
+            cls = classes[key]
+            known = set() if cls is None else set(inspect.signature(cls.__init__).parameters) - {
+                "self", "store", "keys", "content"}
+            out += [f"{key}: unknown option {o!r}" for o in value if o not in known]
+    prior = p.get("prior", {})
+    if not isinstance(prior, dict) or not all(isinstance(v, (int, float)) for v in prior.values()):
+        out.append("prior must map source names to numbers")
+    return out
 
 
 def source_names(path: Path = TUNED_FILE) -> list[str]:

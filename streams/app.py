@@ -196,7 +196,9 @@ class Runtime:
         source_store: FeatureStore = self.store
         if settings.item_cache_s > 0 and self.store.kind != "memory":
             source_store = ItemSideCache(self.store, self.keys, ttl_s=settings.item_cache_s, clock=self.shop_clock)
-        cfg, sources, prior, warmup = tuned.build(settings.profile, source_store, self.keys, k=settings.k,
+        log.info("recommender settings: profile %r of %s", settings.profile,
+                 settings.profile_file or "models/tuned.toml")
+        cfg, sources, prior, warmup = tuned.build(settings.tuned_profile(), source_store, self.keys, k=settings.k,
                                                   content=content)
         settings.apply_business_rules(cfg)
         cfg.session_gap_s, cfg.dedupe_ttl_s = settings.session_gap_s, settings.dedupe_ttl_s

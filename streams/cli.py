@@ -107,8 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=_events_count,
                    help="stop after this many shopper events (catalog events come on top)")
     r.add_argument("--redis-url")
+    r.add_argument("--profile-file", help="a profile file to replay instead of models/tuned.toml, e.g. one "
+                                          "`streamrec tune` wrote (STREAMREC_PROFILE_FILE)")
     _csv_layout_flags(r)
     _catalog_flags(r)
+
+    t = sub.add_parser("tune", help="choose the recommender's settings on a shop's own recorded stream and "
+                                    "write them as a profile file")
+    t.add_argument("path")
+    t.add_argument("--format", required=True, choices=FORMATS)
+    t.add_argument("--out", required=True, help="the profile file to write (TOML)")
+    t.add_argument("--k", type=int, default=20, help="list length scored")
+    t.add_argument("--validate", type=float, default=0.2,
+                   help="share of the shopper events, before the test part, the settings are chosen on")
+    t.add_argument("--test", type=float, default=0.2,
+                   help="share of the newest shopper events the choice is checked on (0: none)")
+    t.add_argument("--limit", type=_events_count,
+                   help="read only this many shopper events (catalog events come on top)")
+    t.add_argument("--min-gain", type=float, default=0.01,
+                   help="a setting changes only when validation improves by this share of the objective")
+    t.add_argument("--no-content", action="store_true", help="turn the content candidate sources off")
+    t.add_argument("--report", help="also write every trial as JSON here")
+    t.add_argument("--profile-file", help="start from this profile file instead of models/tuned.toml "
+                                          "(STREAMREC_PROFILE_FILE; the profile: STREAMREC_PROFILE)")
+    _csv_layout_flags(t)
+    _catalog_flags(t)
 
     pr = sub.add_parser("produce", help="replay a recorded stream into Kafka in event-time order")
     _common(pr)
@@ -198,10 +221,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             # the environment's business rules (STREAMREC_EXCLUDE_*, _REPURCHASE_AFTER_DAYS)
             # apply as in the worker; the store is in memory unless a Redis is named
-            settings = load_settings(redis_url=args.redis_url or os.environ.get("STREAMREC_REDIS_URL", "memory://"))
+            settings = load_settings(redis_url=args.redis_url or os.environ.get("STREAMREC_REDIS_URL", "memory://"),
+                                     profile_file=args.profile_file)
             run_replay(args.path, args.format, k=args.k, report=args.report, baselines=args.baselines,
                        no_content=args.no_content, plot=args.plot, settings=settings, limit=args.limit,
                        layout=_layout(args), catalog=_catalog(args))
+            return 0
+        if args.command == "tune":
+            from streams.tune import run_tune
+
+            # business rules from the environment, as replay applies them; the store in memory
+            settings = load_settings(redis_url="memory://", profile_file=args.profile_file)
+            run_tune(args.path, args.format, args.out, k=args.k, validate=args.validate, test=args.test,
+                     limit=args.limit, settings=settings, no_content=args.no_content, min_gain=args.min_gain,
+                     layout=_layout(args),
+                     catalog=_catalog(args), report=args.report)
             return 0
         if args.command == "produce":
             from streams.produce import run_produce

@@ -89,6 +89,7 @@ import codecs
 import csv
 import heapq
 import html
+import importlib
 import math
 import os
 import pickle
@@ -99,7 +100,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import orjson
 
@@ -262,6 +263,35 @@ def reconstruct_sessions(lines: Iterable[str], malformed: Malformed | None = Non
         yield current
 
 
+
+#: A compressed file's first bytes -> the module that reads it (stdlib only).
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "lzma"}
+
+
+def open_recorded(path: str | os.PathLike, mode: str = "rb", encoding: str | None = None,
+                  newline: str | None = None) -> IO[Any]:
+    """``path`` opened for reading (``mode`` "rb" or "rt"), decompressed on the fly when
+    it is gzip, bzip2 or xz (told by its first bytes, whatever its name): recordings and
+    exports are often kept compressed.
+
+    >>> import gzip, tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "clicks.jsonl.gz"
+    >>> _ = f.write_bytes(gzip.compress(b'{"a": 1}\\n'))
+    >>> with open_recorded(f, "rt", encoding="utf-8") as fh: fh.read()
+    '{"a": 1}\\n'
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        raise ValueError(f"{Path(path).name} is compressed with zstd: decompress it first (zstd -d), "
+                         "or recompress it with gzip, bzip2 or xz, which are read as they are")
+    opener = next((name for magic, name in _COMPRESSED.items() if head.startswith(magic)), None)
+    if opener is None:
+        return open(path, mode, encoding=encoding, newline=newline)
+    module = importlib.import_module(opener)
+    return module.open(path, mode, encoding=encoding, newline=newline)
+
+
 def _read_sessions(path: Path) -> Recording:
     malformed = Malformed()
     train_file, test_file = path / "train.txt", path / "test.txt"
@@ -270,7 +300,7 @@ def _read_sessions(path: Path) -> Recording:
             raise FileNotFoundError(f"{f}: the sessions format needs train.txt and test.txt")
     # Sessions are read once (small: about 5 MB for Diginetica) to size the time axis.
     train: list[list[str]] = []
-    with open(train_file, encoding="utf-8") as fh:
+    with open_recorded(train_file, "rt", encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
             items = line.split()
             if not items:
@@ -278,7 +308,7 @@ def _read_sessions(path: Path) -> Recording:
                     malformed.add(f"train.txt:{n}", "no items")
                 continue
             train.append(items)
-    with open(test_file, encoding="utf-8") as fh:
+    with open_recorded(test_file, "rt", encoding="utf-8") as fh:
         test = list(reconstruct_sessions(fh, malformed))
     train_clicks = sum(len(s) for s in train)
     test_from = BASE_TS + CLICK_GAP_S * train_clicks
@@ -302,7 +332,7 @@ def _read_sessions(path: Path) -> Recording:
 
 def _read_tsv(file: Path, malformed: Malformed) -> list[tuple[float, int, str, str]]:
     rows: list[tuple[float, int, str, str]] = []
-    with open(file, encoding="utf-8", newline="") as fh:
+    with open_recorded(file, "rt", encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh, delimiter="\t")
         header = next(reader, None)
         if header is None:
@@ -465,7 +495,7 @@ def catalog_at(start: float, sightings: Iterable[tuple[str, str | None, str | No
 def _json_lines(path: Path, malformed: Malformed) -> Iterator[tuple[int, bytes, Any]]:
     """(line number, line, its JSON) of each non-blank line of ``path``; a line that is
     not JSON is added to ``malformed``."""
-    with open(path, "rb") as fh:
+    with open_recorded(path) as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -782,7 +812,7 @@ class _CsvFile:
     def open(cls, path: Path, layout: CsvLayout, id_prefix: str = "csv") -> _CsvFile:
         if path.is_dir():
             raise ValueError(f"{path}: the csv format reads one file, not a folder")
-        with open(path, encoding=layout.encoding, newline="") as fh:
+        with open_recorded(path, "rt", encoding=layout.encoding, newline="") as fh:
             sample = _sample(fh, path)  # (the encoding checked before the header is read)
             delimiter = layout.delimiter or _sniff_delimiter(sample)
             positions = {f: v for f, v in layout.columns.items() if v != NO_COLUMN}
@@ -814,7 +844,7 @@ class _CsvFile:
         fields = [(f, i) for f, i in index.items() if not isinstance(i, tuple)]
         joined = [(f, i) for f, i in index.items() if isinstance(i, tuple)]
         describes_items, id_prefix = self.describes_items, self.id_prefix
-        with open(path, encoding=layout.encoding, newline="") as fh:
+        with open_recorded(path, "rt", encoding=layout.encoding, newline="") as fh:
             reader = csv.reader(fh, delimiter=self.delimiter)
             if self.header is not None:
                 next(reader, None)
@@ -1066,7 +1096,7 @@ def _not_encoded(path: Path, e: UnicodeDecodeError) -> ValueError:
     """The error for a file that is not in the encoding it is read with: its first line
     that is not, and the flag that reads it."""
     line, byte = None, e.object[e.start:e.start + 1]
-    with open(path, "rb") as fh:  # lines decode alike in one go or one by one (a newline is one byte)
+    with open_recorded(path) as fh:  # lines decode alike in one go or one by one (a newline is one byte)
         for n, raw in enumerate(fh, start=1):
             try:
                 raw.decode(e.encoding)
@@ -1191,7 +1221,10 @@ class CatalogFile:
 
     @property
     def is_jsonl(self) -> bool:
-        return self.path.suffix.lower() in (".jsonl", ".ndjson", ".json")
+        suffixes = [x.lower() for x in self.path.suffixes]
+        if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz"):
+            suffixes.pop()
+        return bool(suffixes) and suffixes[-1] in (".jsonl", ".ndjson", ".json")
 
     def read(self, malformed: Malformed) -> tuple[dict[str, dict[str, Any]], str]:
         """Item -> its fields (and ``"line"``, where it was first named), in file order,
@@ -1200,7 +1233,7 @@ class CatalogFile:
             raise FileNotFoundError(f"{self.path}: no such catalog file")
         if self.is_jsonl:
             return self._read_jsonl(malformed), f"catalog {self.path.name}: items values"
-        with open(self.path, encoding=self.encoding, newline="") as fh:
+        with open_recorded(self.path, "rt", encoding=self.encoding, newline="") as fh:
             sample = _sample(fh, self.path)  # (the encoding checked before the header is read)
             delimiter = self.delimiter or _sniff_delimiter(sample)
             fh.seek(0)

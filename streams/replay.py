@@ -88,10 +88,11 @@ def _open_store(url: str, clock: ReplayClock):
     return open_store(url)
 
 
-def build_recommender(profile: str, k: int, store: Any, keys: Keys, clock: ReplayClock,
+def build_recommender(profile: str | dict[str, Any], k: int, store: Any, keys: Keys, clock: ReplayClock,
                       content: Callable | None = None, settings: Any = None,
                       source_store: Any = None) -> Recommender:
-    """A ``Recommender`` with the tuned settings of ``profile`` and deterministic ids,
+    """A ``Recommender`` with the tuned settings of ``profile`` (a name in
+    ``models/tuned.toml``, or the settings themselves) and deterministic ids,
     and the business rules that ``settings`` sets (as the worker applies them); its
     candidate sources read ``source_store`` (e.g. a cache in front of ``store``) if given."""
     cfg, sources, prior, warmup = tuned.build(profile, source_store or store, keys, k=k, content=content)
@@ -274,6 +275,9 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
     url = settings.redis_url if settings is not None else os.environ.get("STREAMREC_REDIS_URL", "memory://")
     prefix = settings.key_prefix if settings is not None else ""
     profile = profile or ("sessions" if recording.test_from is not None else "events")
+    profile_file = getattr(settings, "profile_file", None)
+    # the worker's settings file when one is set (e.g. written by ``streamrec tune``)
+    chosen = tuned.load(profile, profile_file) if profile_file else profile
     content = None if no_content else _content_factory(settings)
 
     async def run() -> dict[str, Any]:
@@ -281,7 +285,7 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
         clock = ReplayClock()
         store = _open_store(url, clock)
         try:
-            recommender = build_recommender(profile, k, store, Keys(prefix), clock, content, settings)
+            recommender = build_recommender(chosen, k, store, Keys(prefix), clock, content, settings)
             result = await replay(recording, recommender, clock, k=k, baselines=baselines,
                                   limit=limit, progress=progress, total=recording.total)
             result["sources"] = [s.name for s in recommender.sources]
@@ -308,7 +312,8 @@ def run_replay(path: str | os.PathLike, fmt: str, k: int = 20, report: str | Non
         "malformed_rows": recording.malformed.count, "skipped_rows": recording.skipped,
         "malformed_examples": recording.malformed.examples, "slices": result["slices"],
         "periods": result["periods"],
-        "profile": profile, "store": url.split("://", 1)[0], "content": "content" in result["sources"],
+        "profile": profile, **({"profile_file": str(profile_file)} if profile_file else {}),
+        "store": url.split("://", 1)[0], "content": "content" in result["sources"],
         "sources": result["sources"],
         "latency_ms": result["latency_ms"], "lists": result["lists"],
         **({"read_as": recording.read_as} if recording.read_as else {}),

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The worker's default ``gc_gen0_threshold`` (benchmarks settle their own process with it too).
@@ -120,8 +121,12 @@ class Settings(BaseSettings):
         "seconds of the shop's time (its events' timestamps, or the wall clock where that runs "
         "ahead) the candidate sources reuse an item's co-visitation, next-item and session lists "
         "and the popularity ranking read from Redis (0 = read every time)"))
-    profile: Literal["events", "sessions"] = Field(
-        "events", description="tuned recommender settings in models/tuned.toml")
+    profile: str = Field("events", description=(
+        "the recommender's tuned settings: a profile of models/tuned.toml (events, sessions), or of "
+        "profile_file"))
+    profile_file: Path | None = Field(None, description=(
+        "a TOML file of profiles read instead of models/tuned.toml, e.g. the one `streamrec tune` "
+        "wrote for this shop"))
     model_path: str | None = Field(None, description="ONNX text encoder folder (model.onnx + tokenizer.json)")
     content: bool = True
 
@@ -148,6 +153,27 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(known)}")
         return ",".join(names)
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> "Settings":
+        self.tuned_profile()  # a missing file or profile, or a damaged file, fails at start
+        return self
+
+    def tuned_profile(self, name: str | None = None) -> dict[str, Any]:
+        """The recommender settings of profile ``name`` (default: ``profile``), from
+        ``profile_file`` when set, else from ``models/tuned.toml``.
+
+        >>> Settings(_env_file=None).tuned_profile()["sources"][0]
+        'session_knn'
+        >>> try:
+        ...     Settings(profile="shop", _env_file=None)
+        ... except ValueError as e:
+        ...     print(e.errors()[0]["msg"])
+        Value error, no profile 'shop' in models/tuned.toml (it has sessions, events)
+        """
+        from models import tuned
+
+        return tuned.load(name or self.profile, self.profile_file or tuned.TUNED_FILE)
 
     @field_validator("kafka_url")
     @classmethod

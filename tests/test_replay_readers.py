@@ -545,3 +545,30 @@ def test_the_taobao_sample_reads_as_its_provenance_counts_it_also_through_csv_by
     key = lambda e: (type(e).__name__, e.user_id, e.item_id, e.ts, getattr(e, "action", ""))  # noqa: E731
     assert [key(e) for e in generic] == [key(e) for e in own]
     assert (generic.skipped, generic.malformed.count) == (own.skipped, own.malformed.count)
+
+
+def test_compressed_recordings_read_as_they_are(tmp_path: Path):
+    import bz2
+    import gzip
+    import lzma
+
+    csv_text = ("timestamp,visitorid,event,itemid\n1433221332117,v1,view,355908\n"
+                "1433221999827,v1,addtocart,355908\n1433221300000,v2,view,248676\n")
+    jsonl_text = "\n".join(orjson.dumps({"topic": "clicks", "value": {
+        "event_id": f"e{n}", "user_id": "u", "item_id": f"i{n}", "ts": 1.7e9 + n}}).decode() for n in range(3))
+    (tmp_path / "plain.csv").write_text(csv_text)
+    (tmp_path / "plain.jsonl").write_text(jsonl_text)
+    plain_csv = [(e.event_id, e.ts) for e in open_recording(tmp_path / "plain.csv", "csv")]
+    plain_jsonl = [e.event_id for e in open_recording(tmp_path / "plain.jsonl", "jsonl")]
+    assert len(plain_csv) == 3 and len(plain_jsonl) == 3
+    for name, pack in (("gz", gzip.compress), ("bz2", bz2.compress), ("xz", lzma.compress)):
+        (tmp_path / f"e.csv.{name}").write_bytes(pack(csv_text.encode()))
+        # the name need not say it: the first bytes do
+        (tmp_path / f"e{name}.jsonl").write_bytes(pack(jsonl_text.encode()))
+        rec = open_recording(tmp_path / f"e.csv.{name}", "csv")
+        assert [(e.event_id, e.ts) for e in rec] == plain_csv, name
+        assert rec.read_as.startswith(f"e.csv.{name}: user=visitorid")
+        assert [e.event_id for e in open_recording(tmp_path / f"e{name}.jsonl", "jsonl")] == plain_jsonl, name
+    (tmp_path / "e.csv.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 16)
+    with pytest.raises(ValueError, match=r"e.csv.zst is compressed with zstd: decompress it first"):
+        list(open_recording(tmp_path / "e.csv.zst", "csv"))

@@ -21,6 +21,7 @@ from the store at start-up.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import logging
 import time
@@ -125,6 +126,18 @@ class CatalogIngestor:
         self._spill: set[asyncio.Task] = set()
         self._own_executor = executor is None
         self._executor = executor
+
+    def __deepcopy__(self, memo: dict) -> "CatalogIngestor":
+        """A copy that learns apart (its store, index and counts copied, e.g. a tuning
+        trial's) and shares this one's encoder and thread; nothing queued travels."""
+        twin = object.__new__(CatalogIngestor)
+        memo[id(self)] = twin
+        for name, value in self.__dict__.items():
+            if name not in ("encoder", "_executor", "_queue", "_task", "_spill"):
+                setattr(twin, name, copy.deepcopy(value, memo))
+        twin.encoder, twin._executor, twin._own_executor = self.encoder, self._executor, False
+        twin._queue, twin._task, twin._spill = asyncio.Queue(maxsize=self._queue.maxsize), None, set()
+        return twin
 
     # -- background batching -------------------------------------------------------
     async def start(self) -> None:

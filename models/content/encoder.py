@@ -151,6 +151,11 @@ class TextEncoder:
         _, self._out_index, name, pooled = min(ranked)
         return name, pooled
 
+    def __deepcopy__(self, memo: dict) -> "TextEncoder":
+        """The encoder itself: it learns nothing, so copies of what uses it (a tuning
+        trial's state) share one model session."""
+        return self
+
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Unit-length embeddings of ``texts``, float32 ``[len(texts), dim]``, in input order."""
         n = len(texts)

@@ -31,6 +31,7 @@ are meant to be called from one thread (the event loop); none blocks for long.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Collection, Iterable, Protocol, Sequence, runtime_checkable
@@ -176,6 +177,14 @@ class ExactIndex:
         self._row: dict[str, int] = {}
         self.version = 0
 
+    def __deepcopy__(self, memo: dict) -> "ExactIndex":
+        """A copy with vectors of its own, sharing the BLAS thread controller."""
+        twin = object.__new__(ExactIndex)
+        memo[id(self)] = twin
+        for name, value in self.__dict__.items():
+            setattr(twin, name, value if name == "_blas" else copy.deepcopy(value, memo))
+        return twin
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -277,6 +286,14 @@ class AnnIndex:
         self._id: dict[int, str] = {}
         self._next = 0
         self.version = 0
+
+    def __deepcopy__(self, memo: dict) -> "AnnIndex":
+        """A copy with a graph of its own (usearch's ``copy``)."""
+        twin = object.__new__(AnnIndex)
+        memo[id(self)] = twin
+        for name, value in self.__dict__.items():
+            setattr(twin, name, self._index.copy() if name == "_index" else copy.deepcopy(value, memo))
+        return twin
 
     def __len__(self) -> int:
         return len(self._key)
