@@ -110,8 +110,13 @@ def test_tune_finds_the_better_blend_and_writes_a_profile_file_that_runs(tmp_pat
     tuned_run, start_run = replayed(out), replayed(start)
     assert tuned_run["profile_file"] == str(out)
     assert tuned_run["metrics"]["hit_rate@10"] > start_run["metrics"]["hit_rate@10"]
-    # and the worker's settings read it (STREAMREC_PROFILE_FILE)
-    assert Settings(profile_file=out, _env_file=None).tuned_profile()["prior"] == prior
+    # and the worker runs it (STREAMREC_PROFILE_FILE): its sources, blend and depth
+    from streams.app import Runtime
+
+    rt = Runtime(Settings(redis_url="memory://", content=False, profile_file=out, _env_file=None))
+    assert [s.name for s in rt.recommender.sources] == ["sequential", "covis", "popular"]
+    assert {s: rt.recommender.ranker.prior[s] for s in prior} == prior
+    assert rt.recommender.config.depth == chosen["depth"]
 
 
 def test_tune_refuses_what_it_cannot_use(tmp_path: Path):
