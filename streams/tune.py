@@ -8,7 +8,8 @@ replay`` scores a stream: each interaction against the shopper's latest list, th
 learned) on a copy of that state. Only settings read when a list is made are searched
 (the prior blend's weight of each source, how many candidates each source proposes,
 how many neighbours and anchors the sources read), so what was learned is the same for
-every trial. Coordinate search, in ``GRID`` order: one setting at a time, the value
+every trial; a source that proposed nothing on validation (``buy_again`` where
+purchases stay out for good) has its weight left as it is. Coordinate search, in ``GRID`` order: one setting at a time, the value
 with the best MRR@k + HR@k / 3 on validation kept before the next; the current value
 stays unless another beats it by ``min_gain`` (1 % of the objective by default: a
 validation part of a few thousand cases moves by that much by chance). The test part is then replayed from the state after
@@ -161,12 +162,35 @@ async def _learn(events: list[Event], profile: dict[str, Any], k: int, settings:
 
 
 async def _score(state: _State, fmt: str, events: list[Event], profile: dict[str, Any], k: int,
-                 settings: Any) -> dict[str, float]:
-    """``events`` replayed prequentially on ``state`` (which they change) with ``profile``."""
+                 settings: Any, proposing: dict[str, int] | None = None) -> dict[str, float]:
+    """``events`` replayed prequentially on ``state`` (which they change) with ``profile``;
+    with ``proposing``, each source's name counts the lists it proposed candidates for."""
     content = (lambda store, keys: state.content) if state.content is not None else None
     rec = build_recommender(profile, k, state.store, Keys(), state.clock, content, settings)
-    out = await replay(_part(fmt, events), rec, state.clock, k=k, progress=False)
+    sources = rec.sources
+    if proposing is not None:
+        rec.sources = [_Counted(s, proposing) for s in sources]
+    try:
+        out = await replay(_part(fmt, events), rec, state.clock, k=k, progress=False)
+    finally:
+        rec.sources = sources
     return {**out["metrics"], "test_cases": out["test_cases"]}
+
+
+class _Counted:
+    """A candidate source that counts, by its name, the calls that proposed anything."""
+
+    def __init__(self, source: Any, counts: dict[str, int]) -> None:
+        self._source, self._counts = source, counts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+    async def propose(self, ctx: Any, n: int) -> list[tuple[str, float, str]]:
+        out = await self._source.propose(ctx, n)
+        if out:
+            self._counts[self._source.name] = self._counts.get(self._source.name, 0) + 1
+        return out
 
 
 def _shown(m: dict[str, float], k: int) -> str:
@@ -194,7 +218,9 @@ async def tune(events: list[Event], fmt: str, base: str = "events", k: int = 20,
     say(f"learned in {time.perf_counter() - t0:.0f} s; sources {', '.join(sources)}")
 
     after_val = learned.fork()
-    best = await _score(after_val, fmt, val, profile, k, settings)  # after_val now holds the validation part too
+    proposing: dict[str, int] = {}
+    # after_val now holds the validation part too
+    best = await _score(after_val, fmt, val, profile, k, settings, proposing)
     start = best
     say(f"start: {_shown(best, k)}")
     if not best["test_cases"]:
@@ -207,6 +233,9 @@ async def tune(events: list[Event], fmt: str, base: str = "events", k: int = 20,
     changed: dict[str, tuple[Any, Any]] = {}
     for table, name, values in grid:
         if table == "prior" and name not in sources:
+            continue
+        if table == "prior" and not proposing.get(name):  # its weight cannot move any list
+            say(f"prior.{name}: not tried, the source proposed nothing on validation")
             continue
         if table not in (None, "prior") and table not in sources:
             continue

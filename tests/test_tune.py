@@ -24,9 +24,9 @@ BAD_PROFILE = """
 exclude_current = false
 exclude_purchased = true
 exclude_in_cart = false
-sources = ["sequential", "covis", "popular"]
+sources = ["sequential", "covis", "buy_again", "popular"]
 depth = 2
-prior = { sequential = 0.01, covis = 0.01, popular = 1.0 }
+prior = { sequential = 0.01, covis = 0.01, buy_again = 0.5, popular = 1.0 }
 learn_ranker = false
 
 [events.sequential]
@@ -91,13 +91,15 @@ def test_tune_finds_the_better_blend_and_writes_a_profile_file_that_runs(tmp_pat
     settings = {t["setting"] for t in r["trials"]}
     assert "prior.sequential" in settings and "prior.session_knn" not in settings
     assert "session_knn.neighbours" not in settings and "sequential.anchors" in settings
+    # buy_again proposes nothing while purchases stay out for good: its weight is not tried
+    assert "prior.buy_again" not in settings and prior["buy_again"] == 0.5
     # on the newest part, which chose nothing, the choice holds
     assert r["test_chosen"]["hit_rate@10"] > r["test_start"]["hit_rate@10"]
     # the header says how the file was chosen; the rest of the profile is kept as it was
     text = out.read_text()
     assert text.startswith("# Written by `streamrec tune` from clicks.jsonl")
     assert chosen["sequential"] == {"window": 3, "anchors": chosen["sequential"]["anchors"], "decay": 1.0, "cap": 200}
-    assert chosen["sources"] == ["sequential", "covis", "popular"]
+    assert chosen["sources"] == ["sequential", "covis", "buy_again", "popular"]
 
     # replay runs the file (--profile-file) and scores it above the profile it started from
     def replayed(profile_file: Path) -> dict:
@@ -114,7 +116,7 @@ def test_tune_finds_the_better_blend_and_writes_a_profile_file_that_runs(tmp_pat
     from streams.app import Runtime
 
     rt = Runtime(Settings(redis_url="memory://", content=False, profile_file=out, _env_file=None))
-    assert [s.name for s in rt.recommender.sources] == ["sequential", "covis", "popular"]
+    assert [s.name for s in rt.recommender.sources] == ["sequential", "covis", "buy_again", "popular"]
     assert {s: rt.recommender.ranker.prior[s] for s in prior} == prior
     assert rt.recommender.config.depth == chosen["depth"]
 
