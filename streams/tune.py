@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import gc
-import math
 import sys
 import time
 from dataclasses import dataclass, field
