@@ -234,8 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = load_settings(redis_url="memory://", profile_file=args.profile_file)
             run_tune(args.path, args.format, args.out, k=args.k, validate=args.validate, test=args.test,
                      limit=args.limit, settings=settings, no_content=args.no_content, min_gain=args.min_gain,
-                     layout=_layout(args),
-                     catalog=_catalog(args), report=args.report)
+                     layout=_layout(args), catalog=_catalog(args), report=args.report)
             return 0
         if args.command == "produce":
             from streams.produce import run_produce

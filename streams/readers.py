@@ -263,7 +263,6 @@ def reconstruct_sessions(lines: Iterable[str], malformed: Malformed | None = Non
         yield current
 
 
-
 #: A compressed file's first bytes -> the module that reads it (stdlib only).
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "lzma"}
 

@@ -166,13 +166,9 @@ async def _score(state: _State, fmt: str, events: list[Event], profile: dict[str
     with ``proposing``, each source's name counts the lists it proposed candidates for."""
     content = (lambda store, keys: state.content) if state.content is not None else None
     rec = build_recommender(profile, k, state.store, Keys(), state.clock, content, settings)
-    sources = rec.sources
     if proposing is not None:
-        rec.sources = [_Counted(s, proposing) for s in sources]
-    try:
-        out = await replay(_part(fmt, events), rec, state.clock, k=k, progress=False)
-    finally:
-        rec.sources = sources
+        rec.sources = [_Counted(s, proposing) for s in rec.sources]
+    out = await replay(_part(fmt, events), rec, state.clock, k=k, progress=False)
     return {**out["metrics"], "test_cases": out["test_cases"]}
 
 
@@ -203,8 +199,8 @@ async def tune(events: list[Event], fmt: str, base: str = "events", k: int = 20,
     """Search ``grid`` on ``events`` (a shop's stream in time order) from profile ``base``
     (of ``settings.profile_file`` when set, else ``models/tuned.toml``)."""
     t0 = time.perf_counter()
-    profile_file = getattr(settings, "profile_file", None)
-    profile = tuned.load(base, profile_file or tuned.TUNED_FILE)
+    profile_file = getattr(settings, "profile_file", None) or tuned.TUNED_FILE
+    profile = start_profile = tuned.load(base, profile_file)  # (with_value copies: this stays as loaded)
     learn_end, val_end = split_points(events, validate, test)
     learn, val, newest = events[:learn_end], events[learn_end:val_end], events[val_end:]
     parts = {"learn": _shoppers(learn), "validate": _shoppers(val), "test": _shoppers(newest)}
@@ -262,7 +258,6 @@ async def tune(events: list[Event], fmt: str, base: str = "events", k: int = 20,
     result = TuneResult(base=base, profile=profile, changed=changed, trials=trials, parts=parts,
                         start=start, chosen=best, sources=sources)
     if parts["test"]:
-        start_profile = tuned.load(base, profile_file or tuned.TUNED_FILE)
         result.test_start = await _score(after_val.fork(), fmt, newest, start_profile, k, settings)
         result.test_chosen = (result.test_start if not changed else
                               await _score(after_val.fork(), fmt, newest, profile, k, settings))

@@ -21,7 +21,6 @@ from the store at start-up.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import logging
 import time
@@ -32,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from models.content.encoder import TextEncoder
-from models.content.index import VectorIndex
+from models.content.index import VectorIndex, copy_with
 from models.events import Item
 from models.features.keys import Keys
 from models.features.store import FeatureStore
@@ -130,14 +129,8 @@ class CatalogIngestor:
     def __deepcopy__(self, memo: dict) -> "CatalogIngestor":
         """A copy that learns apart (its store, index and counts copied, e.g. a tuning
         trial's) and shares this one's encoder and thread; nothing queued travels."""
-        twin = object.__new__(CatalogIngestor)
-        memo[id(self)] = twin
-        for name, value in self.__dict__.items():
-            if name not in ("encoder", "_executor", "_queue", "_task", "_spill"):
-                setattr(twin, name, copy.deepcopy(value, memo))
-        twin.encoder, twin._executor, twin._own_executor = self.encoder, self._executor, False
-        twin._queue, twin._task, twin._spill = asyncio.Queue(maxsize=self._queue.maxsize), None, set()
-        return twin
+        return copy_with(self, memo, encoder=self.encoder, _executor=self._executor, _own_executor=False,
+                         _queue=asyncio.Queue(maxsize=self._queue.maxsize), _task=None, _spill=set())
 
     # -- background batching -------------------------------------------------------
     async def start(self) -> None:

@@ -34,7 +34,7 @@ import contextlib
 import copy
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Collection, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Collection, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -147,6 +147,24 @@ def best_per_row(scores: np.ndarray, want: int) -> tuple[list[list[int]], list[l
 SAMPLE_STEP = 10
 
 
+def copy_with(obj: Any, memo: dict, **given: Any) -> Any:
+    """A deep copy of ``obj`` (for its ``__deepcopy__``) whose attributes named in
+    ``given`` are set to the values given (shared or fresh) instead of copied.
+
+    >>> class Box:
+    ...     def __init__(self): self.rows, self.lock = [1], object()
+    ...     def __deepcopy__(self, memo): return copy_with(self, memo, lock=self.lock)
+    >>> a = Box(); b = copy.deepcopy(a)
+    >>> b.rows is a.rows, b.lock is a.lock
+    (False, True)
+    """
+    twin = object.__new__(type(obj))
+    memo[id(obj)] = twin
+    for name, value in obj.__dict__.items():
+        setattr(twin, name, given[name] if name in given else copy.deepcopy(value, memo))
+    return twin
+
+
 class ExactIndex:
     """Brute-force cosine search over a growing numpy matrix.
 
@@ -179,11 +197,7 @@ class ExactIndex:
 
     def __deepcopy__(self, memo: dict) -> "ExactIndex":
         """A copy with vectors of its own, sharing the BLAS thread controller."""
-        twin = object.__new__(ExactIndex)
-        memo[id(self)] = twin
-        for name, value in self.__dict__.items():
-            setattr(twin, name, value if name == "_blas" else copy.deepcopy(value, memo))
-        return twin
+        return copy_with(self, memo, _blas=self._blas)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -289,11 +303,7 @@ class AnnIndex:
 
     def __deepcopy__(self, memo: dict) -> "AnnIndex":
         """A copy with a graph of its own (usearch's ``copy``)."""
-        twin = object.__new__(AnnIndex)
-        memo[id(self)] = twin
-        for name, value in self.__dict__.items():
-            setattr(twin, name, self._index.copy() if name == "_index" else copy.deepcopy(value, memo))
-        return twin
+        return copy_with(self, memo, _index=self._index.copy())
 
     def __len__(self) -> int:
         return len(self._key)
